@@ -1,0 +1,1 @@
+"""Client-side backends: ways to open a live transcription stream (see ``base``)."""

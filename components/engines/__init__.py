@@ -1,0 +1,1 @@
+"""Speech engines: audio in, transcript events out (see :mod:`components.engines.base`)."""

@@ -1,0 +1,50 @@
+"""The Engine interface: what every speech engine offers the server and the local backend.
+
+An engine turns one stream of audio into transcript events. The audio iterator yields float32
+mono 16 kHz chunks of any length as they arrive; it ends when the speaker is done (the
+protocol's final commit). The engine yields :class:`~components.protocol.TranscriptionDelta`
+(append-only confirmed text), optionally :class:`~components.protocol.TranscriptionPartial`
+(the revisable tail, only when ``partials`` is true), and exactly one
+:class:`~components.protocol.TranscriptionDone` last. Failures are raised as
+:class:`EngineError`. Cancelling the consuming task must release everything the request held.
+
+One engine object serves every session at once; it owns whatever scheduling that needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from components.protocol import ErrorCode, TranscriptEvent
+
+
+class EngineError(Exception):
+    """A failure with a protocol error code, reported to the client as an ``error`` event."""
+
+    def __init__(self, message: str, code: ErrorCode | str = ErrorCode.PROCESSING_ERROR) -> None:
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot be built here (a missing package, no GPU, no weights)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    """Short label for the page and logs, e.g. ``"whisper tiny.en (CPU)"``."""
+    model: str
+    """The model id clients name in ``session.update`` (also listed by ``/v1/models``)."""
+    max_sessions: int
+    """How many concurrent streams this engine can keep real time (a default for servers)."""
+
+    def transcribe(
+        self, audio: AsyncIterator[np.ndarray], *, partials: bool = False
+    ) -> AsyncIterator[TranscriptEvent]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,104 @@
+"""The speech evaluation set and word error rate, shared by tests and benchmarks.
+
+The set lives outside the repository (``../shared/eval`` beside the checkout, or ``EVAL_DIR``);
+``manifest.jsonl`` lists real recordings with reference transcripts. References differ in case,
+punctuation and "Mr"/"mister", so both sides are normalised before scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, slots=True)
+class Clip:
+    id: str
+    path: Path
+    text: str
+    seconds: float
+    condition: str
+
+
+def eval_dir() -> Path:
+    """Where the evaluation set is: ``EVAL_DIR`` if set, else ``../shared/eval``."""
+    return Path(os.environ.get("EVAL_DIR") or REPO_ROOT.parent / "shared" / "eval")
+
+
+def load_clips(directory: Path | None = None) -> list[Clip]:
+    """All clips of the manifest, in its order; an empty list when the set is absent."""
+    root = directory or eval_dir()
+    manifest = root / "manifest.jsonl"
+    if not manifest.is_file():
+        return []
+    clips = []
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        clips.append(
+            Clip(
+                id=row["id"],
+                path=root / row["audio"],
+                text=row["text"],
+                seconds=float(row["seconds"]),
+                condition=row.get("condition", ""),
+            )
+        )
+    return clips
+
+
+def clip(clip_id: str, directory: Path | None = None) -> Clip:
+    for c in load_clips(directory):
+        if c.id == clip_id:
+            return c
+    raise KeyError(f"clip {clip_id!r} not in {directory or eval_dir()}")
+
+
+_PUNCT = re.compile(r"[^\w\s']|_")
+
+
+def normalize(text: str) -> list[str]:
+    """Lower-case, strip punctuation, map "mr" to "mister"; return the words."""
+    words = _PUNCT.sub(" ", text.lower().replace("-", " ")).split()
+    out = []
+    for w in words:
+        w = w.strip("'")
+        if not w:
+            continue
+        out.append("mister" if w == "mr" else w)
+    return out
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance (substitutions, insertions, deletions)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate of one hypothesis against one reference, after normalisation."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return edit_distance(ref, hyp) / len(ref)
+
+
+def corpus_wer(pairs: list[tuple[str, str]]) -> float:
+    """Total edits over total reference words for (reference, hypothesis) pairs."""
+    edits = words = 0
+    for ref, hyp in pairs:
+        r, h = normalize(ref), normalize(hyp)
+        edits += edit_distance(r, h)
+        words += len(r)
+    return edits / words if words else 0.0

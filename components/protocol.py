@@ -1,0 +1,314 @@
+"""The Realtime wire protocol of vLLM's ``/v1/realtime``, in one place.
+
+Every server, bridge and client in this project speaks through this module; nobody else builds
+or picks apart event JSON. It is sans-I/O: plain functions over ``str``/``bytes`` and frozen
+dataclasses, so the protocol can be tested exhaustively without sockets.
+
+Wire facts (vLLM 0.33, ``vllm/entrypoints/speech_to_text/realtime``): JSON text frames; audio is
+base64 PCM16 little-endian, 16 kHz, mono. Parsing a client event yields vLLM's own error codes
+so that a client written for ``vllm serve`` sees the same errors from our server.
+
+One opt-in extension: a client that sends ``"partials": true`` in ``session.update`` may also
+receive ``transcription.partial`` events carrying the not-yet-confirmed tail. vLLM ignores the
+extra key, and a plain client never sees the extra event, so compatibility holds both ways.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+SAMPLE_RATE = 16_000
+"""Sample rate of protocol audio (Hz)."""
+
+BYTES_PER_SAMPLE = 2
+"""PCM16: two bytes per sample."""
+
+DEFAULT_MAX_APPEND_BYTES = 8 * 1024 * 1024
+"""Largest decoded audio payload accepted in one append (about 4.4 minutes of audio)."""
+
+PARTIALS_KEY = "partials"
+"""``session.update`` key with which a client opts in to ``transcription.partial`` events."""
+
+
+class ErrorCode(StrEnum):
+    """Error codes sent in ``error`` events.
+
+    The first seven are vLLM's, with the same meaning. The rest are this project's additions for
+    conditions vLLM's server does not handle; each is sent before the server closes the socket
+    (except ``overloaded``, a warning).
+    """
+
+    INVALID_JSON = "invalid_json"
+    UNKNOWN_EVENT = "unknown_event"
+    INVALID_EVENT = "invalid_event"
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_NOT_VALIDATED = "model_not_validated"
+    INVALID_AUDIO = "invalid_audio"
+    PROCESSING_ERROR = "processing_error"
+    # Extensions
+    INVALID_FRAME = "invalid_frame"
+    """A binary WebSocket frame (the protocol is JSON text frames only)."""
+    SERVER_BUSY = "server_busy"
+    """The session limit is reached; try again later."""
+    IDLE_TIMEOUT = "idle_timeout"
+    """No event from the client within the idle timeout."""
+    SESSION_TOO_LONG = "session_too_long"
+    """The session exceeded the maximum session length."""
+    AUDIO_BUFFER_FULL = "audio_buffer_full"
+    """The client sends audio faster than the engine consumes it, beyond the bounded buffer."""
+    OVERLOADED = "overloaded"
+    """Warning: the engine is falling behind real time; captions lag."""
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    """A bridge could not reach (or lost) the engine behind it."""
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be accepted; ``code`` and ``message`` go into an ``error`` event."""
+
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+
+
+# --------------------------------------------------------------------------- client -> server
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdate:
+    """Choose and validate the model. No reply is sent on success."""
+
+    model: str | None
+    partials: bool = False
+    type: str = field(default="session.update", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioBufferAppend:
+    """Queue audio. ``audio`` holds the raw PCM16 bytes; base64 exists only on the wire."""
+
+    audio: bytes
+    type: str = field(default="input_audio_buffer.append", init=False)
+
+    @property
+    def samples(self) -> int:
+        return len(self.audio) // BYTES_PER_SAMPLE
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioBufferCommit:
+    """Non-final: start generation (ignored while one runs). Final: the audio is finished."""
+
+    final: bool = False
+    type: str = field(default="input_audio_buffer.commit", init=False)
+
+
+ClientEvent = SessionUpdate | InputAudioBufferAppend | InputAudioBufferCommit
+
+# --------------------------------------------------------------------------- server -> client
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated:
+    id: str = field(default_factory=lambda: f"sess-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    type: str = field(default="session.created", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionDelta:
+    """Confirmed text, append-only: the concatenation of all deltas is the transcript."""
+
+    delta: str
+    type: str = field(default="transcription.delta", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionPartial:
+    """Extension: the whole current unconfirmed tail (replaces the previous partial)."""
+
+    text: str
+    type: str = field(default="transcription.partial", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionDone:
+    text: str
+    usage: Usage | None = None
+    type: str = field(default="transcription.done", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    error: str
+    code: str | None = None
+    type: str = field(default="error", init=False)
+
+
+ServerEvent = (
+    SessionCreated | TranscriptionDelta | TranscriptionPartial | TranscriptionDone | ErrorEvent
+)
+TranscriptEvent = TranscriptionDelta | TranscriptionPartial | TranscriptionDone
+"""What an engine yields: text as it becomes known, then one ``done``."""
+
+Event = ClientEvent | ServerEvent
+
+# --------------------------------------------------------------------------- serialization
+
+
+def serialize(event: Event) -> str:
+    """Encode an event as one compact JSON text frame, keys in vLLM's order."""
+    return json.dumps(to_dict(event), separators=(",", ":"), ensure_ascii=False)
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    match event:
+        case SessionUpdate(model=model, partials=partials):
+            out: dict[str, Any] = {"type": event.type, "model": model}
+            if partials:
+                out[PARTIALS_KEY] = True
+            return out
+        case InputAudioBufferAppend(audio=audio):
+            return {"type": event.type, "audio": base64.b64encode(audio).decode("ascii")}
+        case InputAudioBufferCommit(final=final):
+            return {"type": event.type, "final": final}
+        case SessionCreated(id=sid, created=created):
+            return {"type": event.type, "id": sid, "created": created}
+        case TranscriptionDelta(delta=delta):
+            return {"type": event.type, "delta": delta}
+        case TranscriptionPartial(text=text):
+            return {"type": event.type, "text": text}
+        case TranscriptionDone(text=text, usage=usage):
+            usage_dict = None
+            if usage is not None:
+                usage_dict = {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "total_tokens": usage.total_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "prompt_tokens_details": None,
+                }
+            return {"type": event.type, "text": text, "usage": usage_dict}
+        case ErrorEvent(error=error, code=code):
+            return {"type": event.type, "error": error, "code": code}
+    raise TypeError(f"not a protocol event: {event!r}")
+
+
+def error_frame(code: ErrorCode | str, message: str) -> str:
+    """Shorthand for the JSON of an ``error`` event."""
+    return serialize(ErrorEvent(error=message, code=str(code)))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _load_object(frame: str | bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(ErrorCode.INVALID_JSON, "Invalid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.INVALID_JSON, "Invalid JSON: an event must be an object")
+    return obj
+
+
+def decode_audio(payload: object, *, max_bytes: int = DEFAULT_MAX_APPEND_BYTES) -> bytes:
+    """Validate and decode the base64 PCM16 of an append, as strictly as vLLM does or more."""
+    if not isinstance(payload, str):
+        raise ProtocolError(ErrorCode.INVALID_AUDIO, "Invalid audio data: 'audio' must be a string")
+    if len(payload) > (max_bytes * 4) // 3 + 4:
+        raise ProtocolError(ErrorCode.INVALID_AUDIO, "Invalid audio data: chunk too large")
+    try:
+        audio = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(ErrorCode.INVALID_AUDIO, "Invalid audio data: not base64") from None
+    if not audio:
+        raise ProtocolError(ErrorCode.INVALID_AUDIO, "Invalid audio data: empty chunk")
+    if len(audio) % BYTES_PER_SAMPLE:
+        raise ProtocolError(
+            ErrorCode.INVALID_AUDIO, "Invalid audio data: odd byte count (PCM16 expected)"
+        )
+    if len(audio) > max_bytes:
+        raise ProtocolError(ErrorCode.INVALID_AUDIO, "Invalid audio data: chunk too large")
+    return audio
+
+
+def parse_client_event(
+    frame: str | bytes, *, max_audio_bytes: int = DEFAULT_MAX_APPEND_BYTES
+) -> ClientEvent:
+    """Parse one client frame; raise :class:`ProtocolError` with vLLM's code when it is bad.
+
+    A ``session.update`` without ``model`` raises ``invalid_event``; checking that the model
+    exists is the server's business (it alone knows which models it serves).
+    """
+    obj = _load_object(frame)
+    kind = obj.get("type")
+    if kind == "input_audio_buffer.append":
+        if "audio" not in obj:
+            raise ProtocolError(ErrorCode.INVALID_AUDIO, "Invalid audio data: 'audio' is missing")
+        return InputAudioBufferAppend(decode_audio(obj["audio"], max_bytes=max_audio_bytes))
+    if kind == "input_audio_buffer.commit":
+        final = obj.get("final", False)
+        if not isinstance(final, bool):
+            raise ProtocolError(ErrorCode.PROCESSING_ERROR, "'final' must be a boolean")
+        return InputAudioBufferCommit(final=final)
+    if kind == "session.update":
+        model = obj.get("model")
+        if model is None:
+            raise ProtocolError(ErrorCode.INVALID_EVENT, "Missing required field: model")
+        if not isinstance(model, str):
+            raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'model' must be a string")
+        return SessionUpdate(model=model, partials=obj.get(PARTIALS_KEY) is True)
+    raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"Unknown event type: {kind}")
+
+
+def parse_server_event(frame: str | bytes) -> ServerEvent:
+    """Parse one server frame (for clients). Unknown server events raise ``unknown_event``."""
+    obj = _load_object(frame)
+    kind = obj.get("type")
+    try:
+        if kind == "transcription.delta":
+            return TranscriptionDelta(delta=_str(obj["delta"]))
+        if kind == "transcription.partial":
+            return TranscriptionPartial(text=_str(obj["text"]))
+        if kind == "transcription.done":
+            usage = obj.get("usage")
+            parsed_usage = None
+            if isinstance(usage, dict):
+                parsed_usage = Usage(
+                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                    completion_tokens=int(usage.get("completion_tokens") or 0),
+                )
+            return TranscriptionDone(text=_str(obj.get("text", "")), usage=parsed_usage)
+        if kind == "error":
+            code = obj.get("code")
+            return ErrorEvent(
+                error=str(obj.get("error", "")), code=None if code is None else str(code)
+            )
+        if kind == "session.created":
+            return SessionCreated(id=_str(obj.get("id", "")), created=int(obj.get("created", 0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_EVENT, f"Malformed {kind} event: {exc}") from None
+    raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"Unknown event type: {kind}")
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value

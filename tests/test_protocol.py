@@ -1,0 +1,116 @@
+"""The Realtime codec: what goes over the wire, and which error code each bad frame earns."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from components import protocol as p
+
+
+def test_client_events_round_trip() -> None:
+    for event in (
+        p.SessionUpdate(model="m"),
+        p.SessionUpdate(model="m", partials=True),
+        p.InputAudioBufferAppend(b"\x01\x00\xff\x7f"),
+        p.InputAudioBufferCommit(),
+        p.InputAudioBufferCommit(final=True),
+    ):
+        assert p.parse_client_event(p.serialize(event)) == event
+
+
+def test_server_events_round_trip() -> None:
+    for event in (
+        p.SessionCreated(id="sess-1", created=5),
+        p.TranscriptionDelta(delta=" hello"),
+        p.TranscriptionPartial(text=" wor"),
+        p.TranscriptionDone(text="hello world", usage=p.Usage(3, 4)),
+        p.TranscriptionDone(text=""),
+        p.ErrorEvent(error="boom", code="processing_error"),
+    ):
+        assert p.parse_server_event(p.serialize(event)) == event
+
+
+def test_wire_shapes_match_vllm() -> None:
+    assert json.loads(p.serialize(p.TranscriptionDone("hi", p.Usage(2, 1)))) == {
+        "type": "transcription.done",
+        "text": "hi",
+        "usage": {
+            "prompt_tokens": 2,
+            "total_tokens": 3,
+            "completion_tokens": 1,
+            "prompt_tokens_details": None,
+        },
+    }
+    assert list(json.loads(p.serialize(p.SessionCreated()))) == ["type", "id", "created"]
+    assert p.SessionCreated().id.startswith("sess-")
+    append = json.loads(p.serialize(p.InputAudioBufferAppend(b"\x00\x01")))
+    assert base64.b64decode(append["audio"]) == b"\x00\x01"
+    # A plain session.update carries no extension key.
+    assert json.loads(p.serialize(p.SessionUpdate(model="m"))) == {
+        "type": "session.update",
+        "model": "m",
+    }
+
+
+def test_commit_defaults_to_non_final() -> None:
+    assert (
+        p.parse_client_event('{"type":"input_audio_buffer.commit"}') == p.InputAudioBufferCommit()
+    )
+
+
+def test_session_update_ignores_unknown_keys() -> None:
+    event = p.parse_client_event('{"type":"session.update","model":"m","language":"en"}')
+    assert event == p.SessionUpdate(model="m")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ("[1,2]", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        ('{"type":"response.create"}', "unknown_event"),
+        ("{}", "unknown_event"),
+        ('{"type":"session.update"}', "invalid_event"),
+        ('{"type":"session.update","model":3}', "invalid_event"),
+        ('{"type":"input_audio_buffer.append"}', "invalid_audio"),
+        ('{"type":"input_audio_buffer.append","audio":"%%%"}', "invalid_audio"),
+        ('{"type":"input_audio_buffer.append","audio":""}', "invalid_audio"),
+        ('{"type":"input_audio_buffer.append","audio":5}', "invalid_audio"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": b64(b"\x00")}), "invalid_audio"),
+        ('{"type":"input_audio_buffer.commit","final":"yes"}', "processing_error"),
+    ],
+)
+def test_bad_client_frames_get_vllm_codes(frame: str | bytes, code: str) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_event(frame)
+    assert info.value.code == code
+    assert info.value.message
+
+
+def test_unknown_event_message_names_the_type() -> None:
+    with pytest.raises(p.ProtocolError, match="Unknown event type: nope"):
+        p.parse_client_event('{"type":"nope"}')
+
+
+def test_oversized_append_is_refused() -> None:
+    frame = p.serialize(p.InputAudioBufferAppend(b"\x00" * 2048))
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_event(frame, max_audio_bytes=1024)
+    assert info.value.code == "invalid_audio"
+    assert p.parse_client_event(frame, max_audio_bytes=2048).samples == 1024
+
+
+def test_malformed_server_event_is_an_error() -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_server_event('{"type":"transcription.delta"}')
+    assert info.value.code == "invalid_event"
+    with pytest.raises(p.ProtocolError):
+        p.parse_server_event('{"type":"transcription.delta","delta":5}')
