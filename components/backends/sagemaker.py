@@ -1,0 +1,492 @@
+"""SageMaker AI backend: the Realtime protocol over ``InvokeEndpointWithBidirectionalStream``.
+
+Each protocol event travels as one ``PayloadPart`` (``DataType=UTF8``) on an HTTP/2 bidirectional
+stream; the endpoint's container turns each part into one WebSocket text frame for its engine
+server and each frame back into one part. So the events are exactly those of ``/v1/realtime``
+and the same codec (``components.protocol``) encodes and decodes them.
+
+Transport facts that shape this module (see SAGEMAKER.md):
+
+* The SDK's default aiohttp transport cannot stream both ways; awscrt's HTTP/2 client can. Its
+  TLS context comes from the system store, so a private front's CA (``AWS_CA_BUNDLE``) is
+  installed through awscrt's ``override_default_trust_store_from_path``.
+* The call returns a stream at once; a refused connection, a TLS failure or a 4xx/5xx answer
+  surfaces only from ``await_output()``, while sends may block meanwhile. ``open()`` therefore
+  races its first sends against the response, bounded by ``connect_timeout``, and every later
+  send is raced against the stream's failure.
+* Credentials come from boto3's standard chain and are asked for on every signature (each event
+  is signed in a chain), so refreshable credentials (SSO, assumed roles, instance roles) are
+  refreshed during long sessions instead of expiring mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from components import protocol
+from components.backends.sagemaker_errors import NO_CREDENTIALS, map_error
+from components.errors import AuthError, BackendError, BackendUnavailable, ConnectionLost
+from components.protocol import (
+    ErrorEvent,
+    InputAudioBufferAppend,
+    InputAudioBufferCommit,
+    ServerEvent,
+    SessionCreated,
+    SessionUpdate,
+    TranscriptionDone,
+)
+
+log = logging.getLogger("components.backends.sagemaker")
+
+ENDPOINT_URL_ENV = "SAGEMAKER_ENDPOINT_URL"
+MODEL_ENV = "SAGEMAKER_MODEL"
+CA_BUNDLE_ENV = "AWS_CA_BUNDLE"
+DEFAULT_MODEL = "live-captions"
+"""Model named in ``session.update`` when neither ``model`` nor ``SAGEMAKER_MODEL`` is set."""
+
+EVENT_QUEUE_SIZE = 1024
+CLOSE_TIMEOUT = 5.0
+"""How long a graceful end of stream may take before resources are dropped."""
+
+
+def default_endpoint_url(region: str) -> str:
+    """The runtime's HTTP/2 endpoint (the SDK's own resolver leaves out port 8443)."""
+    return f"https://runtime.sagemaker.{region}.amazonaws.com:8443"
+
+
+def resolve_region(region: str | None) -> str | None:
+    """Region from the argument, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, or boto3's config."""
+    if region:
+        return region
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if os.environ.get(name):
+            return os.environ[name]
+    try:
+        import boto3
+
+        return boto3.session.Session().region_name
+    except Exception:  # a broken config file must not hide the clearer error below
+        return None
+
+
+class Boto3CredentialsResolver:
+    """The SDK's identity resolver, answered by boto3's credentials object on every call.
+
+    boto3's ``RefreshableCredentials`` renew themselves when asked near expiry; asking on every
+    signature is what keeps a long session signed with valid credentials. A refresh may do
+    network I/O (STS, SSO, instance metadata), so it runs in a thread; otherwise the frozen
+    credentials are read in place (a dictionary read under a lock).
+    """
+
+    def __init__(self, credentials: Any) -> None:
+        self._credentials = credentials
+        self._identity: Any = None
+        self._frozen: Any = None
+
+    async def get_identity(self, *, properties: Any = None) -> Any:
+        from smithy_aws_core.identity import AWSCredentialsIdentity
+
+        creds = self._credentials
+        needs_refresh = getattr(creds, "refresh_needed", None)
+        if needs_refresh is not None and needs_refresh():
+            frozen = await asyncio.to_thread(creds.get_frozen_credentials)
+        else:
+            frozen = creds.get_frozen_credentials()
+        if frozen is not self._frozen:
+            if not frozen.access_key or not frozen.secret_key:
+                raise AuthError(NO_CREDENTIALS)
+            self._frozen = frozen
+            self._identity = AWSCredentialsIdentity(
+                access_key_id=frozen.access_key,
+                secret_access_key=frozen.secret_key,
+                session_token=frozen.token or None,
+            )
+        return self._identity
+
+    async def invalidate(self) -> None:
+        self._frozen = None
+
+
+def _crt_transport(ca_bundle: str | None, connect_timeout: float) -> Any:
+    """An awscrt HTTP/2 transport that trusts ``ca_bundle`` and serialises connection setup."""
+    from awscrt import io as crt_io
+    from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig
+
+    class _Transport(AWSCRTHTTPClient):
+        def __init__(self) -> None:
+            super().__init__(client_config=AWSCRTHTTPClientConfig(force_http_2=True))
+            options = crt_io.TlsContextOptions()
+            if ca_bundle:
+                options.override_default_trust_store_from_path(ca_filepath=ca_bundle)
+            self._tls_ctx = crt_io.ClientTlsContext(options)
+            self._socket_options.connect_timeout_ms = max(1, int(connect_timeout * 1000))
+            self._connect_lock: asyncio.Lock | None = None
+
+        def __deepcopy__(self, memo: Any) -> _Transport:
+            # The SDK deep-copies its config; one transport (one pooled HTTP/2 connection,
+            # this TLS context) must stay shared by every stream of the client.
+            return self
+
+        async def _get_connection(self, url: Any) -> Any:
+            # Concurrent first calls would each open a connection and leak all but one.
+            if self._connect_lock is None:
+                self._connect_lock = asyncio.Lock()
+            async with self._connect_lock:
+                return await super()._get_connection(url)
+
+    return _Transport()
+
+
+class SageMakerBackend:
+    """Opens live transcription streams on a SageMaker AI endpoint (see module docstring)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        region: str | None = None,
+        *,
+        endpoint_url: str | None = None,
+        model: str | None = None,
+        ca_bundle: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if not endpoint:
+            raise ValueError("a SageMaker endpoint name is required")
+        self.endpoint = endpoint
+        self.region = resolve_region(region)
+        url = endpoint_url or os.environ.get(ENDPOINT_URL_ENV)
+        if url is None and self.region is not None:
+            url = default_endpoint_url(self.region)
+        if url is not None and not url.startswith("https://"):
+            raise ValueError(
+                f"SageMaker endpoint URL must be https:// (HTTP/2 over TLS), got {url!r}"
+            )
+        self.endpoint_url = url
+        self.model = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+        self.ca_bundle = ca_bundle or os.environ.get(CA_BUNDLE_ENV) or None
+        self.connect_timeout = connect_timeout
+        self.name = f"SageMaker endpoint {endpoint} ({self.region or 'no region'})"
+        self._credentials: Any = None
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._setup_lock: asyncio.Lock | None = None
+
+    def _where(self) -> str:
+        return f"SageMaker endpoint '{self.endpoint}' in {self.region}"
+
+    async def _load_credentials(self) -> Any:
+        if self._credentials is None:
+
+            def load() -> Any:
+                import boto3
+                from botocore.exceptions import BotoCoreError
+
+                try:
+                    creds = boto3.session.Session().get_credentials()
+                except BotoCoreError as exc:
+                    raise AuthError(f"Could not read AWS credentials: {exc}") from None
+                if creds is None:
+                    raise AuthError(NO_CREDENTIALS)
+                return creds
+
+            self._credentials = await asyncio.to_thread(load)
+        return self._credentials
+
+    async def _sdk_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client_loop is loop:
+            return self._client
+        if self._setup_lock is None or self._client_loop is not loop:
+            self._setup_lock = asyncio.Lock()
+        async with self._setup_lock:
+            if self._client is not None and self._client_loop is loop:
+                return self._client
+            if self.region is None or self.endpoint_url is None:
+                raise BackendError(
+                    "No AWS region for SageMaker: pass --region or set AWS_REGION "
+                    "(or a region in the AWS profile)."
+                )
+            from aws_sdk_sagemaker_runtime_http2.client import AsyncSageMakerRuntimeHTTP2Client
+            from aws_sdk_sagemaker_runtime_http2.config import AsyncSageMakerRuntimeHTTP2Config
+
+            credentials = await self._load_credentials()
+            config = await AsyncSageMakerRuntimeHTTP2Config.resolve(
+                region=self.region,
+                endpoint_uri=self.endpoint_url,
+                transport=_crt_transport(self.ca_bundle, self.connect_timeout),
+                aws_credentials_identity_resolver=Boto3CredentialsResolver(credentials),
+            )
+            self._client = AsyncSageMakerRuntimeHTTP2Client(config=config)
+            self._client_loop = loop
+            return self._client
+
+    async def open(self, *, partials: bool = False) -> SageMakerStream:
+        """Start a stream: invoke the endpoint, choose the model, start generation."""
+        from aws_sdk_sagemaker_runtime_http2.models import (
+            InvokeEndpointWithBidirectionalStreamInput,
+        )
+
+        label = f"sm-{uuid.uuid4().hex[:12]}"
+        try:
+            client = await self._sdk_client()
+            duplex = await client.invoke_endpoint_with_bidirectional_stream(
+                InvokeEndpointWithBidirectionalStreamInput(endpoint_name=self.endpoint)
+            )
+        except Exception as exc:
+            raise self._map(exc) from None
+        stream = SageMakerStream(self, duplex, label)
+        await stream._start(SessionUpdate(model=self.model, partials=partials))
+        return stream
+
+    def _map(self, exc: BaseException) -> BackendError:
+        return map_error(
+            exc,
+            endpoint=self.endpoint,
+            region=str(self.region),
+            url=str(self.endpoint_url),
+        )
+
+    async def aclose(self) -> None:
+        """Close the pooled HTTP/2 connection (streams still open are ended first by it)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+class SageMakerStream:
+    """One live transcription over one ``InvokeEndpointWithBidirectionalStream`` call."""
+
+    def __init__(self, backend: SageMakerBackend, duplex: Any, label: str) -> None:
+        self._backend = backend
+        self._duplex = duplex
+        self._input = duplex.input_stream
+        self.session_id = label
+        self._log = logging.LoggerAdapter(log, {"session_id": label})
+        self._events: asyncio.Queue[ServerEvent | BackendError | None] = asyncio.Queue(
+            EVENT_QUEUE_SIZE
+        )
+        self._failed: asyncio.Future[BackendError] = asyncio.get_running_loop().create_future()
+        self._send_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._done = False
+        self._closed = False
+        self._input_closed = False
+
+    # ------------------------------------------------------------------ opening
+
+    async def _start(self, update: SessionUpdate) -> None:
+        """Send the opening events while waiting for the response, within the connect timeout.
+
+        Whichever fails first, the response's error is the one reported when there is one: a
+        refused or rejected call also breaks the sends, but only the response says why.
+        """
+        sends = asyncio.ensure_future(self._send_unraced(update, InputAudioBufferCommit()))
+        output = asyncio.ensure_future(self._duplex.await_output())
+        try:
+            async with asyncio.timeout(self._backend.connect_timeout):
+                await asyncio.wait({sends, output}, return_when=asyncio.FIRST_EXCEPTION)
+                if sends.done() and sends.exception() is not None and not output.done():
+                    await asyncio.wait({output})
+                _, receiver = await output
+                await sends
+        except TimeoutError:
+            await self._abandon(sends, output)
+            raise BackendUnavailable(
+                f"No answer from {self._backend.endpoint_url} for {self._backend._where()} "
+                f"within {self._backend.connect_timeout:g} s."
+            ) from None
+        except BaseException as exc:
+            await self._abandon(sends, output)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise self._backend._map(exc) from None
+        self._reader = asyncio.create_task(self._read(receiver), name=f"{self.session_id}-reader")
+        self._log.info("[%s] stream open on %s", self.session_id, self._backend.name)
+
+    async def _abandon(self, *tasks: asyncio.Future[Any]) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        await self._close_input(graceful=False)
+        self._closed = True
+
+    # ------------------------------------------------------------------ sending
+
+    def _payload(self, event: protocol.ClientEvent) -> Any:
+        from aws_sdk_sagemaker_runtime_http2.models import (
+            RequestPayloadPart,
+            RequestStreamEventPayloadPart,
+        )
+
+        data = protocol.serialize(event).encode()
+        return RequestStreamEventPayloadPart(
+            value=RequestPayloadPart(bytes_=data, data_type="UTF8")
+        )
+
+    async def _send_unraced(self, *events: protocol.ClientEvent) -> None:
+        async with self._send_lock:
+            for event in events:
+                await self._input.send(self._payload(event))
+
+    async def _send(self, event: protocol.ClientEvent) -> None:
+        if self._failed.done():
+            raise self._failed.result()
+        if self._closed or self._input_closed:
+            raise ConnectionLost(f"The stream to {self._backend._where()} is closed.")
+        payload = self._payload(event)
+        async with self._send_lock:
+            send = asyncio.ensure_future(self._input.send(payload))
+            await asyncio.wait({send, self._failed}, return_when=asyncio.FIRST_COMPLETED)
+            if not send.done():
+                send.cancel()
+                with contextlib.suppress(BaseException):
+                    await send
+                raise self._failed.result()
+            try:
+                send.result()
+            except Exception as exc:
+                if self._failed.done():
+                    raise self._failed.result() from None
+                raise self._backend._map(exc) from None
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        """Send PCM16 16 kHz mono audio (any length that is a whole number of samples)."""
+        if pcm16:
+            await self._send(InputAudioBufferAppend(audio=pcm16))
+
+    async def finish(self) -> None:
+        """Final commit: the engine flushes what remains and answers ``transcription.done``."""
+        await self._send(InputAudioBufferCommit(final=True))
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _read(self, receiver: Any) -> None:
+        """Decode response events into protocol events until the stream ends."""
+        from aws_sdk_sagemaker_runtime_http2.models import ResponseStreamEventPayloadPart
+
+        pending = bytearray()
+        failure: BackendError | None = None
+        try:
+            while True:
+                item = await receiver.receive()
+                if item is None:
+                    if not self._done:
+                        failure = ConnectionLost(
+                            f"The stream to {self._backend._where()} ended before the "
+                            "transcript was complete."
+                        )
+                    return
+                if not isinstance(item, ResponseStreamEventPayloadPart):
+                    self._log.debug("[%s] ignoring %s", self.session_id, type(item).__name__)
+                    continue
+                part = item.value
+                data = part.bytes_ or b""
+                if part.completion_state == "PARTIAL":
+                    pending += data
+                    continue
+                if pending:
+                    data, pending = bytes(pending + data), bytearray()
+                try:
+                    event = protocol.parse_server_event(data)
+                except protocol.ProtocolError as exc:
+                    self._log.warning("[%s] unreadable event: %s", self.session_id, exc.message)
+                    continue
+                if isinstance(event, SessionCreated):
+                    self._log.info("[%s] server session %s", self.session_id, event.id)
+                    self._log = logging.LoggerAdapter(log, {"session_id": event.id})
+                    self.session_id = event.id
+                    continue
+                if isinstance(event, TranscriptionDone):
+                    self._done = True
+                await self._events.put(event)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if not self._done and not self._closed:
+                failure = self._backend._map(exc)
+        finally:
+            if failure is not None:
+                self._log.info("[%s] stream failed: %s", self.session_id, failure)
+                if not self._failed.done():
+                    self._failed.set_result(failure)
+                with contextlib.suppress(asyncio.QueueFull):
+                    self._events.put_nowait(failure)
+
+    def __aiter__(self) -> AsyncIterator[ServerEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ServerEvent]:
+        while True:
+            if self._closed and self._events.empty():
+                return
+            item = await self._events.get()
+            if item is None:
+                return
+            if isinstance(item, BackendError):
+                await self.cancel()
+                raise item
+            yield item
+            if isinstance(item, TranscriptionDone):
+                await self._end()
+                return
+            if isinstance(item, ErrorEvent):
+                self._log.info("[%s] server error %s: %s", self.session_id, item.code, item.error)
+
+    # ------------------------------------------------------------------ closing
+
+    async def _close_input(self, *, graceful: bool) -> None:
+        """End the request body (a signed empty event, then END_STREAM)."""
+        if self._input_closed:
+            return
+        self._input_closed = True
+        provider = getattr(self._input, "_writer", None)
+        if graceful:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._input.close()
+                return
+            except BaseException:  # a dead connection never drains: drop what is buffered
+                pass
+        close = getattr(provider, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close(flush=False)
+
+    async def _end(self) -> None:
+        """After ``done``: end the request and let the response finish, within a bound."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._close_input(graceful=True)
+        if self._reader is not None:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.shield(self._reader)
+            except BaseException:
+                self._reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._reader
+        self._log.info("[%s] stream closed", self.session_id)
+
+    async def cancel(self) -> None:
+        """Stop at once and release everything; safe to call any number of times."""
+        if self._closed and (self._reader is None or self._reader.done()):
+            return
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        await self._close_input(graceful=True)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(None)  # wakes an iteration waiting in another task
+        self._log.info("[%s] stream cancelled", self.session_id)
