@@ -1,0 +1,8 @@
+"""``python -m components``: serve a realtime endpoint or transcribe a file (see cli.py)."""
+
+import sys
+
+from components.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
