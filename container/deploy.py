@@ -387,6 +387,9 @@ class Deployer:
 
     def wait_in_service(self, name: str) -> dict[str, Any]:
         """Poll until ``InService``; raise with SageMaker's failure reason otherwise."""
+        if self.dry_run:
+            self.out(f"endpoint {name}: (a real run waits here until InService)")
+            return {}
         deadline = time.monotonic() + self.timeout_seconds
         last = None
         while True:
