@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from components import protocol
-from components.backends.sagemaker_errors import NO_CREDENTIALS, map_error
+from components.backends.sagemaker_errors import NO_CREDENTIALS, map_error, session_error
 from components.errors import AuthError, BackendError, BackendUnavailable, ConnectionLost
 from components.protocol import (
     ErrorEvent,
@@ -175,7 +175,9 @@ class SageMakerBackend:
         self._credentials: Any = None
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._setup_lock: asyncio.Lock | None = None
+        self._users = 0
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     def _where(self) -> str:
         return f"SageMaker endpoint '{self.endpoint}' in {self.region}"
@@ -198,33 +200,52 @@ class SageMakerBackend:
             self._credentials = await asyncio.to_thread(load)
         return self._credentials
 
-    async def _sdk_client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._client is not None and self._client_loop is loop:
-            return self._client
-        if self._setup_lock is None or self._client_loop is not loop:
-            self._setup_lock = asyncio.Lock()
-        async with self._setup_lock:
-            if self._client is not None and self._client_loop is loop:
-                return self._client
-            if self.region is None or self.endpoint_url is None:
-                raise BackendError(
-                    "No AWS region for SageMaker: pass --region or set AWS_REGION "
-                    "(or a region in the AWS profile)."
-                )
-            from aws_sdk_sagemaker_runtime_http2.client import AsyncSageMakerRuntimeHTTP2Client
-            from aws_sdk_sagemaker_runtime_http2.config import AsyncSageMakerRuntimeHTTP2Config
-
-            credentials = await self._load_credentials()
-            config = await AsyncSageMakerRuntimeHTTP2Config.resolve(
-                region=self.region,
-                endpoint_uri=self.endpoint_url,
-                transport=_crt_transport(self.ca_bundle, self.connect_timeout),
-                aws_credentials_identity_resolver=Boto3CredentialsResolver(credentials),
+    async def _new_client(self) -> Any:
+        if self.region is None or self.endpoint_url is None:
+            raise BackendError(
+                "No AWS region for SageMaker: pass --region or set AWS_REGION "
+                "(or a region in the AWS profile)."
             )
-            self._client = AsyncSageMakerRuntimeHTTP2Client(config=config)
-            self._client_loop = loop
+        from aws_sdk_sagemaker_runtime_http2.client import AsyncSageMakerRuntimeHTTP2Client
+        from aws_sdk_sagemaker_runtime_http2.config import AsyncSageMakerRuntimeHTTP2Config
+
+        credentials = await self._load_credentials()
+        config = await AsyncSageMakerRuntimeHTTP2Config.resolve(
+            region=self.region,
+            endpoint_uri=self.endpoint_url,
+            transport=_crt_transport(self.ca_bundle, self.connect_timeout),
+            aws_credentials_identity_resolver=Boto3CredentialsResolver(credentials),
+        )
+        return AsyncSageMakerRuntimeHTTP2Client(config=config)
+
+    async def _acquire(self) -> Any:
+        """The SDK client for this event loop; streams open at the same time share its
+        HTTP/2 connection. Paired with :meth:`_release`."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        async with self._lock:
+            if self._client is not None and self._client_loop is not loop:
+                # Made on a loop that has ended: it can be neither used nor closed from here.
+                self._client, self._users = None, 0
+            if self._client is None:
+                self._client = await self._new_client()
+                self._client_loop = loop
+            self._users += 1
             return self._client
+
+    async def _release(self, client: Any) -> None:
+        """One stream is done with ``client``; the last one closes its connection, so a
+        process that only ever opens streams (the CLI) leaves nothing open behind it."""
+        assert self._lock is not None
+        async with self._lock:
+            if client is self._client:
+                self._users -= 1
+                if self._users > 0:
+                    return
+                self._client = None
+        with contextlib.suppress(Exception):
+            await client.close()
 
     async def open(self, *, partials: bool = False) -> SageMakerStream:
         """Start a stream: invoke the endpoint, choose the model, start generation."""
@@ -234,13 +255,19 @@ class SageMakerBackend:
 
         label = f"sm-{uuid.uuid4().hex[:12]}"
         try:
-            client = await self._sdk_client()
+            client = await self._acquire()
+        except Exception as exc:
+            raise self._map(exc) from None
+        try:
             duplex = await client.invoke_endpoint_with_bidirectional_stream(
                 InvokeEndpointWithBidirectionalStreamInput(endpoint_name=self.endpoint)
             )
-        except Exception as exc:
+        except BaseException as exc:
+            await self._release(client)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise self._map(exc) from None
-        stream = SageMakerStream(self, duplex, label)
+        stream = SageMakerStream(self, client, duplex, label)
         await stream._start(SessionUpdate(model=self.model, partials=partials))
         return stream
 
@@ -253,8 +280,8 @@ class SageMakerBackend:
         )
 
     async def aclose(self) -> None:
-        """Close the pooled HTTP/2 connection (streams still open are ended first by it)."""
-        client, self._client = self._client, None
+        """Close the pooled connection now (open streams end with it)."""
+        client, self._client, self._users = self._client, None, 0
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
@@ -263,8 +290,9 @@ class SageMakerBackend:
 class SageMakerStream:
     """One live transcription over one ``InvokeEndpointWithBidirectionalStream`` call."""
 
-    def __init__(self, backend: SageMakerBackend, duplex: Any, label: str) -> None:
+    def __init__(self, backend: SageMakerBackend, client: Any, duplex: Any, label: str) -> None:
         self._backend = backend
+        self._client: Any = client
         self._duplex = duplex
         self._input = duplex.input_stream
         self.session_id = label
@@ -318,6 +346,12 @@ class SageMakerStream:
                 await task
         await self._close_input(graceful=False)
         self._closed = True
+        await self._release()
+
+    async def _release(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await self._backend._release(client)
 
     # ------------------------------------------------------------------ sending
 
@@ -415,14 +449,19 @@ class SageMakerStream:
                 failure = self._backend._map(exc)
         finally:
             if failure is not None:
-                self._log.info("[%s] stream failed: %s", self.session_id, failure)
-                if not self._failed.done():
-                    self._failed.set_result(failure)
+                failure = self._fail(failure)
                 with contextlib.suppress(asyncio.QueueFull):
                     self._events.put_nowait(failure)
 
     def __aiter__(self) -> AsyncIterator[ServerEvent]:
         return self._iterate()
+
+    def _fail(self, error: BackendError) -> BackendError:
+        """Remember the first failure: later sends and reads raise that one, not a symptom."""
+        if not self._failed.done():
+            self._failed.set_result(error)
+            self._log.info("[%s] stream failed: %s", self.session_id, error)
+        return self._failed.result()
 
     async def _iterate(self) -> AsyncIterator[ServerEvent]:
         while True:
@@ -432,14 +471,20 @@ class SageMakerStream:
             if item is None:
                 return
             if isinstance(item, BackendError):
+                error = self._fail(item)
                 await self.cancel()
-                raise item
+                raise error
+            if isinstance(item, ErrorEvent):
+                ending = session_error(item, where=self._backend._where())
+                if ending is not None:
+                    error = self._fail(ending)
+                    await self.cancel()
+                    raise error
+                self._log.info("[%s] server error %s: %s", self.session_id, item.code, item.error)
             yield item
             if isinstance(item, TranscriptionDone):
                 await self._end()
                 return
-            if isinstance(item, ErrorEvent):
-                self._log.info("[%s] server error %s: %s", self.session_id, item.code, item.error)
 
     # ------------------------------------------------------------------ closing
 
@@ -475,6 +520,7 @@ class SageMakerStream:
                 self._reader.cancel()
                 with contextlib.suppress(BaseException):
                     await self._reader
+        await self._release()
         self._log.info("[%s] stream closed", self.session_id)
 
     async def cancel(self) -> None:
@@ -487,6 +533,7 @@ class SageMakerStream:
             with contextlib.suppress(BaseException):
                 await self._reader
         await self._close_input(graceful=True)
+        await self._release()
         with contextlib.suppress(asyncio.QueueFull):
             self._events.put_nowait(None)  # wakes an iteration waiting in another task
         self._log.info("[%s] stream cancelled", self.session_id)

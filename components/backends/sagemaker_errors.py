@@ -30,6 +30,7 @@ from components.errors import (
     NotFound,
     RemoteError,
 )
+from components.protocol import ErrorCode, ErrorEvent
 
 _ERROR_ID = re.compile(r"id: [\w.]+#(\w+)")
 
@@ -210,3 +211,33 @@ def stream_error(code: str | None, reason: str | None, *, where: str) -> Backend
     if code == "ModelInvocationTimeExceeded":
         return RemoteError(f"The stream to {where} exceeded SageMaker's time limit ({detail}).")
     return RemoteError(f"The model container behind {where} ended the stream ({detail}).")
+
+
+_ENDS_SESSION = {
+    ErrorCode.IDLE_TIMEOUT,
+    ErrorCode.SESSION_TOO_LONG,
+    ErrorCode.AUDIO_BUFFER_FULL,
+}
+
+
+def session_error(event: ErrorEvent, *, where: str) -> BackendError | None:
+    """The exception for an ``error`` event that ends the session; None for one that does not.
+
+    The container's engine server speaks the Realtime protocol, so these are its error codes;
+    the messages point at what can be changed on the SageMaker side.
+    """
+    code, message = event.code, event.error
+    if code == ErrorCode.MODEL_NOT_FOUND:
+        return NotFound(
+            f"{message}: {where} serves another model name; set SAGEMAKER_MODEL (or --model) "
+            "to the container's served model name."
+        )
+    if code == ErrorCode.SERVER_BUSY:
+        return Busy(f"{where} is at its session limit ({message}); try again later.")
+    if code == ErrorCode.UPSTREAM_UNAVAILABLE:
+        return BackendUnavailable(f"The container behind {where} lost its engine: {message}")
+    if code in _ENDS_SESSION:
+        return ConnectionLost(f"{where} closed the session: {message}")
+    if code in (ErrorCode.PROCESSING_ERROR, ErrorCode.MODEL_NOT_VALIDATED):
+        return RemoteError(f"The engine behind {where} could not transcribe: {message}")
+    return None
