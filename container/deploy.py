@@ -29,17 +29,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.backends.sagemaker import DEFAULT_MODEL as SERVED_MODEL_NAME
+
 VARIANT = "AllTraffic"
 DEFAULT_INSTANCE_TYPE = "ml.g6.4xlarge"
 DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_ENVIRONMENT: dict[str, str] = {
     "ENGINE": "vllm",
+    "SERVED_MODEL_NAME": SERVED_MODEL_NAME,
     "SM_VLLM_MODEL": DEFAULT_MODEL_ID,
     "SM_VLLM_MAX_MODEL_LEN": "45000",
     "SM_VLLM_TOKENIZER_MODE": "mistral",
     "SM_VLLM_COMPILATION_CONFIG": '{"cudagraph_mode": "PIECEWISE"}',
 }
-"""The container's environment for the GPU engine (vLLM + Voxtral Realtime), ~1 h of audio."""
+"""The container's environment for the GPU engine (vLLM + Voxtral Realtime), ~1 h of audio.
+
+The served model name is the one the SageMaker client names by default, whatever the engine."""
 
 SCALE_METRICS = {
     "concurrency": "SageMakerVariantConcurrentRequestsPerModelHighResolution",
@@ -543,7 +548,6 @@ def spec_from_args(args: argparse.Namespace) -> EndpointSpec:
     environment["SM_VLLM_MODEL"] = args.model_id
     if args.engine != "vllm":
         environment = {k: v for k, v in environment.items() if not k.startswith("SM_VLLM_")}
-        environment["ENGINE"] = args.engine
     environment.update(_env_pairs(args.env))
     scaling = None
     if args.autoscale:

@@ -95,6 +95,7 @@ def test_create_makes_model_config_endpoint_and_autoscaling(aws: None) -> None:
     assert model["ExecutionRoleArn"] == ROLE
     env = container["Environment"]
     assert env["ENGINE"] == "vllm"
+    assert env["SERVED_MODEL_NAME"] == "live-captions"  # what the client names by default
     assert env["SM_VLLM_MODEL"] == deploy.DEFAULT_MODEL_ID
     assert env["SM_VLLM_MAX_MODEL_LEN"] == "30000"  # --env overrides the default 45000
     assert json.loads(env["SM_VLLM_COMPILATION_CONFIG"]) == {"cudagraph_mode": "PIECEWISE"}

@@ -48,7 +48,11 @@ ENDPOINT_URL_ENV = "SAGEMAKER_ENDPOINT_URL"
 MODEL_ENV = "SAGEMAKER_MODEL"
 CA_BUNDLE_ENV = "AWS_CA_BUNDLE"
 DEFAULT_MODEL = "live-captions"
-"""Model named in ``session.update`` when neither ``model`` nor ``SAGEMAKER_MODEL`` is set."""
+"""Model named in ``session.update`` when neither ``model`` nor ``SAGEMAKER_MODEL`` is set.
+
+A client cannot ask a SageMaker endpoint which models it serves, so the name is agreed instead:
+``container/deploy.py`` starts the container with ``SERVED_MODEL_NAME`` set to this value, and
+``container/serve`` serves whichever engine it runs under that name."""
 
 EVENT_QUEUE_SIZE = 1024
 CLOSE_TIMEOUT = 5.0
