@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from components.protocol import (
     ServerEvent,
     SessionCreated,
     SessionUpdate,
+    TranscriptEvent,
     TranscriptionDelta,
     TranscriptionDone,
     TranscriptionPartial,
@@ -56,6 +57,7 @@ logger = logging.getLogger("components.server")
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 SEND_TIMEOUT = 5.0
 """How long the final error and close may take before the session gives up on a stuck client."""
@@ -84,6 +86,7 @@ class Ending:
 
 
 CLIENT_CLOSED = Ending("client_closed")
+SERVER_SHUTDOWN = Ending("server_shutdown")
 
 
 class RealtimeSession:
@@ -162,7 +165,7 @@ class RealtimeSession:
 
     async def _say_goodbye(self, ending: Ending) -> None:
         """Tell the client why (an ``error`` event), then close; bounded in time."""
-        if ending is CLIENT_CLOSED:
+        if ending in (CLIENT_CLOSED, SERVER_SHUTDOWN):
             return
         if ending.code is not None:
             self.log.warning("closing: %s (%s)", ending.message, ending.code)
@@ -226,6 +229,8 @@ class RealtimeSession:
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
+                if message.get("code") == CLOSE_SERVICE_RESTART:
+                    return SERVER_SHUTDOWN  # uvicorn closes every socket when it stops
                 return CLIENT_CLOSED
             self._touch()
             text = message.get("text")
@@ -360,8 +365,9 @@ class RealtimeSession:
     async def _run_request(self, queue: AudioQueue, partials: bool) -> None:
         parts: list[str] = []
         done: TranscriptionDone | None = None
-        events = self.engine.transcribe(queue.chunks(), partials=partials)
+        events: AsyncIterator[TranscriptEvent | ErrorEvent] | None = None
         try:
+            events = self.engine.transcribe(queue.chunks(), partials=partials)
             async for event in events:
                 match event:
                     case TranscriptionDelta(delta=delta):
@@ -378,6 +384,8 @@ class RealtimeSession:
                         await self._send(event)
             if done is None:
                 done = TranscriptionDone(text="".join(parts), usage=Usage())
+            elif done.usage is None:  # vLLM always reports usage
+                done = TranscriptionDone(text=done.text, usage=Usage())
             self.text_chars += len(done.text)
             await self._send(done)
             self.log.debug("request %d done chars=%d", self.requests, len(done.text))
@@ -392,7 +400,7 @@ class RealtimeSession:
             with contextlib.suppress(ClientGone):
                 await self._send_error(ErrorCode.PROCESSING_ERROR, f"Transcription failed: {exc}")
         finally:
-            aclose = getattr(events, "aclose", None)
+            aclose = getattr(events, "aclose", None) if events is not None else None
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
