@@ -621,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("uvicorn.error").addFilter(_QuietUvicorn())
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per /ping otherwise
     overrides = {"upstream_url": args.upstream} if args.upstream else {}
     try:
         config = BridgeConfig.from_env(**overrides)
