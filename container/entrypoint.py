@@ -37,6 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 """The project root, put on the children's PYTHONPATH."""
 
 DEFAULT_VLLM_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
+DEFAULT_SERVED_MODEL_NAME = "live-captions"
+"""The model id clients send in ``session.update``, whichever engine runs (``SERVED_MODEL_NAME``).
+
+The same default as the SageMaker client (``components.backends.sagemaker``) and the deployment,
+so a client needs no configuration to talk to a container it did not deploy itself."""
 ENGINES = ("vllm", "whisper")
 SM_VLLM_PREFIX = "SM_VLLM_"
 SM_VLLM_RESERVED = frozenset({"MODEL", "HOST", "PORT", "SERVED_MODEL_NAME"})
@@ -85,7 +90,7 @@ class ServeConfig:
     upstream_port: int
     startup_timeout: float
     stop_timeout: float
-    served_model_name: str | None
+    served_model_name: str
     model_dir: Path
 
     @classmethod
@@ -103,7 +108,7 @@ class ServeConfig:
             served_model_name=(
                 env.get("SERVED_MODEL_NAME", "").strip()
                 or env.get("SM_VLLM_SERVED_MODEL_NAME", "").strip()
-                or None
+                or DEFAULT_SERVED_MODEL_NAME
             ),
             model_dir=Path(env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model"),
         )
@@ -159,7 +164,6 @@ def vllm_command(config: ServeConfig, env: Mapping[str, str]) -> list[str]:
     """``vllm serve`` on loopback: weights from the model directory when present, else by name."""
     named = env.get("SM_VLLM_MODEL", "").strip() or DEFAULT_VLLM_MODEL
     model = str(config.model_dir) if holds_weights(config.model_dir) else named
-    served = config.served_model_name or named
     return [
         "vllm",
         "serve",
@@ -169,14 +173,14 @@ def vllm_command(config: ServeConfig, env: Mapping[str, str]) -> list[str]:
         "--port",
         str(config.upstream_port),
         "--served-model-name",
-        served,
+        config.served_model_name,
         *sm_vllm_flags(env),
     ]
 
 
 def whisper_command(config: ServeConfig) -> list[str]:
     """This project's Realtime server on the embedded CPU engine, on loopback."""
-    command = [
+    return [
         sys.executable,
         "-m",
         "components",
@@ -187,10 +191,9 @@ def whisper_command(config: ServeConfig) -> list[str]:
         str(config.upstream_port),
         "--engine",
         "whisper",
+        "--served-model-name",
+        config.served_model_name,
     ]
-    if config.served_model_name:
-        command += ["--served-model-name", config.served_model_name]
-    return command
 
 
 def bridge_command(config: ServeConfig) -> list[str]:

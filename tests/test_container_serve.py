@@ -43,6 +43,7 @@ from components.protocol import (
     serialize,
 )
 from container.entrypoint import (
+    DEFAULT_SERVED_MODEL_NAME,
     DEFAULT_VLLM_MODEL,
     ServeConfig,
     SetupError,
@@ -257,7 +258,7 @@ def test_sm_vllm_variables_become_vllm_flags(tmp_path: Path) -> None:
     command = vllm_command(config, env)
     assert command[:3] == ["vllm", "serve", DEFAULT_VLLM_MODEL]
     assert command[3:8] == ["--host", "127.0.0.1", "--port", "8081", "--served-model-name"]
-    assert command[8] == DEFAULT_VLLM_MODEL
+    assert command[8] == DEFAULT_SERVED_MODEL_NAME
     assert command[9:] == sm_vllm_flags(env)
     assert "0.0.0.0" not in command and "9999" not in command
 
@@ -269,10 +270,16 @@ def test_weights_in_the_model_directory_win_over_the_model_name(tmp_path: Path) 
     (tmp_path / "params.json").write_text("{}")
     command = vllm_command(config, env)
     assert command[2] == str(tmp_path)
-    assert command[command.index("--served-model-name") + 1] == "org/named"
+    assert command[command.index("--served-model-name") + 1] == DEFAULT_SERVED_MODEL_NAME
     env["SERVED_MODEL_NAME"] = "captions"
     command = vllm_command(ServeConfig.from_env(env), env)
     assert command[command.index("--served-model-name") + 1] == "captions"
+
+
+def test_the_default_model_name_is_the_sagemaker_clients() -> None:
+    from components.backends.sagemaker import DEFAULT_MODEL
+
+    assert DEFAULT_SERVED_MODEL_NAME == DEFAULT_MODEL
 
 
 def test_bad_settings_are_refused_with_a_reason() -> None:
