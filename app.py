@@ -1,0 +1,429 @@
+"""Live Captions: the page (Gradio Blocks), and the Hugging Face Space entry point.
+
+Wiring only: widgets, events and how a session looks; sessions, limits and the choice of
+backend live in :mod:`components.session`. Run with ``python app.py`` (honours
+``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, default http://127.0.0.1:7860).
+
+How the page pushes captions: the microphone's ``.stream`` handler only hands each chunk to
+the tab's session (Gradio drops audio when that handler is slow) and, on a new session, writes
+its id into a hidden box. That box's ``.change`` starts :func:`follow`, an async generator that
+waits on the session's change signal and yields the captions as each delta arrives — not when
+the next audio chunk happens to come in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr
+
+from components.session import (
+    BackendChoice,
+    BackendKind,
+    SessionManager,
+    SessionView,
+    Settings,
+)
+
+log = logging.getLogger("app")
+
+KIND_LABELS = {
+    BackendKind.LOCAL: "Local",
+    BackendKind.SAGEMAKER: "SageMaker",
+    BackendKind.REALTIME: "Realtime server URL",
+}
+LABEL_KINDS = {label: kind for kind, label in KIND_LABELS.items()}
+DEFAULT_URL = "ws://127.0.0.1:8081/v1/realtime"
+STREAM_EVERY = float(os.environ.get("STREAM_EVERY", "0.25"))
+"""Seconds of audio per browser chunk (Gradio's ``stream_every``): lower means earlier captions."""
+REFRESH_SECONDS = 0.5
+"""The figures panel refreshes at least this often while a session runs."""
+
+_CLICK_MIC_STOP = """
+  const mic = document.querySelector("#mic");
+  const stop = mic && (mic.querySelector(".stop-button") ||
+    [...mic.querySelectorAll("button")].find((b) => b.textContent.trim() === "Stop"));
+  if (stop) stop.click();
+"""
+STOP_MIC_JS = "() => {" + _CLICK_MIC_STOP + "  return [];\n}"
+STOP_MIC_WHEN_ENDED_JS = (
+    "(figures) => {\n"
+    '  const m = /data-state="(\\w+)"/.exec(figures || "");\n'
+    '  if (m && ["done", "failed", "cancelled"].includes(m[1])) {' + _CLICK_MIC_STOP + "  }\n"
+    "  return [];\n}"
+)
+
+CSS = """
+#captions .captions-box { min-height: 9em; max-height: 45vh; overflow-y: auto; display: flex;
+  flex-direction: column-reverse; font-size: 1.35em; line-height: 1.5; padding: 0.6em 0.8em;
+  border: 1px solid var(--border-color-primary); border-radius: 8px; }
+#captions .placeholder { color: var(--body-text-color-subdued); }
+#captions .partial { color: #8a8f98; font-style: italic; }
+#status .error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b;
+  border-radius: 6px; padding: 0.5em 0.8em; }
+#status .notice { color: #7a5d00; background: #fffaeb; border: 1px solid #fedf89;
+  border-radius: 6px; padding: 0.5em 0.8em; }
+#figures table { width: 100%; font-size: 0.92em; }
+#figures td:first-child { color: var(--body-text-color-subdued); padding-right: 0.6em; }
+"""
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_captions(view: SessionView | None) -> str:
+    """The caption box: confirmed text, then the tentative tail in grey italics."""
+    if view is None or (not view.text and not view.partial):
+        waiting = view is not None and not view.finished and view.error is None
+        hint = "Listening…" if waiting else "Captions appear here. Press Record and speak."
+        body = f'<span class="placeholder">{hint}</span>'
+        state = view.state.value if view else "idle"
+    else:
+        final = f'<span class="final">{html.escape(view.text)}</span>'
+        partial = f' <span class="partial">{html.escape(view.partial)}</span>'
+        body = final + (partial if view.partial else "")
+        state = view.state.value
+    sid = html.escape(view.session_id) if view else ""
+    return (
+        f'<div class="captions-box" data-state="{state}" data-session="{sid}" '
+        f'aria-live="polite"><div>{body}</div></div>'
+    )
+
+
+def render_status(view: SessionView | None) -> str:
+    if view is None:
+        return ""
+    if view.error:
+        return f'<div class="error" role="alert">{html.escape(view.error)}</div>'
+    if view.notice:
+        return f'<div class="notice" role="status">{html.escape(view.notice)}</div>'
+    return ""
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} s"
+
+
+def render_figures(view: SessionView | None, engine_note: str) -> str:
+    """Live figures; the same numbers ride along as data-* attributes for tests and benches."""
+    if view is None:
+        rows = [("Backend", engine_note), ("State", "idle")]
+        attrs = 'data-state="idle"'
+    else:
+        backend = view.backend
+        if view.backend.endswith("in-process") or view.backend == "Local engine":
+            backend = f"{view.backend}<br><small>{html.escape(engine_note)}</small>"
+        lost = "–" if view.samples_lost is None else f"{view.samples_lost:,}"
+        rows = [
+            ("Backend", backend if "<br>" in backend else html.escape(backend)),
+            ("State", view.state.value),
+            ("Audio received", _seconds(view.audio_received)),
+            ("Audio sent", _seconds(view.audio_sent)),
+            ("First caption", _seconds(view.first_caption)),
+            ("Lag", _seconds(view.lag if not view.finished else None)),
+            ("Samples in → out", f"{view.samples_in:,} → {view.samples_sent:,}"),
+            ("Samples lost", lost),
+        ]
+        first = "" if view.first_caption is None else f"{view.first_caption:.3f}"
+        attrs = (
+            f'data-state="{view.state.value}" data-session="{html.escape(view.session_id)}" '
+            f'data-samples-in="{view.samples_in}" data-samples-expected="{view.samples_expected}" '
+            f'data-samples-sent="{view.samples_sent}" '
+            f'data-samples-lost="{"" if view.samples_lost is None else view.samples_lost}" '
+            f'data-late-chunks="{view.late_chunks}" '
+            f'data-audio-received="{view.audio_received:.3f}" '
+            f'data-first-caption="{first}"'
+        )
+    cells = "".join(
+        f"<tr><td>{name}</td><td>{value if name == 'Backend' else html.escape(value)}</td></tr>"
+        for name, value in rows
+    )
+    return f'<div class="figures" {attrs}><table>{cells}</table></div>'
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _owner(request: gr.Request | None) -> str:
+    return (request.session_hash if request is not None else None) or "anonymous"
+
+
+def _stream_key(request: gr.Request) -> str:
+    """An id for the running microphone stream: a new recording gets a new id.
+
+    Gradio builds one ``gr.Request`` per queued event and hands that same object to every call
+    of a ``.stream`` handler, so an id stored on it lives exactly as long as the recording.
+    """
+    state = vars(request)
+    key = state.get("_live_captions_stream")
+    if key is None:
+        key = state["_live_captions_stream"] = uuid.uuid4().hex[:12]
+    return key
+
+
+def _choice(
+    kind_label: str, endpoint: str | None, region: str | None, url: str | None
+) -> BackendChoice:
+    kind = LABEL_KINDS.get(kind_label, kind_label)
+    return BackendChoice(kind, endpoint=endpoint or "", region=region or "", url=url or "")
+
+
+def build_demo(manager: SessionManager) -> gr.Blocks:
+    settings = manager.settings
+    kinds = settings.kinds
+    if not kinds:
+        raise SystemExit(
+            "No backend is enabled: set LOCAL_BACKEND=1, SAGEMAKER_ENDPOINTS, or REALTIME_URL."
+        )
+    labels = [KIND_LABELS[k] for k in kinds]
+    allowed = settings.allowed_endpoints
+
+    def engine_note() -> str:
+        return manager.engine_note()
+
+    def outputs_for(view: SessionView | None, *, final: bool) -> tuple[Any, ...]:
+        downloads: list[Any]
+        if final and view is not None and view.exports:
+            downloads = [
+                gr.DownloadButton(value=str(view.exports[ext]), visible=True)
+                for ext in ("txt", "srt", "vtt")
+            ]
+        elif final or view is None:
+            downloads = [gr.DownloadButton(value=None, visible=False)] * 3
+        else:
+            downloads = [gr.skip()] * 3
+        return (
+            render_captions(view),
+            render_figures(view, engine_note()),
+            render_status(view),
+            *downloads,
+        )
+
+    with gr.Blocks(title="Live Captions", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(
+            "# Live Captions\n"
+            "Press **Record**, speak, and watch the captions appear as you talk. "
+            "Grey italics are words the engine may still revise."
+        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                captions = gr.HTML(render_captions(None), elem_id="captions")
+                status = gr.HTML("", elem_id="status")
+                with gr.Row():
+                    dl_txt = gr.DownloadButton("Download .txt", visible=False, elem_id="dl-txt")
+                    dl_srt = gr.DownloadButton("Download .srt", visible=False, elem_id="dl-srt")
+                    dl_vtt = gr.DownloadButton("Download .vtt", visible=False, elem_id="dl-vtt")
+            with gr.Column(scale=1, min_width=260):
+                figures = gr.HTML(render_figures(None, engine_note()), elem_id="figures")
+        with gr.Row():
+            with gr.Column():
+                mic = gr.Audio(
+                    sources=["microphone"],
+                    streaming=True,
+                    label="Microphone",
+                    elem_id="mic",
+                )
+            with gr.Column():
+                upload = gr.Audio(
+                    sources=["upload"],
+                    type="filepath",
+                    label="No microphone? Stream a recording as if live",
+                    elem_id="upload",
+                )
+                play = gr.Button("Stream the recording", elem_id="stream-file")
+        with gr.Row():
+            stop_btn = gr.Button("Stop streaming", variant="stop", elem_id="stop")
+            clear_btn = gr.Button("Clear", elem_id="clear")
+        with gr.Accordion("Backend", open=len(kinds) > 1):
+            kind = gr.Radio(labels, value=labels[0], label="Transcribe with", elem_id="backend")
+            with gr.Row(visible=labels[0] == "SageMaker") as sm_row:
+                if allowed is not None:
+                    endpoint = gr.Dropdown(
+                        list(allowed),
+                        value=settings.sagemaker_endpoint or (allowed[0] if allowed else None),
+                        label="SageMaker endpoint",
+                        elem_id="sm-endpoint",
+                    )
+                else:
+                    endpoint = gr.Textbox(
+                        value=settings.sagemaker_endpoint,
+                        label="SageMaker endpoint",
+                        placeholder="my-asr-endpoint",
+                        elem_id="sm-endpoint",
+                    )
+                region = gr.Textbox(
+                    value=settings.sagemaker_region,
+                    label="AWS region",
+                    interactive=not settings.region_locked,
+                    elem_id="sm-region",
+                )
+            with gr.Row(visible=labels[0] == "Realtime server URL") as url_row:
+                url = gr.Textbox(
+                    value=settings.realtime_url or DEFAULT_URL,
+                    label="Realtime server URL (vLLM /v1/realtime)",
+                    interactive=settings.allow_custom_url,
+                    elem_id="rt-url",
+                )
+        session_id = gr.Textbox("", visible="hidden", elem_id="session-id")
+
+        backend_inputs = [kind, endpoint, region, url]
+        view_outputs = [captions, figures, status, dl_txt, dl_srt, dl_vtt]
+
+        async def on_chunk(
+            chunk: tuple[int, Any] | None,
+            kind_label: str,
+            endpoint_name: str | None,
+            region_name: str | None,
+            server_url: str | None,
+            request: gr.Request,
+        ) -> Any:
+            if chunk is None:
+                return gr.skip()
+            rate, samples = chunk
+            owner = _owner(request)
+            before = manager.current(owner)
+            choice = _choice(kind_label, endpoint_name, region_name, server_url)
+            session = manager.feed(owner, _stream_key(request), choice, int(rate), samples)
+            return session.id if session is not None and session is not before else gr.skip()
+
+        async def follow(sid: str, request: gr.Request) -> AsyncIterator[tuple[Any, ...]]:
+            owner = _owner(request)
+            session = manager.get(sid) if sid else None
+            if session is None:
+                yield outputs_for(None, final=True)
+                return
+            seen = -1
+            while manager.current(owner) is session:
+                view = session.view()
+                seen = view.version
+                yield outputs_for(view, final=view.finished)
+                if view.finished:
+                    return
+                await session.wait_changed(seen, REFRESH_SECONDS)
+
+        async def on_stop_recording(request: gr.Request) -> None:
+            manager.stop(_owner(request))
+
+        async def on_stop(request: gr.Request) -> None:
+            manager.stop(_owner(request))
+
+        async def on_file(
+            path: str | None,
+            kind_label: str,
+            endpoint_name: str | None,
+            region_name: str | None,
+            server_url: str | None,
+            request: gr.Request,
+        ) -> tuple[Any, Any]:
+            if not path:
+                message = "Choose an audio file first (drop it on the recording box)."
+                return gr.skip(), f'<div class="error" role="alert">{message}</div>'
+            choice = _choice(kind_label, endpoint_name, region_name, server_url)
+            session = manager.stream_file(_owner(request), choice, path)
+            return session.id, ""
+
+        async def on_clear(request: gr.Request) -> tuple[Any, ...]:
+            manager.clear(_owner(request))
+            return ("", *outputs_for(None, final=True))
+
+        def on_kind(kind_label: str) -> tuple[Any, Any]:
+            return (
+                gr.Row(visible=kind_label == "SageMaker"),
+                gr.Row(visible=kind_label == "Realtime server URL"),
+            )
+
+        async def on_load() -> AsyncIterator[str]:
+            yield render_figures(None, engine_note())
+            future = manager.load_engine() if BackendKind.LOCAL in kinds else None
+            if future is not None and not future.done():
+                try:
+                    await asyncio.wrap_future(future)
+                except Exception:  # the note says what went wrong
+                    pass
+                yield render_figures(None, engine_note())
+
+        def on_unload(request: gr.Request) -> None:
+            manager.release(_owner(request))
+
+        mic.stream(
+            on_chunk,
+            inputs=[mic, *backend_inputs],
+            outputs=[session_id],
+            stream_every=STREAM_EVERY,
+            time_limit=int(settings.max_session_seconds) + 10,
+            concurrency_limit=None,
+            show_progress="hidden",
+            api_visibility="private",
+        )
+        follow_event = session_id.change(
+            follow,
+            inputs=[session_id],
+            outputs=view_outputs,
+            concurrency_limit=None,
+            trigger_mode="multiple",
+            show_progress="hidden",
+            api_visibility="private",
+        )
+        mic.stop_recording(
+            on_stop_recording, None, None, show_progress="hidden", api_visibility="private"
+        )
+        stop_btn.click(
+            on_stop, None, None, js=STOP_MIC_JS, show_progress="hidden", api_visibility="private"
+        )
+        play.click(
+            on_file,
+            inputs=[upload, *backend_inputs],
+            outputs=[session_id, status],
+            show_progress="hidden",
+            api_visibility="private",
+        )
+        clear_btn.click(
+            on_clear,
+            None,
+            [session_id, *view_outputs],
+            cancels=[follow_event],
+            js=STOP_MIC_JS,
+            show_progress="hidden",
+            api_visibility="private",
+        )
+        # A session that ends on its own (an error, its length limit, the server) stops the
+        # microphone too; the browser's recorder can only be stopped from the browser.
+        figures.change(None, [figures], None, js=STOP_MIC_WHEN_ENDED_JS)
+        kind.change(on_kind, [kind], [sm_row, url_row], api_visibility="private")
+        demo.load(on_load, None, [figures], show_progress="hidden", api_visibility="private")
+        demo.unload(on_unload)
+    demo.queue(default_concurrency_limit=None, max_size=None)
+    return demo
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    manager = SessionManager(Settings.from_env())
+    if BackendKind.LOCAL in manager.settings.kinds:
+        manager.load_engine()  # build the shared engine now, not on the first visitor's click
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # let Gradio close its server, then release sessions below
+
+    signal.signal(signal.SIGTERM, _terminate)
+    demo = build_demo(manager)
+    try:
+        demo.launch(css=CSS, show_error=False)
+    finally:
+        manager.shutdown()
+
+
+if __name__ == "__main__":
+    main()
