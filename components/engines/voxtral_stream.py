@@ -267,8 +267,8 @@ class VoxtralFramer:
 
     @property
     def buffered_samples(self) -> int:
-        """Samples pushed that no frame owns yet (what a slow model leaves waiting)."""
-        return max(self.stream_end - self._core_start, 0)
+        """Samples pushed beyond what the next frame needs (what a slow model leaves waiting)."""
+        return max(self.stream_end - (self._core_end + self.spec.look_ahead), 0)
 
     def push_audio(self, chunk: np.ndarray) -> None:
         """Append float32 mono samples at the model's rate; the left padding precedes the first."""
@@ -414,10 +414,11 @@ class FrameFeeder:
     """The async side of a :class:`VoxtralFramer`: pulls audio, waits for fed-back tokens.
 
     A background task reads the caller's audio iterator into the framer, pausing while more than
-    ``max_buffered_seconds`` of audio waits unframed (so a slow model pushes back on the caller
-    instead of growing memory). :meth:`frames` yields each frame as soon as its audio and token
-    are there. The first failure (no audio within ``idle_timeout`` seconds while some is needed,
-    or a broken audio iterator) is kept in :attr:`error` and ends the frames.
+    ``max_buffered_seconds`` of audio beyond the next frame waits (so a slow model pushes back on
+    the caller instead of growing memory). :meth:`frames` yields each frame as soon as its audio
+    and token are there. The first failure (no audio within ``idle_timeout`` seconds while some
+    is wanted, or a broken audio iterator) is kept in :attr:`error` and ends the frames.
+    :meth:`aclose` stops the reader and closes the audio iterator.
     """
 
     def __init__(
@@ -476,6 +477,10 @@ class FrameFeeder:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        close = getattr(self._audio, "aclose", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                await close()
 
     async def _pump(self) -> None:
         framer = self.framer
