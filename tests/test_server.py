@@ -1,0 +1,366 @@
+"""The realtime server over real sockets, with the real Whisper engine and real speech.
+
+The servers run in this process (uvicorn on a background loop) so that the tests can read their
+live counters; clients are plain ``websockets`` connections speaking the wire protocol, so
+every frame is exactly what a vLLM client would send or see. One engine serves every server of
+the module; each server differs only in its limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from components.audio import float_to_pcm16, load_file
+from components.evaluation import Clip, corpus_wer, wer
+from components.protocol import (
+    InputAudioBufferAppend,
+    InputAudioBufferCommit,
+    SessionUpdate,
+    serialize,
+)
+from components.server import ServerSettings, ServerState, create_app
+from tests.support_server import BackgroundLoop, serve_app
+
+CHUNK = 3200  # bytes: 100 ms of PCM16 at 16 kHz
+WER_BOUND = 0.35
+"""Streaming tiny.en on clean read speech; the design targets are far tighter (bench/)."""
+
+CLEAN = ("librispeech-1995-1837-0001", "librispeech-1089-134691-0001")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+class Server:
+    def __init__(self, url: str, state: ServerState) -> None:
+        self.url = url
+        self.ws = url.replace("http://", "ws://") + "/v1/realtime"
+        self.state = state
+
+
+@pytest.fixture(scope="module")
+def bg() -> Iterator[BackgroundLoop]:
+    with BackgroundLoop() as loop:
+        yield loop
+
+
+@pytest.fixture(scope="module")
+def engine(bg: BackgroundLoop) -> Iterator[Any]:
+    from components.engines.whisper import WhisperEngine
+
+    async def build() -> Any:
+        return WhisperEngine.from_env()
+
+    eng = bg.run(build())
+    yield eng
+    bg.run(eng.aclose())
+
+
+def _server(bg: BackgroundLoop, engine: Any, **settings: Any) -> Iterator[Server]:
+    app = create_app(engine, ServerSettings(**settings), close_engine=False)
+    with serve_app(bg, app) as url:
+        yield Server(url, app.state.realtime)
+
+
+@pytest.fixture(scope="module")
+def server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
+    yield from _server(bg, engine, max_sessions=4, idle_timeout=30)
+
+
+@pytest.fixture(scope="module")
+def auth_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
+    yield from _server(bg, engine, api_key="s3cret-key")
+
+
+@pytest.fixture(scope="module")
+def single_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
+    yield from _server(bg, engine, max_sessions=1)
+
+
+@pytest.fixture(scope="module")
+def hasty_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
+    yield from _server(bg, engine, idle_timeout=0.5, max_session_seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def small_buffer_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
+    yield from _server(bg, engine, audio_buffer_seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def pcm(clips: dict[str, Clip]) -> dict[str, bytes]:
+    return {cid: float_to_pcm16(load_file(str(clips[cid].path))) for cid in clips}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def recv(ws: ClientConnection, within: float = 60.0) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), within))
+
+
+async def open_session(
+    server: Server, *, partials: bool = False, model: str | None = None
+) -> ClientConnection:
+    ws = await connect(server.ws)
+    created = await recv(ws)
+    assert created["type"] == "session.created"
+    name = model or server.state.model_names[0]
+    await ws.send(serialize(SessionUpdate(model=name, partials=partials)))
+    return ws
+
+
+async def stream_audio(ws: ClientConnection, audio: bytes, *, pace: float = 0.0) -> None:
+    """Commit, append in 100 ms chunks (optionally paced), final commit."""
+    await ws.send(serialize(InputAudioBufferCommit()))
+    for i in range(0, len(audio), CHUNK):
+        await ws.send(serialize(InputAudioBufferAppend(audio[i : i + CHUNK])))
+        if pace:
+            await asyncio.sleep(pace)
+    await ws.send(serialize(InputAudioBufferCommit(final=True)))
+
+
+async def collect(ws: ClientConnection, within: float = 120.0) -> list[dict[str, Any]]:
+    """Events until transcription.done (included)."""
+    events = []
+    deadline = time.monotonic() + within
+    while True:
+        event = await recv(ws, max(0.1, deadline - time.monotonic()))
+        events.append(event)
+        if event["type"] == "transcription.done":
+            return events
+        assert event["type"] != "error" or event["code"] == "overloaded", event
+
+
+async def transcribe(server: Server, audio: bytes, **kw: Any) -> list[dict[str, Any]]:
+    ws = await open_session(server, partials=kw.pop("partials", False))
+    async with ws:
+        sender = asyncio.create_task(stream_audio(ws, audio, **kw))
+        events = await collect(ws)
+        await sender
+        return events
+
+
+def deltas(events: list[dict[str, Any]]) -> str:
+    return "".join(e["delta"] for e in events if e["type"] == "transcription.delta")
+
+
+async def wait_until(predicate: Any, within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def test_health_and_models_match_vllm_shapes(server: Server) -> None:
+    health = httpx.get(f"{server.url}/health")
+    assert health.status_code == 200 and health.content == b""
+    body = httpx.get(f"{server.url}/v1/models").json()
+    assert body["object"] == "list"
+    card = body["data"][0]
+    assert card["id"] == server.state.engine.model
+    assert card["object"] == "model"
+    for key in ("created", "owned_by", "root", "parent", "max_model_len", "permission"):
+        assert key in card
+    assert card["permission"][0]["object"] == "model_permission"
+
+
+# --------------------------------------------------------------------------- transcription
+
+
+async def test_transcribes_speech_with_vllm_event_order(
+    server: Server, clips: dict[str, Clip], pcm: dict[str, bytes]
+) -> None:
+    pairs = []
+    for cid in CLEAN:
+        events = await transcribe(server, pcm[cid])
+        done = events[-1]
+        assert done["type"] == "transcription.done"
+        assert set(done["usage"]) >= {"prompt_tokens", "completion_tokens", "total_tokens"}
+        assert not any(e["type"] == "transcription.partial" for e in events)
+        text = deltas(events)
+        assert wer(done["text"], text) < 0.05  # done carries what the deltas said
+        pairs.append((clips[cid].text, done["text"]))
+    assert corpus_wer(pairs) <= WER_BOUND, pairs
+
+
+async def test_fresh_commit_after_done_starts_a_new_request(
+    server: Server, clips: dict[str, Clip], pcm: dict[str, bytes]
+) -> None:
+    first, second = CLEAN
+    ws = await open_session(server)
+    async with ws:
+        await stream_audio(ws, pcm[first])
+        one = await collect(ws)
+        await stream_audio(ws, pcm[second])
+        two = await collect(ws)
+    assert wer(clips[first].text, one[-1]["text"]) <= WER_BOUND
+    text = two[-1]["text"]
+    assert wer(clips[second].text, text) <= WER_BOUND, text
+    assert "sorrow" not in text.lower()  # no context carried over from the first request
+
+
+async def test_concurrent_sessions_each_get_their_own_text(
+    server: Server, clips: dict[str, Clip], pcm: dict[str, bytes]
+) -> None:
+    a, b = CLEAN
+    results = await asyncio.gather(
+        transcribe(server, pcm[a], pace=0.02), transcribe(server, pcm[b], pace=0.02)
+    )
+    text_a, text_b = (r[-1]["text"] for r in results)
+    assert wer(clips[a].text, text_a) <= WER_BOUND, text_a
+    assert wer(clips[b].text, text_b) <= WER_BOUND, text_b
+    assert wer(clips[b].text, text_a) > 0.8
+
+
+async def test_partials_only_reach_clients_that_asked(
+    server: Server, pcm: dict[str, bytes]
+) -> None:
+    audio = pcm[CLEAN[0]]
+    with_partials = await transcribe(server, audio, partials=True, pace=0.01)
+    without = await transcribe(server, audio, pace=0.01)
+    assert any(e["type"] == "transcription.partial" for e in with_partials)
+    assert not any(e["type"] == "transcription.partial" for e in without)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+async def test_every_protocol_error_code_over_a_real_socket(server: Server) -> None:
+    cases: list[tuple[str | bytes, str]] = [
+        ('{"type": "input_audio_buffer.commit"}', "model_not_validated"),
+        ("{not json", "invalid_json"),
+        ('{"type": "response.create"}', "unknown_event"),
+        ('{"type": "session.update"}', "invalid_event"),
+        ('{"type": "session.update", "model": "no-such-model"}', "model_not_found"),
+        ('{"type": "input_audio_buffer.append", "audio": "%%%"}', "invalid_audio"),
+        ('{"type": "input_audio_buffer.append", "audio": "AA=="}', "invalid_audio"),  # 1 byte
+        ('{"type": "input_audio_buffer.append", "audio": ""}', "invalid_audio"),
+        (b"\x00\x01\x02\x03", "invalid_frame"),
+    ]
+    async with connect(server.ws) as ws:
+        assert (await recv(ws))["type"] == "session.created"
+        for frame, code in cases:
+            await ws.send(frame)
+            event = await recv(ws, 10)
+            assert event["type"] == "error" and event["code"] == code, (frame, event)
+            assert event["error"]
+        # The socket is still open and usable after every one of them.
+        await ws.send(serialize(SessionUpdate(model=server.state.model_names[0])))
+        await stream_audio(ws, np.zeros(16_000, dtype="<i2").tobytes())
+        events = await collect(ws)
+        assert events[-1]["type"] == "transcription.done"
+
+
+async def test_disconnect_mid_stream_releases_session_and_request(
+    server: Server, pcm: dict[str, bytes]
+) -> None:
+    state = server.state
+    assert await wait_until(lambda: state.slots.active == 0 and state.requests_active == 0)
+    ws = await open_session(server)
+    await ws.send(serialize(InputAudioBufferCommit()))
+    audio = pcm[CLEAN[0]]
+    for i in range(0, len(audio) // 2, CHUNK):
+        await ws.send(serialize(InputAudioBufferAppend(audio[i : i + CHUNK])))
+    assert await wait_until(lambda: state.requests_active == 1)
+    assert state.slots.active == 1
+    ws.transport.abort()  # no close frame: the client vanishes
+    assert await wait_until(lambda: state.slots.active == 0 and state.requests_active == 0)
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(f"{server.url}/stats")).json()
+    assert stats["sessions_active"] == 0 and stats["requests_active"] == 0
+
+
+async def test_api_key_is_required_on_the_handshake(
+    auth_server: Server, pcm: dict[str, bytes]
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(auth_server.ws, additional_headers=headers)
+        assert refused.value.response.status_code == 401
+    good = {"Authorization": "Bearer s3cret-key"}
+    async with httpx.AsyncClient(base_url=auth_server.url) as http:
+        assert (await http.get("/health")).status_code == 200
+        assert (await http.get("/v1/models")).status_code == 401
+        assert (await http.get("/stats")).status_code == 401
+        assert (await http.get("/v1/models", headers=good)).status_code == 200
+    async with connect(auth_server.ws, additional_headers=good) as ws:
+        assert (await recv(ws))["type"] == "session.created"
+
+
+async def test_session_limit_answers_server_busy_and_1013(single_server: Server) -> None:
+    holder = await open_session(single_server)
+    try:
+        async with connect(single_server.ws) as refused:
+            event = await recv(refused, 10)
+            assert event["type"] == "error" and event["code"] == "server_busy"
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv(refused, 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    finally:
+        await holder.close()
+    assert await wait_until(lambda: single_server.state.slots.active == 0)
+    async with connect(single_server.ws) as again:
+        assert (await recv(again))["type"] == "session.created"
+
+
+async def test_idle_timeout_sends_error_then_closes(hasty_server: Server) -> None:
+    async with connect(hasty_server.ws) as ws:
+        assert (await recv(ws))["type"] == "session.created"
+        event = await recv(ws, 10)  # we send nothing
+        assert event["type"] == "error" and event["code"] == "idle_timeout"
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws, 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert await wait_until(lambda: hasty_server.state.slots.active == 0)
+
+
+async def test_maximum_session_length_is_enforced(hasty_server: Server) -> None:
+    ws = await open_session(hasty_server)
+    async with ws:
+        chunk = serialize(InputAudioBufferAppend(bytes(CHUNK)))
+        codes = []
+        with pytest.raises(ConnectionClosed):
+            for _ in range(200):  # 20 s at most; the limit is 2 s
+                await ws.send(chunk)  # steady audio: never idle
+                try:
+                    event = await recv(ws, 0.1)
+                    codes.append(event.get("code"))
+                except TimeoutError:
+                    pass
+        assert "session_too_long" in codes
+
+
+async def test_audio_without_a_running_request_is_bounded(small_buffer_server: Server) -> None:
+    ws = await open_session(small_buffer_server)
+    async with ws:
+        chunk = serialize(InputAudioBufferAppend(bytes(CHUNK)))
+        for _ in range(15):  # 1.5 s, no commit: nothing drains the 1 s buffer
+            await ws.send(chunk)
+        event = await recv(ws, 10)
+        assert event["type"] == "error" and event["code"] == "audio_buffer_full"
+        with pytest.raises(ConnectionClosed):
+            await recv(ws, 10)
+
+
+async def test_fast_sender_is_held_back_not_dropped(
+    small_buffer_server: Server, clips: dict[str, Clip], pcm: dict[str, bytes]
+) -> None:
+    cid = CLEAN[0]  # 8.7 s of speech through a 1 s buffer, sent as fast as possible
+    events = await transcribe(small_buffer_server, pcm[cid])
+    assert wer(clips[cid].text, events[-1]["text"]) <= WER_BOUND, events[-1]["text"]
