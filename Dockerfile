@@ -32,12 +32,14 @@ COPY container /opt/program/container
 RUN chmod 0755 /opt/program/container/serve \
     && python3 -m compileall -q /opt/program/components /opt/program/container
 
-# Engine, ports and the bridge's package path (see README, section "SageMaker container").
+# Engine, ports, the bridge's package path, and an idle timeout, which vllm serve lacks
+# (see README, section "SageMaker container").
 ENV ENGINE=vllm \
     BRIDGE_HOST=0.0.0.0 \
     BRIDGE_PORT=8080 \
     UPSTREAM_PORT=8081 \
-    BRIDGE_PYTHONPATH=/opt/bridge-packages
+    BRIDGE_PYTHONPATH=/opt/bridge-packages \
+    BRIDGE_IDLE_TIMEOUT=120
 
 # Recommended settings for Voxtral-Mini-4B-Realtime on one 24 GB GPU (ml.g6.4xlarge):
 # 45000 tokens of context is about one hour of audio at 80 ms per token.

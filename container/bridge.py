@@ -105,6 +105,9 @@ class BridgeConfig:
     """Deadline for one upstream health probe; SageMaker wants ``/ping`` within 2 s."""
     keepalive_interval: float | None = None
     """Bridge-side pings to the client; off by default because SageMaker pings every 60 s."""
+    idle_timeout: float | None = None
+    """Close a stream after this long without a frame either way; for engines without their
+    own idle timeout (``vllm serve``). Off by default: our server has one."""
     close_timeout: float = 2.0
 
     def __post_init__(self) -> None:
@@ -122,6 +125,7 @@ class BridgeConfig:
         port = _env_int(env, "UPSTREAM_PORT", 8081)
         url = env.get("UPSTREAM_URL", "").strip() or f"ws://127.0.0.1:{port}/v1/realtime"
         keepalive = _env_float(env, "BRIDGE_KEEPALIVE_INTERVAL", 0.0)
+        idle = _env_float(env, "BRIDGE_IDLE_TIMEOUT", 0.0)
         values: dict[str, Any] = {
             "upstream_url": url,
             "health_url": env.get("UPSTREAM_HEALTH_URL", "").strip(),
@@ -131,6 +135,7 @@ class BridgeConfig:
             "connect_timeout": _env_float(env, "UPSTREAM_CONNECT_TIMEOUT", 10.0),
             "ping_timeout": _env_float(env, "BRIDGE_PING_TIMEOUT", 1.5),
             "keepalive_interval": keepalive if keepalive > 0 else None,
+            "idle_timeout": idle if idle > 0 else None,
         }
         values.update(overrides)
         return cls(**values)
@@ -277,11 +282,13 @@ class Bridge:
             self.config.health_url, self.config.ping_timeout, self.config.upstream_headers()
         )
         log.info(
-            "bridge ready: upstream %s, health %s, max %d connections, max message %d bytes",
+            "bridge ready: upstream %s, health %s, max %d connections, max message %d bytes, "
+            "idle timeout %s",
             self.config.upstream_url,
             self.config.health_url,
             self.config.max_connections,
             self.config.max_message_bytes,
+            f"{self.config.idle_timeout:g} s" if self.config.idle_timeout else "off",
         )
 
     async def stop(self) -> None:
@@ -405,10 +412,22 @@ class Bridge:
             return
         to_upstream = asyncio.create_task(self._pump_client(websocket, upstream, stats))
         to_client = asyncio.create_task(self._pump_upstream(websocket, upstream, stats))
+        tasks: list[asyncio.Task[Any]] = [to_upstream, to_client]
+        if self.config.idle_timeout:
+            tasks.append(asyncio.create_task(self._watch_idle(stats, self.config.idle_timeout)))
         try:
-            done, _ = await asyncio.wait(
-                (to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if len(tasks) == 3 and tasks[2] in done:
+                await self._refuse(
+                    websocket,
+                    stats,
+                    ErrorCode.IDLE_TIMEOUT,
+                    f"No frame either way for {self.config.idle_timeout:g} s; "
+                    "the stream was closed",
+                    1008,
+                    "idle timeout",
+                )
+                return
             if to_upstream in done and not to_upstream.cancelled():
                 exc = to_upstream.exception()
                 if exc is None:  # the client closed
@@ -435,11 +454,29 @@ class Bridge:
                     return
             await self._finish_from_upstream(websocket, stats, to_client)
         finally:
-            for task in (to_upstream, to_client):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             # Releases the engine request on every path (a no-op when already closed).
             await upstream.close()
+
+    @staticmethod
+    async def _watch_idle(stats: _Stats, idle: float) -> None:
+        """Return once no frame moved either way for ``idle`` seconds.
+
+        It samples the frame counters the pumps keep anyway, so the relay pays nothing per
+        message for it.
+        """
+        step = min(1.0, idle / 4)
+        seen = (stats.frames_in, stats.frames_out)
+        quiet_since = time.monotonic()
+        while True:
+            await asyncio.sleep(step)
+            now_seen = (stats.frames_in, stats.frames_out)
+            if now_seen != seen:
+                seen, quiet_since = now_seen, time.monotonic()
+            elif time.monotonic() - quiet_since >= idle:
+                return
 
     async def _finish_from_upstream(
         self, websocket: WebSocket, stats: _Stats, to_client: asyncio.Task[ConnectionClosed]

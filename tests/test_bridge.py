@@ -325,6 +325,8 @@ def test_config_reads_the_environment() -> None:
     assert config.upstream_headers() == {"Authorization": "Bearer k"}
     assert config.max_connections == 7
     assert config.keepalive_interval is None
+    assert config.idle_timeout is None
+    assert BridgeConfig.from_env({"BRIDGE_IDLE_TIMEOUT": "90"}).idle_timeout == 90.0
     assert health_url_for("wss://h:1/v1/realtime?x=1") == "https://h:1/health"
     with pytest.raises(ValueError, match="BRIDGE_MAX_CONNECTIONS"):
         BridgeConfig.from_env({"BRIDGE_MAX_CONNECTIONS": "many"})
@@ -579,6 +581,31 @@ async def test_an_oversized_message_closes_1009_and_releases_the_engine(
     await ws.send(serialize(InputAudioBufferAppend(pcm(3.0))))  # ~128 KB of base64
     assert (await closed_with(ws))[0] == 1009
     assert await take(upstream.closed) is not None
+
+
+async def test_an_idle_stream_is_closed_and_a_busy_one_is_not(
+    make_bridge: BridgeFactory, upstream: StandInUpstream
+) -> None:
+    idle = make_bridge(upstream_url=upstream.url, idle_timeout=0.6)
+    drain(upstream.closed)
+    quiet = await open_stream(idle.ws_url())
+    busy = await open_stream(idle.ws_url())
+    try:
+        await next_event(quiet)
+        await next_event(busy)
+        for _ in range(8):  # 1.6 s of traffic, one frame every 0.2 s
+            await busy.send(serialize(InputAudioBufferAppend(pcm(0.01))))
+            await asyncio.sleep(0.2)
+        event = await next_event(quiet)
+        assert isinstance(event, ErrorEvent)
+        assert event.code == ErrorCode.IDLE_TIMEOUT
+        assert await closed_with(quiet) == (1008, "idle timeout")
+        assert await take(upstream.closed) is not None  # its engine stream is released
+        await busy.send(serialize(InputAudioBufferCommit()))
+        assert await next_event(busy) == TranscriptionDelta("2560 bytes")
+    finally:
+        await quiet.close()
+        await busy.close()
 
 
 async def test_fifty_concurrent_streams_are_served_or_refused_cleanly(
