@@ -548,6 +548,16 @@ class VllmEngine:
     def active_sessions(self) -> int:
         return len(self._active)
 
+    @property
+    def spec(self) -> StreamSpec:
+        """The framing read from the model's tokenizer."""
+        return self._spec
+
+    @property
+    def llm(self) -> Any:
+        """The shared ``AsyncLLM`` (for diagnostics and the GPU tests)."""
+        return self._llm
+
     async def aclose(self) -> None:
         """Abort every running request and shut the engine (and its GPU process) down."""
         if self._closed:
