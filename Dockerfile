@@ -49,5 +49,8 @@ ENV SM_VLLM_MODEL=mistralai/Voxtral-Mini-4B-Realtime-2602 \
     SM_VLLM_MAX_MODEL_LEN=45000
 
 EXPOSE 8080
+# For docker run (SageMaker asks /ping itself): the same check SageMaker makes.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=480s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ping' % os.environ.get('BRIDGE_PORT', '8080'), timeout=3)"]
 ENTRYPOINT ["/opt/program/container/serve"]
 CMD ["serve"]
