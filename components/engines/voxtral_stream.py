@@ -489,22 +489,26 @@ class FrameFeeder:
                 await self._space.wait()
                 if framer.ended or self._closed:
                     break
+                deadline = asyncio.timeout(self._idle_timeout)
                 try:
-                    async with asyncio.timeout(self._idle_timeout):
+                    async with deadline:
                         chunk = await anext(self._audio)
                 except StopAsyncIteration:
                     framer.end_audio()
+                    break
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise  # the audio source's own timeout, not ours
+                    log.info("session %s: no audio for %gs", self._session, self._idle_timeout)
+                    self.error = EngineError(
+                        f"no audio for {self._idle_timeout:g} s; the session was closed",
+                        ErrorCode.IDLE_TIMEOUT,
+                    )
                     break
                 framer.push_audio(chunk)
                 if framer.buffered_samples >= self._max_buffered:
                     self._space.clear()
                 self._wake.set()
-        except TimeoutError:
-            log.info("session %s: no audio for %gs", self._session, self._idle_timeout)
-            self.error = EngineError(
-                f"no audio for {self._idle_timeout:g} s; the session was closed",
-                ErrorCode.IDLE_TIMEOUT,
-            )
         except EngineError as exc:
             self.error = exc
         except Exception as exc:
