@@ -45,7 +45,7 @@ import sys
 import tempfile
 import uuid
 from binascii import hexlify
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,10 @@ PING_TIMEOUT = 2.0
 """SageMaker expects ``/ping`` to answer within 2 s."""
 
 CONTAINER_OPEN_TIMEOUT = 5.0
+CONTAINER_CLOSE_TIMEOUT = 5.0
+"""How long the container may take to close its socket after the client's input ended."""
+REQUEST_END_TIMEOUT = 10.0
+"""How long a finished stream waits for the client's request to end before ending anyway."""
 MAX_EVENT_BYTES = 16 * 1024 * 1024 + 128 * 1024 + 16
 """Largest event-stream message: 16 MiB payload + 128 KiB headers + framing."""
 
@@ -423,15 +427,6 @@ def stream_failure_event(error_code: str, message: str) -> bytes:
 # --------------------------------------------------------------------------- the router
 
 
-@dataclass(slots=True)
-class _Fragmenter:
-    """One fragmented WebSocket message being forwarded (PARTIAL ... COMPLETE)."""
-
-    queue: asyncio.Queue[bytes | None]
-    task: asyncio.Task[None]
-    text: bool
-
-
 class LocalSageMakerApp:
     """The ASGI application: SageMaker's bidirectional-stream router for one container."""
 
@@ -634,27 +629,38 @@ class LocalSageMakerApp:
             async with send_lock:
                 await send({"type": "http.response.body", "body": data, "more_body": more})
 
-        inbound = asyncio.create_task(self._client_to_container(ws, chain, receive, logger))
+        input_ended = asyncio.Event()
+        inbound = asyncio.create_task(
+            self._client_to_container(ws, chain, receive, logger, input_ended)
+        )
         outbound = asyncio.create_task(self._container_to_client(ws, send_body))
+        ended = asyncio.create_task(input_ended.wait())
         try:
-            done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
-            if inbound in done:
-                failure = inbound.result()
-                if failure is not None:
-                    # A broken signature chain ends the stream as the service would.
-                    outbound.cancel()
-                    await _quietly(outbound)
-                    await send_body(stream_failure_event(*failure), more=False)
-                    return
-                # The client ended its input (or went away): close the container's socket,
-                # forwarding whatever it still sends until its close arrives.
+            await asyncio.wait({inbound, outbound, ended}, return_when=asyncio.FIRST_COMPLETED)
+            failure = inbound.result() if inbound.done() else None
+            if failure is not None:
+                # A broken signature chain ends the stream as the service would.
+                outbound.cancel()
+                await _quietly(outbound)
+                await send_body(stream_failure_event(*failure))
+                return
+            if not outbound.done():
+                # The client ended its input (or went away): close the container's socket and
+                # forward whatever it still sends until its close arrives.
                 await ws.close(1000, "client closed the stream")
-            await outbound
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(outbound), CONTAINER_CLOSE_TIMEOUT)
+            # The response ends once the request has ended too: a client's HTTP/2 stream that
+            # is answered in full while it still sends is reset under it (awscrt then fails
+            # its pending write).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(inbound), REQUEST_END_TIMEOUT)
         finally:
-            for task in (inbound, outbound):
+            for task in (inbound, outbound, ended):
                 task.cancel()
-            await _quietly(inbound)
-            await _quietly(outbound)
+                await _quietly(task)
+            with contextlib.suppress(Exception):
+                await send_body(b"", False)
 
     async def _client_to_container(
         self,
@@ -662,61 +668,45 @@ class LocalSageMakerApp:
         chain: ChunkChain,
         receive: Receive,
         logger: logging.LoggerAdapter[logging.Logger],
+        input_ended: asyncio.Event,
     ) -> tuple[str, str] | None:
-        """Forward the client's events; return an error (code, message) to end the stream."""
-        buffer = EventStreamBuffer()
-        fragments: _Fragmenter | None = None
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return None
-                for raw in buffer.feed(message.get("body", b"")):
-                    envelope = decode_event(raw)
-                    try:
-                        chain.verify(raw, dict(envelope.message.headers), envelope.message.payload)
-                    except ChunkSignatureError as exc:
-                        logger.warning("rejected event: %s", exc)
-                        return ("InvalidSignatureException", str(exc))
-                    if not envelope.message.payload:
-                        return None  # the signed empty envelope: end of input
-                    fragments = await self._forward_part(ws, envelope.message.payload, fragments)
-                if not message.get("more_body", False):
-                    return None
-        except ConnectionClosed:
-            return None
-        except ValueError as exc:
-            logger.warning("malformed event stream from the client: %s", exc)
-            return ("SerializationException", f"Malformed event stream: {exc}")
-        finally:
-            if fragments is not None:
-                fragments.task.cancel()
-                await _quietly(fragments.task)
+        """Forward the client's events until its request ends; return an error (code,
+        message) that must end the stream, else None.
 
-    async def _forward_part(
-        self, ws: ClientConnection, inner_raw: bytes, fragments: _Fragmenter | None
-    ) -> _Fragmenter | None:
-        inner = decode_event(inner_raw).message
-        headers = inner.headers
-        if headers.get(":event-type") != "PayloadPart":
-            raise ValueError(f"unexpected event type {headers.get(':event-type')!r}")
-        text = headers.get("DataType") == "UTF8"
-        state = headers.get("CompletionState")
-        data = inner.payload
-        if state is None and fragments is None:
-            await ws.send(data, text=text)
-            return None
-        if fragments is None:
-            queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
-            fragments = _Fragmenter(
-                queue, asyncio.create_task(_send_fragments(ws, queue, text)), text
-            )
-        await fragments.queue.put(data)
-        if state == "PARTIAL":
-            return fragments
-        await fragments.queue.put(None)
-        await fragments.task
-        return None
+        After the signed empty event (the end of input) or the container's close, the rest of
+        the request body is read and dropped, so that the request is complete before the
+        response ends.
+        """
+        buffer = EventStreamBuffer()
+        in_message = False  # inside a fragmented message (PARTIAL parts so far)
+        forwarding = True
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                input_ended.set()
+                return None
+            if forwarding:
+                try:
+                    for raw in buffer.feed(message.get("body", b"")):
+                        envelope = decode_event(raw)
+                        payload = envelope.message.payload
+                        chain.verify(raw, dict(envelope.message.headers), payload)
+                        if not payload:  # the signed empty envelope: the end of input
+                            forwarding = False
+                            input_ended.set()
+                            break
+                        in_message = await _forward_part(ws, payload, in_message)
+                except ChunkSignatureError as exc:
+                    logger.warning("rejected event: %s", exc)
+                    return ("InvalidSignatureException", str(exc))
+                except ValueError as exc:
+                    logger.warning("malformed event stream from the client: %s", exc)
+                    return ("SerializationException", f"Malformed event stream: {exc}")
+                except ConnectionClosed:
+                    forwarding = False  # the container has gone; its close is on its way
+            if not message.get("more_body", False):
+                input_ended.set()
+                return None
 
     async def _container_to_client(
         self, ws: ClientConnection, send_body: Callable[[bytes, bool], Awaitable[None]]
@@ -736,23 +726,42 @@ class LocalSageMakerApp:
             rcvd = closed.rcvd
             code = str(rcvd.code) if rcvd is not None else "1006"
             reason = rcvd.reason if rcvd is not None else "the container's connection dropped"
-            await send_body(model_stream_error_event(code, reason), False)
+            await send_body(model_stream_error_event(code, reason), True)
+
+
+async def _forward_part(ws: ClientConnection, inner_raw: bytes, in_message: bool) -> bool:
+    """Send one ``PayloadPart`` as exactly one WebSocket frame; return whether a fragmented
+    message is still open (its last part was ``PARTIAL``).
+
+    ``PARTIAL`` parts open or continue a message without FIN, the next ``COMPLETE`` (or
+    unmarked) part ends it with FIN; the first part's ``DataType`` sets the message type. The
+    frames are written through the connection's protocol object because ``send()`` with an
+    iterable would add an empty final frame, and the contract is one frame per part.
+    """
+    inner = decode_event(inner_raw).message
+    headers = inner.headers
+    if headers.get(":event-type") != "PayloadPart":
+        raise ValueError(f"unexpected event type {headers.get(':event-type')!r}")
+    text = headers.get("DataType") == "UTF8"
+    partial = headers.get("CompletionState") == "PARTIAL"
+    data = inner.payload
+    if not in_message and not partial:
+        await ws.send(data, text=text)
+        return False
+    async with ws.send_context():
+        if in_message:
+            ws.protocol.send_continuation(data, fin=not partial)
+        elif text:
+            ws.protocol.send_text(data, fin=False)
+        else:
+            ws.protocol.send_binary(data, fin=False)
+    return partial
 
 
 def _part(data: str | bytes, completion: str | None) -> bytes:
     if isinstance(data, str):
         return payload_part_event(data.encode(), text=True, completion=completion)
     return payload_part_event(data, text=False, completion=completion)
-
-
-async def _send_fragments(
-    ws: ClientConnection, queue: asyncio.Queue[bytes | None], text: bool
-) -> None:
-    async def pieces() -> AsyncIterator[str | bytes]:
-        while (piece := await queue.get()) is not None:
-            yield piece.decode() if text else piece
-
-    await ws.send(pieces())
 
 
 async def _quietly(task: asyncio.Task[Any]) -> None:

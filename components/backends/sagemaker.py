@@ -117,6 +117,12 @@ class Boto3CredentialsResolver:
         self._frozen = None
 
 
+def _collect(task: asyncio.Future[Any]) -> None:
+    """Done-callback that retrieves a background task's outcome (logged at debug level)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("background SDK task ended with %r", task.exception())
+
+
 def _crt_transport(ca_bundle: str | None, connect_timeout: float) -> Any:
     """An awscrt HTTP/2 transport that trusts ``ca_bundle`` and serialises connection setup."""
     from awscrt import io as crt_io
@@ -136,6 +142,15 @@ def _crt_transport(ca_bundle: str | None, connect_timeout: float) -> Any:
             # The SDK deep-copies its config; one transport (one pooled HTTP/2 connection,
             # this TLS context) must stay shared by every stream of the client.
             return self
+
+        async def _await_response(self, stream: Any) -> Any:
+            # awscrt writes the request body in a task of its own that nobody awaits; when the
+            # server has already completed the stream (an error answered at once) its last
+            # write fails, and the failure must be collected here rather than printed at exit.
+            writer = getattr(stream, "_writer", None)
+            if writer is not None:
+                writer.add_done_callback(_collect)
+            return await super()._await_response(stream)
 
         async def _get_connection(self, url: Any) -> Any:
             # Concurrent first calls would each open a connection and leak all but one.
@@ -415,7 +430,15 @@ class SageMakerStream:
         failure: BackendError | None = None
         try:
             while True:
-                item = await receiver.receive()
+                # awscrt cannot take back a chunk read once asked for (cancelling one makes its
+                # thread raise InvalidStateError later), so a cancelled reader leaves its
+                # pending read to finish with the stream, shielded.
+                pending_read = asyncio.ensure_future(receiver.receive())
+                try:
+                    item = await asyncio.shield(pending_read)
+                except asyncio.CancelledError:
+                    pending_read.add_done_callback(_collect)
+                    raise
                 if item is None:
                     if not self._done:
                         failure = ConnectionLost(
