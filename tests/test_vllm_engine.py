@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import sys
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -603,3 +604,19 @@ def test_model_resolution_never_downloads_unasked(
         vllm_engine.resolve_model(missing)
     named = vllm_engine.VllmSettings(model="someone/some-model", model_from_env=True)
     assert vllm_engine.resolve_model(named) == "someone/some-model"
+
+
+def test_vllm_names_fall_back_when_moved_but_broken_installs_are_reported(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_dependency_pkg.py").write_text("import missing_dependency_xyz\n")
+    (tmp_path / "cuda_mismatch_pkg.py").write_text("raise RuntimeError('CUDA driver too old')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = vllm_engine._first_attr(("moved_away_pkg.inner", "dumps"), ("json", "dumps"))
+    assert found is json.dumps
+    with pytest.raises(EngineUnavailable, match="vLLM cannot be imported: ModuleNotFoundError"):
+        vllm_engine._first_attr(("broken_dependency_pkg", "x"), ("json", "dumps"))
+    with pytest.raises(EngineUnavailable, match="cannot be imported: RuntimeError: CUDA driver"):
+        vllm_engine._first_attr(("cuda_mismatch_pkg", "x"))
+    with pytest.raises(EngineUnavailable, match=r"has no json.no_such_name; install vllm==0\.33"):
+        vllm_engine._first_attr(("json", "no_such_name"))

@@ -215,8 +215,14 @@ def _first_attr(*places: tuple[str, str]) -> Any:
     for module, name in places:
         try:
             return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
+        except AttributeError:
             continue
+        except ImportError as exc:
+            if exc.name and (module == exc.name or module.startswith(f"{exc.name}.")):
+                continue  # this release keeps it elsewhere
+            raise EngineUnavailable(f"vLLM cannot be imported: {_one_line(exc)}") from exc
+        except Exception as exc:  # e.g. a CUDA/torch mismatch raised at import time
+            raise EngineUnavailable(f"vLLM cannot be imported: {_one_line(exc)}") from exc
     module, name = places[0]
     raise EngineUnavailable(
         f"this vLLM ({_vllm_version()}) has no {module}.{name}; "
@@ -343,7 +349,7 @@ class VllmEngine:
     @classmethod
     def start(cls, settings: VllmSettings, source: str) -> VllmEngine:
         """Import vLLM, load the model from ``source`` onto the GPU and wrap it."""
-        api = _VllmApi.load()
+        api = _VllmApi.load()  # the first import of vLLM (and torch)
         version = _vllm_version()
         if version != TESTED_VLLM:
             log.warning("vLLM %s found; this engine was written for %s", version, TESTED_VLLM)
@@ -388,6 +394,7 @@ class VllmEngine:
                 tokenizer = llm.renderer.get_tokenizer()
             spec = StreamSpec.from_tokenizer(tokenizer)
             max_model_len = int(model_config.max_model_len)
+            VoxtralFramer(spec, max_model_len=max_model_len, max_tokens=max_tokens)  # fits?
             renderer = llm.renderer
             render_args = _render_args(renderer, max_model_len, max_tokens)
         except EngineUnavailable:
