@@ -353,20 +353,20 @@ class VllmEngine:
         version = _vllm_version()
         if version != TESTED_VLLM:
             log.warning("vLLM %s found; this engine was written for %s", version, TESTED_VLLM)
-        args = api.AsyncEngineArgs(
-            model=source,
-            tokenizer_mode="mistral",
-            config_format="mistral",
-            load_format="mistral",
-            max_model_len=settings.max_model_len,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            max_num_seqs=settings.max_num_seqs,
-            enforce_eager=settings.enforce_eager,
-            compilation_config=dict(COMPILATION_CONFIG),
-            limit_mm_per_prompt={"audio": 1},
-        )
         log.info("starting vLLM %s with %s (from %s)", version, settings.model, source)
         try:
+            args = api.AsyncEngineArgs(
+                model=source,
+                tokenizer_mode="mistral",
+                config_format="mistral",
+                load_format="mistral",
+                max_model_len=settings.max_model_len,
+                gpu_memory_utilization=settings.gpu_memory_utilization,
+                max_num_seqs=settings.max_num_seqs,
+                enforce_eager=settings.enforce_eager,
+                compilation_config=dict(COMPILATION_CONFIG),
+                limit_mm_per_prompt={"audio": 1},
+            )
             llm = api.AsyncLLM.from_engine_args(args)
         except Exception as exc:
             raise EngineUnavailable(
