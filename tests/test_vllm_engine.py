@@ -528,8 +528,11 @@ async def test_engine_close_aborts_and_shuts_down(clips: dict[str, Clip]) -> Non
 # ------------------------------------------------------------- availability and fallback
 
 
-def test_without_vllm_or_gpu_from_env_says_what_is_missing() -> None:
-    assert "vllm" not in sys.modules
+def test_without_vllm_or_gpu_from_env_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)  # whatever another test may have left
     with pytest.raises(EngineUnavailable) as unavailable:
         vllm_engine.VllmEngine.from_env()
     message = unavailable.value.message
@@ -620,3 +623,186 @@ def test_vllm_names_fall_back_when_moved_but_broken_installs_are_reported(
         vllm_engine._first_attr(("cuda_mismatch_pkg", "x"))
     with pytest.raises(EngineUnavailable, match=r"has no json.no_such_name; install vllm==0\.33"):
         vllm_engine._first_attr(("json", "no_such_name"))
+
+
+STAND_IN_VLLM = {
+    "vllm/__init__.py": "",
+    "vllm/engine/__init__.py": "",
+    "vllm/engine/arg_utils.py": """
+class AsyncEngineArgs:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+""",
+    "vllm/engine/protocol.py": """
+from dataclasses import dataclass
+from typing import Any
+
+@dataclass
+class StreamingInput:
+    prompt: Any
+    sampling_params: Any = None
+""",
+    "vllm/inputs/__init__.py": "TokensPrompt = dict\n",
+    "vllm/sampling_params.py": """
+import enum
+
+class RequestOutputKind(enum.Enum):
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
+
+class SamplingParams:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+""",
+    "vllm/renderers/__init__.py": "",
+    "vllm/renderers/inputs/__init__.py": "",
+    "vllm/renderers/inputs/preprocess.py": """
+def parse_model_prompt(model_config, prompt):
+    return {"parsed": prompt, "config": model_config}
+""",
+    "vllm/model_executor/__init__.py": "",
+    "vllm/model_executor/model_loader/__init__.py": """
+class VoxtralRealtimeGeneration:
+    supports_realtime = True
+    realtime_max_tokens = 1
+
+def get_model_cls(model_config):
+    return VoxtralRealtimeGeneration
+""",
+    "vllm/tokenizers/__init__.py": """
+from types import SimpleNamespace
+import numpy as np
+
+def cached_tokenizer_from_config(model_config):
+    config = SimpleNamespace(
+        sampling_rate=16000, frame_rate=12.5, raw_audio_length_per_tok=1280,
+        streaming_look_back_ms=52.5, streaming_look_ahead_ms=2.5,
+        get_num_delay_tokens=lambda: 6,
+    )
+    encoder = SimpleNamespace(
+        audio_config=config,
+        encode_streaming_tokens=lambda: [32] * 38,
+        get_padding_audio=lambda: (
+            SimpleNamespace(audio_array=np.zeros(40960, np.float32)),
+            SimpleNamespace(audio_array=np.zeros(21760, np.float32)),
+        ),
+    )
+    return SimpleNamespace(instruct=SimpleNamespace(audio_encoder=encoder, start=lambda: [1]))
+""",
+    "vllm/v1/__init__.py": "",
+    "vllm/v1/engine/__init__.py": "",
+    "vllm/v1/engine/async_llm.py": """
+import asyncio
+from types import SimpleNamespace
+
+class Renderer:
+    def __init__(self):
+        self.rendered = []
+
+    async def render_cmpl_async(self, prompts, tok_params=None):
+        self.rendered.append(prompts)
+        return [{"type": "multimodal", "from": prompts[0]}]
+
+class AsyncLLM:
+    created = []
+
+    def __init__(self, args):
+        self.args = args
+        self.model_config = SimpleNamespace(max_model_len=args.kwargs["max_model_len"])
+        self.renderer = Renderer()
+        self.inputs = []
+        self.params = []
+        self.aborted = []
+        self.shut_down = False
+
+    @classmethod
+    def from_engine_args(cls, args):
+        llm = cls(args)
+        cls.created.append(llm)
+        return llm
+
+    async def generate(self, prompt, sampling_params, request_id):
+        self.params.append(sampling_params)
+        async for chunk in prompt:
+            self.inputs.append(chunk)
+            yield SimpleNamespace(
+                outputs=[SimpleNamespace(text=" hi", token_ids=[700 + len(self.inputs)])],
+                finished=False,
+            )
+
+    async def abort(self, request_id):
+        self.aborted.append(request_id)
+
+    def shutdown(self):
+        self.shut_down = True
+""",
+}
+
+
+@pytest.fixture
+def stand_in_vllm(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A stand-in ``vllm`` package (the real one needs CUDA), removed again afterwards."""
+    for name, text in STAND_IN_VLLM.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+async def test_start_drives_vllm_as_its_realtime_server_does(
+    stand_in_vllm: None, clips: dict[str, Clip]
+) -> None:
+    from vllm.v1.engine.async_llm import AsyncLLM  # the stand-in
+
+    settings = vllm_engine.VllmSettings(max_model_len=8000, max_num_seqs=3, enforce_eager=True)
+    engine = vllm_engine.VllmEngine.start(settings, "/models/voxtral")
+    (llm,) = AsyncLLM.created
+    assert llm.args.kwargs == {
+        "model": "/models/voxtral",
+        "tokenizer_mode": "mistral",
+        "config_format": "mistral",
+        "load_format": "mistral",
+        "max_model_len": 8000,
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 3,
+        "enforce_eager": True,
+        "compilation_config": {"cudagraph_mode": "PIECEWISE"},
+        "limit_mm_per_prompt": {"audio": 1},
+    }
+    assert engine.spec == SPEC and engine.max_sessions == 3
+    assert engine.model == vllm_engine.DEFAULT_MODEL
+
+    samples = speech(clips["librispeech-1089-134691-0000"])
+    events = await collect(engine, stream_of(chunked(samples, 12)))
+    assert isinstance(events[-1], TranscriptionDone) and events[-1].text.startswith(" hi hi")
+    (params,) = llm.params
+    assert params.kwargs["temperature"] == 0.0 and params.kwargs["max_tokens"] == 1
+    assert params.kwargs["output_kind"].name == "DELTA"
+    first, second = llm.inputs[:2]
+    # Each chunk: TokensPrompt -> parse_model_prompt -> render_cmpl_async -> StreamingInput.
+    prompt = first.prompt["from"]["parsed"]
+    assert prompt["prompt_token_ids"] == list(SPEC.prompt_tokens)
+    audio, rate = prompt["multi_modal_data"]["audio"]
+    assert rate is None and len(audio) == SPEC.first_core_end + SPEC.look_ahead
+    assert second.prompt["from"]["parsed"]["prompt_token_ids"] == [701]  # fed back
+    await engine.aclose()
+    assert llm.shut_down
+
+
+def test_start_shuts_vllm_down_when_the_model_cannot_stream(
+    stand_in_vllm: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vllm.model_executor.model_loader as loader  # the stand-in
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loader.VoxtralRealtimeGeneration, "supports_realtime", False)
+        with pytest.raises(EngineUnavailable, match="is not a realtime speech model"):
+            vllm_engine.VllmEngine.start(vllm_engine.VllmSettings(), "/models/other")
+    with pytest.raises(EngineUnavailable, match="cannot stream it: ValueError: max_model_len 20"):
+        vllm_engine.VllmEngine.start(vllm_engine.VllmSettings(max_model_len=20), "/m")
+    assert [llm.shut_down for llm in AsyncLLM.created] == [True, True]
