@@ -14,6 +14,7 @@ the next audio chunk happens to come in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import logging
 import os
@@ -113,18 +114,15 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f} s"
 
 
-def render_figures(view: SessionView | None, engine_note: str) -> str:
+def render_figures(view: SessionView | None, idle_backend: str) -> str:
     """Live figures; the same numbers ride along as data-* attributes for tests and benches."""
     if view is None:
-        rows = [("Backend", engine_note), ("State", "idle")]
+        rows = [("Backend", idle_backend), ("State", "idle")]
         attrs = 'data-state="idle"'
     else:
-        backend = view.backend
-        if view.backend.endswith("in-process") or view.backend == "Local engine":
-            backend = f"{view.backend}<br><small>{html.escape(engine_note)}</small>"
         lost = "–" if view.samples_lost is None else f"{view.samples_lost:,}"
         rows = [
-            ("Backend", backend if "<br>" in backend else html.escape(backend)),
+            ("Backend", view.backend),
             ("State", view.state.value),
             ("Audio received", _seconds(view.audio_received)),
             ("Audio sent", _seconds(view.audio_sent)),
@@ -144,8 +142,7 @@ def render_figures(view: SessionView | None, engine_note: str) -> str:
             f'data-first-caption="{first}"'
         )
     cells = "".join(
-        f"<tr><td>{name}</td><td>{value if name == 'Backend' else html.escape(value)}</td></tr>"
-        for name, value in rows
+        f"<tr><td>{name}</td><td>{html.escape(value)}</td></tr>" for name, value in rows
     )
     return f'<div class="figures" {attrs}><table>{cells}</table></div>'
 
@@ -187,8 +184,8 @@ def build_demo(manager: SessionManager) -> gr.Blocks:
     labels = [KIND_LABELS[k] for k in kinds]
     allowed = settings.allowed_endpoints
 
-    def engine_note() -> str:
-        return manager.engine_note()
+    def idle_backend() -> str:
+        return manager.engine_label() if kinds[0] is BackendKind.LOCAL else KIND_LABELS[kinds[0]]
 
     def outputs_for(view: SessionView | None, *, final: bool) -> tuple[Any, ...]:
         downloads: list[Any]
@@ -203,7 +200,7 @@ def build_demo(manager: SessionManager) -> gr.Blocks:
             downloads = [gr.skip()] * 3
         return (
             render_captions(view),
-            render_figures(view, engine_note()),
+            render_figures(view, idle_backend()),
             render_status(view),
             *downloads,
         )
@@ -223,7 +220,7 @@ def build_demo(manager: SessionManager) -> gr.Blocks:
                     dl_srt = gr.DownloadButton("Download .srt", visible=False, elem_id="dl-srt")
                     dl_vtt = gr.DownloadButton("Download .vtt", visible=False, elem_id="dl-vtt")
             with gr.Column(scale=1, min_width=260):
-                figures = gr.HTML(render_figures(None, engine_note()), elem_id="figures")
+                figures = gr.HTML(render_figures(None, idle_backend()), elem_id="figures")
         with gr.Row():
             with gr.Column():
                 mic = gr.Audio(
@@ -245,6 +242,11 @@ def build_demo(manager: SessionManager) -> gr.Blocks:
             clear_btn = gr.Button("Clear", elem_id="clear")
         with gr.Accordion("Backend", open=len(kinds) > 1):
             kind = gr.Radio(labels, value=labels[0], label="Transcribe with", elem_id="backend")
+            local_note = gr.Markdown(
+                f"Local engine: {manager.engine_note()}",
+                visible=labels[0] == "Local",
+                elem_id="engine-note",
+            )
             with gr.Row(visible=labels[0] == "SageMaker") as sm_row:
                 if allowed is not None:
                     endpoint = gr.Dropdown(
@@ -335,21 +337,25 @@ def build_demo(manager: SessionManager) -> gr.Blocks:
             manager.clear(_owner(request))
             return ("", *outputs_for(None, final=True))
 
-        def on_kind(kind_label: str) -> tuple[Any, Any]:
+        def on_kind(kind_label: str) -> tuple[Any, Any, Any]:
             return (
+                gr.Markdown(visible=kind_label == "Local"),
                 gr.Row(visible=kind_label == "SageMaker"),
                 gr.Row(visible=kind_label == "Realtime server URL"),
             )
 
-        async def on_load() -> AsyncIterator[str]:
-            yield render_figures(None, engine_note())
+        async def on_load() -> AsyncIterator[tuple[str, str]]:
+            def current() -> tuple[str, str]:
+                return render_figures(
+                    None, idle_backend()
+                ), f"Local engine: {manager.engine_note()}"
+
+            yield current()
             future = manager.load_engine() if BackendKind.LOCAL in kinds else None
             if future is not None and not future.done():
-                try:
+                with contextlib.suppress(Exception):  # the note says what went wrong
                     await asyncio.wrap_future(future)
-                except Exception:  # the note says what went wrong
-                    pass
-                yield render_figures(None, engine_note())
+                yield current()
 
         def on_unload(request: gr.Request) -> None:
             manager.release(_owner(request))
@@ -398,8 +404,10 @@ def build_demo(manager: SessionManager) -> gr.Blocks:
         # A session that ends on its own (an error, its length limit, the server) stops the
         # microphone too; the browser's recorder can only be stopped from the browser.
         figures.change(None, [figures], None, js=STOP_MIC_WHEN_ENDED_JS)
-        kind.change(on_kind, [kind], [sm_row, url_row], api_visibility="private")
-        demo.load(on_load, None, [figures], show_progress="hidden", api_visibility="private")
+        kind.change(on_kind, [kind], [local_note, sm_row, url_row], api_visibility="private")
+        demo.load(
+            on_load, None, [figures, local_note], show_progress="hidden", api_visibility="private"
+        )
         demo.unload(on_unload)
     demo.queue(default_concurrency_limit=None, max_size=None)
     return demo

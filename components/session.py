@@ -470,7 +470,7 @@ class CaptionSession:
             elif self._seconds_in >= self._settings.max_session_seconds:
                 self._accepting = False
                 self._notice = (
-                    f"Maximum session length ({self._settings.max_session_seconds:.0f} s) "
+                    f"Maximum session length ({self._settings.max_session_seconds:g} s) "
                     "reached. Press Record to continue in a new session."
                 )
                 limit_reached = True
@@ -752,7 +752,7 @@ class CaptionSession:
                 if idle > self._settings.idle_seconds:
                     with self._lock:
                         self._notice = (
-                            f"No audio for {self._settings.idle_seconds:.0f} s; "
+                            f"No audio for {self._settings.idle_seconds:g} s; "
                             "the session was stopped."
                         )
                     self._request_stop()
@@ -906,6 +906,15 @@ class SessionManager:
         if exc is not None:
             return f"The local engine is unavailable: {_exception_sentence(exc)}"
         return future.result()[1]
+
+    def engine_label(self) -> str:
+        """Short name of the local engine for the figures panel (or what it is doing)."""
+        future = self._engine_future
+        if future is None or not future.done():
+            return "Local engine (loading…)" if future else "Local engine"
+        if future.exception() is not None:
+            return "Local engine (unavailable)"
+        return f"{getattr(future.result()[0], 'name', 'Local engine')}, in-process"
 
     async def _build_backend(self, choice: BackendChoice, session: CaptionSession) -> Backend:
         kind = BackendKind(str(choice.kind))

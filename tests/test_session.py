@@ -1,0 +1,368 @@
+"""Caption sessions with the real engine: exact audio accounting, stop, limits, readable errors.
+
+The local backend is the real ``LocalBackend`` over the real Whisper engine (bundled tiny.en);
+the Realtime backend talks to a real ``python -m components serve`` on a free loopback port.
+A thin pass-through around the real backend keeps a copy of the PCM sent, so the test can
+compare the engine's input with resampling the whole recording at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+from components.audio import float_to_pcm16, load_file
+from components.evaluation import Clip, wer
+from components.session import (
+    BackendChoice,
+    BackendKind,
+    CaptionSession,
+    InvalidChoice,
+    SessionManager,
+    SessionState,
+    Settings,
+    validate_choice,
+)
+from tests.support_server import free_port, running_server
+
+LOCAL = BackendChoice(BackendKind.LOCAL)
+CLIP_ID = (
+    "librispeech-1089-134686-0000"  # 10.4 s, ends "... in thick peppered flour fattened sauce"
+)
+SHORT_ID = "librispeech-1089-134691-0000"  # 2.1 s, "he could wait no longer"
+GOSPEL_ID = "librispeech-1272-128104-0000"  # 5.9 s, ends "... to welcome his gospel"
+
+
+class _TapStream:
+    """Pass-through around a real stream that keeps a copy of every PCM16 chunk sent."""
+
+    def __init__(self, stream: Any, sink: list[bytes]) -> None:
+        self._stream = stream
+        self._sink = sink
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        self._sink.append(pcm16)
+        await self._stream.send_audio(pcm16)
+
+    async def finish(self) -> None:
+        await self._stream.finish()
+
+    async def cancel(self) -> None:
+        await self._stream.cancel()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._stream.__aiter__()
+
+
+class _TapBackend:
+    def __init__(self, backend: Any, sink: list[bytes]) -> None:
+        self._backend = backend
+        self._sink = sink
+        self.name = backend.name
+
+    async def open(self, *, partials: bool = False) -> _TapStream:
+        return _TapStream(await self._backend.open(partials=partials), self._sink)
+
+
+class TappedManager(SessionManager):
+    """The real manager; each session's backend is wrapped so its audio can be inspected."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.sent: dict[str, list[bytes]] = {}
+
+    async def _build_backend(self, choice: BackendChoice, session: CaptionSession) -> Any:
+        backend = await super()._build_backend(choice, session)
+        return _TapBackend(backend, self.sent.setdefault(session.id, []))
+
+
+def _settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {"local_engine": "whisper", "max_sessions": 4}
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="module")
+def manager() -> Iterator[TappedManager]:
+    m = TappedManager(_settings())
+    m.load_engine().result(timeout=120)
+    yield m
+    m.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser_like(clips: dict[str, Clip]) -> tuple[np.ndarray, str]:
+    """The long clip as a browser records it: 48 kHz, stereo, int16; and its reference."""
+    clip = clips[CLIP_ID]
+    mono16k = load_file(str(clip.path))
+    mono48k = soxr.resample(mono16k, 16_000, 48_000, quality="HQ")
+    left = np.clip(mono48k * 32767, -32768, 32767).astype(np.int16)
+    right = np.clip(mono48k * 0.9 * 32767, -32768, 32767).astype(np.int16)
+    return np.stack([left, right], axis=1), clip.text
+
+
+def _uneven_chunks(n: int, seed: int = 7) -> Iterator[slice]:
+    rng = np.random.default_rng(seed)
+    start = 0
+    while start < n:
+        size = int(rng.choice([1, 7, 480, 4_801, 12_000, 24_000, 30_011]))
+        yield slice(start, min(n, start + size))
+        start += size
+
+
+async def test_browser_audio_reaches_the_engine_exactly(
+    manager: TappedManager, browser_like: tuple[np.ndarray, str]
+) -> None:
+    stereo, reference = browser_like
+    session = manager.start("tab-exact", LOCAL)
+    for part in _uneven_chunks(len(stereo)):
+        assert session.feed(48_000, stereo[part])
+    session.stop()
+    view = await session.wait_finished(120)
+
+    assert view.state is SessionState.DONE, view.error
+    assert view.samples_in == len(stereo)
+    expected = round(len(stereo) * 16_000 / 48_000)
+    assert view.samples_expected == expected
+    assert view.samples_sent == expected
+    assert view.samples_lost == 0
+
+    sent = np.frombuffer(b"".join(manager.sent[session.id]), dtype="<i2")
+    mono = stereo.astype(np.float32).mean(axis=1) / 32768.0
+    whole = np.frombuffer(
+        float_to_pcm16(soxr.resample(mono, 48_000, 16_000, quality="HQ")), dtype="<i2"
+    )
+    assert len(sent) == len(whole) == expected
+    assert int(np.max(np.abs(sent.astype(np.int32) - whole.astype(np.int32)))) <= 1
+
+    assert wer(reference, view.text) <= 0.3, view.text
+    assert view.exports is not None
+    assert view.exports["txt"].read_text(encoding="utf-8").strip() == view.text
+
+
+async def test_stop_flushes_the_last_words(manager: TappedManager, clips: dict[str, Clip]) -> None:
+    clip = clips[GOSPEL_ID]
+    samples = load_file(str(clip.path))
+    session = manager.start("tab-flush", LOCAL)
+    step = 1_600  # 0.1 s chunks, at 16 kHz: no resampling, so counts are exact too
+    for start in range(0, len(samples), step):
+        session.feed(16_000, samples[start : start + step])
+    session.stop()
+    view = await session.wait_finished(120)
+    assert view.state is SessionState.DONE, view.error
+    assert view.samples_sent == view.samples_in == len(samples)
+    assert view.partial == ""
+    words = view.text.lower().replace(".", "").replace(",", "").split()
+    assert "gospel" in words[-3:], view.text  # the clip's last word came with the final commit
+    assert not session.feed(16_000, samples[:1_600])  # a stopped session takes no more audio
+    assert session.view().late_chunks == 1
+
+
+async def test_uploaded_file_streams_as_if_live(
+    manager: TappedManager, clips: dict[str, Clip], tmp_path: Path
+) -> None:
+    clip = clips[SHORT_ID]
+    samples = load_file(str(clip.path))
+    path = tmp_path / "short-44k.wav"
+    at44k = soxr.resample(samples, 16_000, 44_100, quality="HQ")
+    soundfile.write(path, np.stack([at44k, at44k], axis=1), 44_100, subtype="PCM_16")
+    session = manager.stream_file("tab-file", LOCAL, str(path))
+    view = await session.wait_finished(60)
+    assert view.state is SessionState.DONE, view.error
+    assert view.source == "file"
+    assert view.samples_in == len(at44k)
+    assert view.samples_lost == 0
+    assert view.audio_received == pytest.approx(len(at44k) / 44_100)
+    assert wer(clip.text, view.text) <= 0.4, view.text
+
+
+async def test_each_stream_key_is_one_session_and_stragglers_are_not_used(
+    manager: TappedManager, clips: dict[str, Clip]
+) -> None:
+    samples = (load_file(str(clips[SHORT_ID].path)) * 32767).astype(np.int16)
+    first = manager.feed("tab-keys", "stream-1", LOCAL, 16_000, samples[:8_000])
+    assert first is not None
+    assert manager.feed("tab-keys", "stream-1", LOCAL, 16_000, samples[8_000:16_000]) is first
+    second = manager.feed("tab-keys", "stream-2", LOCAL, 16_000, samples[:8_000])
+    assert second is not None and second is not first  # record again: a fresh session
+    assert manager.current("tab-keys") is second
+    old_view = await first.wait_finished(60)  # the old one was stopped and finished
+    assert old_view.state is SessionState.DONE
+    assert manager.feed("tab-keys", "stream-1", LOCAL, 16_000, samples[:800]) is first
+    assert first.view().late_chunks == 1 and first.view().samples_in == 16_000
+    manager.stop("tab-keys")
+    assert (await second.wait_finished(60)).state is SessionState.DONE
+
+
+async def test_unreachable_url_becomes_a_message(manager: TappedManager) -> None:
+    url = f"ws://127.0.0.1:{free_port()}/v1/realtime"
+    session = manager.start("tab-down", BackendChoice(BackendKind.REALTIME, url=url))
+    session.feed(48_000, np.zeros(4_800, dtype=np.int16))
+    view = await session.wait_finished(30)
+    assert view.state is SessionState.FAILED
+    assert view.error is not None and "Cannot reach" in view.error and url in view.error
+    assert "Traceback" not in view.error and "\n" not in view.error
+    assert not session.accepting
+
+
+async def test_endpoint_outside_the_allowlist_is_refused() -> None:
+    m = SessionManager(_settings(sagemaker_endpoints=("captions-prod",), public=True))
+    try:
+        session = m.start("tab-sm", BackendChoice(BackendKind.SAGEMAKER, endpoint="someone-else"))
+        view = await session.wait_finished(10)
+        assert view.state is SessionState.FAILED
+        assert view.error == (
+            "Endpoint 'someone-else' is not allowed on this deployment; "
+            "choose one of: captions-prod."
+        )
+    finally:
+        m.shutdown()
+
+
+@contextlib.contextmanager
+def _settings_changed(manager: SessionManager, **changes: Any) -> Iterator[None]:
+    """Run with other limits on the shared manager (sessions read them when they start)."""
+    saved = manager.settings
+    manager.settings = dataclasses.replace(saved, **changes)
+    try:
+        yield
+    finally:
+        manager.settings = saved
+
+
+async def test_session_limit_gives_a_busy_message(manager: TappedManager) -> None:
+    down = BackendChoice(BackendKind.REALTIME, url=f"ws://127.0.0.1:{free_port()}")
+    with _settings_changed(manager, max_sessions=1):
+        first = manager.start("tab-a", LOCAL)
+        second = manager.start("tab-b", down)
+        view = await second.wait_finished(10)
+        assert (
+            view.error == "All 1 caption sessions of this page are in use. Try again in a minute."
+        )
+        first.stop()
+        assert (await first.wait_finished(30)).state is SessionState.DONE
+        third = manager.start("tab-b", LOCAL)  # a slot is free again
+        third.stop()
+        assert (await third.wait_finished(30)).state is SessionState.DONE
+
+
+async def test_maximum_session_length_stops_the_session(
+    manager: TappedManager, clips: dict[str, Clip]
+) -> None:
+    samples = load_file(str(clips[SHORT_ID].path))
+    with _settings_changed(manager, max_session_seconds=1.0):
+        session = manager.start("tab-long", LOCAL)
+    taken = [session.feed(16_000, samples[i : i + 4_000]) for i in range(0, 32_000, 4_000)]
+    assert taken[:3] == [True, True, True] and not any(taken[3:])
+    view = await session.wait_finished(30)
+    assert view.state is SessionState.DONE
+    assert view.samples_in == 16_000 and view.samples_lost == 0
+    assert view.late_chunks == 4
+    assert view.notice is not None and "Maximum session length (1 s)" in view.notice
+
+
+async def test_a_session_without_audio_ends(manager: TappedManager) -> None:
+    with _settings_changed(manager, idle_seconds=0.5):
+        session = manager.start("tab-idle", LOCAL)
+    view = await session.wait_finished(30)
+    assert view.state is SessionState.DONE
+    assert view.notice == "No audio for 0.5 s; the session was stopped."
+
+
+async def test_realtime_server_session_then_server_lost(clips: dict[str, Clip]) -> None:
+    m = SessionManager(_settings(local_enabled=False))
+    try:
+        clip = clips[SHORT_ID]
+        samples = load_file(str(clip.path))
+        with running_server("--engine", "whisper") as url:
+            choice = BackendChoice(BackendKind.REALTIME, url=url.ws)
+            session = m.start("tab-ws", choice)
+            for start in range(0, len(samples), 4_000):
+                session.feed(16_000, samples[start : start + 4_000])
+            session.stop()
+            view = await session.wait_finished(60)
+            assert view.state is SessionState.DONE, view.error
+            assert view.backend.startswith("Realtime server ws://127.0.0.1")
+            assert wer(clip.text, view.text) <= 0.4, view.text
+            assert view.samples_lost == 0
+
+            lost = m.start("tab-ws", choice)
+            lost.feed(16_000, samples[:8_000])
+            while lost.state is not SessionState.LIVE:
+                await lost.wait_changed(lost.view().version, 1.0)
+        # The server is gone (terminated on leaving the block) while audio keeps coming.
+        for _ in range(50):
+            if not lost.feed(16_000, np.zeros(1_600, dtype=np.float32)):
+                break
+            await asyncio.sleep(0.1)
+        view = await lost.wait_finished(30)
+        assert view.state is SessionState.FAILED
+        assert view.error is not None and "Traceback" not in view.error
+        assert "closed" in view.error or "Cannot reach" in view.error, view.error
+    finally:
+        m.shutdown()
+
+
+# --------------------------------------------------------------------------- choices
+
+
+def test_choices_on_a_public_deployment() -> None:
+    s = Settings.from_env(
+        {
+            "SPACE_ID": "someone/live-captions",
+            "SAGEMAKER_ENDPOINTS": "asr-a, asr-b",
+            "SAGEMAKER_REGION": "eu-west-1",
+        }
+    )
+    assert s.public and not s.allow_custom_url
+    assert s.kinds == (BackendKind.LOCAL, BackendKind.SAGEMAKER)
+    ok = validate_choice(
+        BackendChoice("sagemaker", endpoint="asr-b", region="us-east-1"), s
+    )  # the region is the deployment's, whatever the visitor sends
+    assert ok == BackendChoice(BackendKind.SAGEMAKER, endpoint="asr-b", region="eu-west-1")
+    with pytest.raises(Exception, match="not offered"):
+        validate_choice(BackendChoice("realtime", url="ws://10.0.0.1:8000/v1/realtime"), s)
+
+
+def test_choices_on_a_private_deployment() -> None:
+    s = Settings.from_env({})
+    assert not s.public and s.allow_custom_url and s.allowed_endpoints is None
+    assert validate_choice(BackendChoice("sagemaker", endpoint="any-name", region="ap-south-1"), s)
+    with pytest.raises(InvalidChoice, match="not a valid SageMaker endpoint name"):
+        validate_choice(BackendChoice("sagemaker", endpoint="bad_name!"), s)
+    with pytest.raises(InvalidChoice, match="not an AWS region"):
+        validate_choice(BackendChoice("sagemaker", endpoint="ok", region="mars"), s)
+    with pytest.raises(InvalidChoice, match="Enter a Realtime server URL"):
+        validate_choice(BackendChoice("realtime", url="http//nope"), s)
+    with pytest.raises(InvalidChoice, match="Unknown backend"):
+        validate_choice(BackendChoice("carrier-pigeon"), s)
+
+
+def test_public_deployment_without_allowlist_offers_only_configured_things() -> None:
+    s = Settings.from_env({"SPACE_ID": "x/y", "REALTIME_URL": "wss://asr.example.org/v1/realtime"})
+    assert s.kinds == (BackendKind.LOCAL, BackendKind.REALTIME)  # no endpoint: no SageMaker
+    fixed = validate_choice(BackendChoice("realtime", url=""), s)
+    assert fixed.url == "wss://asr.example.org/v1/realtime"
+    with pytest.raises(Exception, match="ALLOW_CUSTOM_URL"):
+        validate_choice(BackendChoice("realtime", url="ws://169.254.169.254/"), s)
+    s2 = Settings.from_env({"SPACE_ID": "x/y", "SAGEMAKER_ENDPOINT": "only-this"})
+    assert s2.allowed_endpoints == ("only-this",)
+    with contextlib.suppress(Exception):
+        validate_choice(BackendChoice("sagemaker", endpoint="other"), s2)
+        pytest.fail("an endpoint other than the configured one was accepted")
+
+
+def test_bad_limits_in_the_environment_are_named() -> None:
+    with pytest.raises(ValueError, match="MAX_SESSIONS"):
+        Settings.from_env({"MAX_SESSIONS": "many"})
+    with pytest.raises(ValueError, match="MAX_SESSION_SECONDS must be positive"):
+        Settings.from_env({"MAX_SESSION_SECONDS": "-5"})
