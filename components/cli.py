@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -186,26 +187,34 @@ class Result:
 
 
 class LiveView:
-    """Deltas on stderr as they arrive; on a terminal, the partial tail too (dim, replaced)."""
+    """Deltas on stderr as they arrive; on a terminal, the partial tail too (dim, replaced).
+
+    The partial is kept to the room left on the current line and erased with backspaces, so
+    no cursor position has to survive the terminal scrolling.
+    """
 
     def __init__(self, out: TextIO, *, partials: bool, enabled: bool = True) -> None:
         self.out = out
         self.enabled = enabled
         self.tty = out.isatty()
         self.partials = partials and self.tty
-        self._partial_shown = False
+        self._shown = 0  # characters of partial on screen
+        self._col = 0  # cursor column after the confirmed text
         self._wrote = False
 
     def _erase_partial(self) -> None:
-        if self._partial_shown:
-            self.out.write("\x1b8\x1b[J")  # back to the saved cursor, clear what follows
-            self._partial_shown = False
+        if self._shown:
+            self.out.write("\b" * self._shown + "\x1b[K")
+            self._shown = 0
 
     def delta(self, text: str) -> None:
         if not self.enabled:
             return
         self._erase_partial()
         self.out.write(text)
+        width = shutil.get_terminal_size().columns
+        for ch in text:
+            self._col = 0 if ch == "\n" else (self._col + 1) % width
         self._wrote = True
         self.out.flush()
 
@@ -213,9 +222,11 @@ class LiveView:
         if not (self.enabled and self.partials):
             return
         self._erase_partial()
-        if text:
-            self.out.write("\x1b7\x1b[2m" + text + "\x1b[0m")
-            self._partial_shown = True
+        room = shutil.get_terminal_size().columns - self._col - 1
+        if text and room > 1:
+            shown = text if len(text) <= room else text[: room - 1] + "…"
+            self.out.write("\x1b[2m" + shown + "\x1b[0m")
+            self._shown = len(shown)
         self.out.flush()
 
     def warn(self, message: str) -> None:
@@ -230,6 +241,7 @@ class LiveView:
         if self._wrote:
             self.out.write("\n")
             self._wrote = False
+            self._col = 0
         self.out.flush()
 
 

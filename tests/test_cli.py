@@ -160,3 +160,50 @@ def test_local_backend_needs_no_server(clips: dict[str, Clip]) -> None:
     result = cli("transcribe", str(clip.path), "--local", "--engine", "whisper", "--quiet")
     assert result.returncode == 0, result.stderr
     assert wer(clip.text, result.stdout) <= WER_BOUND, result.stdout
+
+
+def test_sagemaker_backend_through_the_local_front(clips: dict[str, Clip]) -> None:
+    """The whole SageMaker path: the real SDK, the local front (AWS's router cannot run here,
+    so container.local_sagemaker stands in for it), the real container with the Whisper engine.
+    """
+    from tests.support_sagemaker import running_container, running_front
+
+    clip = clips[SHORT]
+    with running_container() as container, running_front(container) as front:
+        result = cli(
+            "transcribe",
+            str(clip.path),
+            "--backend",
+            "sagemaker",
+            "--endpoint",
+            front.endpoint,
+            "--region",
+            front.region,
+            "--endpoint-url",
+            front.endpoint_url,
+            "--ca-bundle",
+            front.ca_bundle,
+            "--format",
+            "json",
+            "--quiet",
+            env=front.client_env(),
+        )
+        assert result.returncode == 0, result.stderr
+        assert wer(clip.text, json.loads(result.stdout)["text"]) <= WER_BOUND, result.stdout
+        wrong = cli(
+            "transcribe",
+            str(clip.path),
+            "--backend",
+            "sagemaker",
+            "--endpoint",
+            "no-such-endpoint",
+            "--region",
+            front.region,
+            "--endpoint-url",
+            front.endpoint_url,
+            "--ca-bundle",
+            front.ca_bundle,
+            env=front.client_env(),
+        )
+    assert wrong.returncode == 1
+    assert wrong.stderr.count("\n") == 1 and "Traceback" not in wrong.stderr, wrong.stderr
