@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -200,11 +199,19 @@ class LiveView:
         self.partials = partials and self.tty
         self._shown = 0  # characters of partial on screen
         self._col = 0  # cursor column after the confirmed text
+        self._last = ""  # last confirmed character
         self._wrote = False
+
+    def _width(self) -> int:
+        """Columns of the terminal this view writes to (stdout may be a file meanwhile)."""
+        try:
+            return max(2, os.get_terminal_size(self.out.fileno()).columns)
+        except (OSError, ValueError, AttributeError):
+            return 80
 
     def _erase_partial(self) -> None:
         if self._shown:
-            self.out.write("\b" * self._shown + "\x1b[K")
+            self.out.write("\b" * self._shown + "\x1b[0m\x1b[K")
             self._shown = 0
 
     def delta(self, text: str) -> None:
@@ -212,9 +219,10 @@ class LiveView:
             return
         self._erase_partial()
         self.out.write(text)
-        width = shutil.get_terminal_size().columns
+        width = self._width()
         for ch in text:
             self._col = 0 if ch == "\n" else (self._col + 1) % width
+        self._last = text[-1:] or self._last
         self._wrote = True
         self.out.flush()
 
@@ -222,7 +230,9 @@ class LiveView:
         if not (self.enabled and self.partials):
             return
         self._erase_partial()
-        room = shutil.get_terminal_size().columns - self._col - 1
+        room = self._width() - self._col - 1
+        if text and self._last and not self._last.isspace() and not text[0].isspace():
+            text = " " + text  # engines send the tail without the joining space
         if text and room > 1:
             shown = text if len(text) <= room else text[: room - 1] + "…"
             self.out.write("\x1b[2m" + shown + "\x1b[0m")
