@@ -15,6 +15,7 @@ from vLLM's (``BRIDGE_PYTHONPATH``) and the supervisor must run without either.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -244,6 +245,26 @@ class Child:
             pass
 
 
+def reap_orphans(ours: set[int]) -> int:
+    """Reap exited processes that are not our children; return how many.
+
+    As PID 1 in a container the supervisor inherits every orphan (a helper whose parent died);
+    nobody else would collect their exit status, so they would stay zombies. Our own children
+    are left for :class:`subprocess.Popen` to reap.
+    """
+    reaped = 0
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if info is None or info.si_pid in ours:
+            return reaped
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+        reaped += 1
+
+
 def stop_children(children: Sequence[Child], timeout: float) -> None:
     """SIGTERM every group, wait up to ``timeout``, SIGKILL what is left; reap everything."""
     for child in children:
@@ -260,6 +281,7 @@ def stop_children(children: Sequence[Child], timeout: float) -> None:
         # Also sweeps helpers a child left behind in its group (vLLM's engine processes).
         child.signal_group(signal.SIGKILL)
         child.process.wait()
+    reap_orphans(set())
 
 
 class Supervisor:
@@ -327,6 +349,7 @@ class Supervisor:
 
     def _check(self) -> int | None:
         """An exit code when the container must stop now, else ``None``."""
+        reap_orphans({child.pid for child in self.children})
         if self.stop_signal is not None:
             return 0
         for child in self.children:

@@ -294,6 +294,38 @@ def test_bad_settings_are_refused_with_a_reason() -> None:
     assert main(["--dry-run"], {"ENGINE": "vllm", "PATH": "/nonexistent"}) == 2
 
 
+SUBREAPER = """
+import ctypes, subprocess, sys, time
+from container.entrypoint import reap_orphans
+
+# Stand in for PID 1 in a container: orphans of our descendants are reparented to us.
+assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+leaver = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'pass'])"
+subprocess.run([sys.executable, "-c", leaver], check=True)  # leaves an orphan behind
+reaped, deadline = 0, time.monotonic() + 20
+while not reaped and time.monotonic() < deadline:
+    reaped = reap_orphans({ours.pid})
+    time.sleep(0.05)
+print(reaped, ours.poll())
+ours.kill()
+ours.wait()
+"""
+
+
+def test_orphans_are_reaped_and_our_children_left_alone() -> None:
+    """As PID 1 the supervisor must collect orphans, or they stay zombies."""
+    result = subprocess.run(
+        [sys.executable, "-c", SUBREAPER],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        check=True,
+    )
+    assert result.stdout.split() == ["1", "None"]
+
+
 def test_the_script_runs_as_an_executable(tmp_path: Path) -> None:
     """``container/serve`` itself (shebang, executable bit, stdlib-only supervisor)."""
     result = subprocess.run(
