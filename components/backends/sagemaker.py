@@ -55,6 +55,8 @@ A client cannot ask a SageMaker endpoint which models it serves, so the name is 
 ``container/serve`` serves whichever engine it runs under that name."""
 
 EVENT_QUEUE_SIZE = 1024
+TLS_PROBE_AFTER = 1.0
+"""Seconds without an answer after which the server's certificate is checked separately."""
 CLOSE_TIMEOUT = 5.0
 """How long a graceful end of stream may take before resources are dropped."""
 
@@ -115,51 +117,6 @@ class Boto3CredentialsResolver:
 
     async def invalidate(self) -> None:
         self._frozen = None
-
-
-def _collect(task: asyncio.Future[Any]) -> None:
-    """Done-callback that retrieves a background task's outcome (logged at debug level)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("background SDK task ended with %r", task.exception())
-
-
-def _crt_transport(ca_bundle: str | None, connect_timeout: float) -> Any:
-    """An awscrt HTTP/2 transport that trusts ``ca_bundle`` and serialises connection setup."""
-    from awscrt import io as crt_io
-    from smithy_http.aio.crt import AWSCRTHTTPClient, AWSCRTHTTPClientConfig
-
-    class _Transport(AWSCRTHTTPClient):
-        def __init__(self) -> None:
-            super().__init__(client_config=AWSCRTHTTPClientConfig(force_http_2=True))
-            options = crt_io.TlsContextOptions()
-            if ca_bundle:
-                options.override_default_trust_store_from_path(ca_filepath=ca_bundle)
-            self._tls_ctx = crt_io.ClientTlsContext(options)
-            self._socket_options.connect_timeout_ms = max(1, int(connect_timeout * 1000))
-            self._connect_lock: asyncio.Lock | None = None
-
-        def __deepcopy__(self, memo: Any) -> _Transport:
-            # The SDK deep-copies its config; one transport (one pooled HTTP/2 connection,
-            # this TLS context) must stay shared by every stream of the client.
-            return self
-
-        async def _await_response(self, stream: Any) -> Any:
-            # awscrt writes the request body in a task of its own that nobody awaits; when the
-            # server has already completed the stream (an error answered at once) its last
-            # write fails, and the failure must be collected here rather than printed at exit.
-            writer = getattr(stream, "_writer", None)
-            if writer is not None:
-                writer.add_done_callback(_collect)
-            return await super()._await_response(stream)
-
-        async def _get_connection(self, url: Any) -> Any:
-            # Concurrent first calls would each open a connection and leak all but one.
-            if self._connect_lock is None:
-                self._connect_lock = asyncio.Lock()
-            async with self._connect_lock:
-                return await super()._get_connection(url)
-
-    return _Transport()
 
 
 class SageMakerBackend:
@@ -228,11 +185,13 @@ class SageMakerBackend:
         from aws_sdk_sagemaker_runtime_http2.client import AsyncSageMakerRuntimeHTTP2Client
         from aws_sdk_sagemaker_runtime_http2.config import AsyncSageMakerRuntimeHTTP2Config
 
+        from components.backends.sagemaker_transport import SageMakerTransport
+
         credentials = await self._load_credentials()
         config = await AsyncSageMakerRuntimeHTTP2Config.resolve(
             region=self.region,
             endpoint_uri=self.endpoint_url,
-            transport=_crt_transport(self.ca_bundle, self.connect_timeout),
+            transport=SageMakerTransport(self.ca_bundle, self.connect_timeout),
             aws_credentials_identity_resolver=Boto3CredentialsResolver(credentials),
         )
         return AsyncSageMakerRuntimeHTTP2Client(config=config)
@@ -290,6 +249,44 @@ class SageMakerBackend:
         await stream._start(SessionUpdate(model=self.model, partials=partials))
         return stream
 
+    async def _tls_problem(self) -> str | None:
+        """Why TLS with the endpoint fails, if its certificate is not trusted; else None.
+
+        The same trust as the SDK's transport: ``ca_bundle`` alone when set, else the system
+        store. Any other outcome (refused, slow, fine) is left to the call itself to report.
+        """
+        import ssl
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(str(self.endpoint_url))
+        host, port = parts.hostname or "", parts.port or 443
+        try:
+            context = ssl.create_default_context(cafile=self.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            return f"Cannot read the CA bundle {self.ca_bundle}: {exc}"
+        context.set_alpn_protocols(["h2"])
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, writer = await asyncio.open_connection(
+                    host, port, ssl=context, server_hostname=host
+                )
+        except ssl.SSLCertVerificationError as exc:
+            hint = (
+                f"AWS_CA_BUNDLE={self.ca_bundle} does not sign it"
+                if self.ca_bundle
+                else "for a private front, set AWS_CA_BUNDLE (or --ca-bundle) to its CA certificate"
+            )
+            return (
+                f"TLS with {self.endpoint_url} failed: its certificate is not trusted "
+                f"({exc.verify_message}); {hint}."
+            )
+        except (OSError, TimeoutError, ssl.SSLError):
+            return None
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+        return None
+
     def _map(self, exc: BaseException) -> BackendError:
         return map_error(
             exc,
@@ -332,13 +329,22 @@ class SageMakerStream:
         """Send the opening events while waiting for the response, within the connect timeout.
 
         Whichever fails first, the response's error is the one reported when there is one: a
-        refused or rejected call also breaks the sends, but only the response says why.
+        refused or rejected call also breaks the sends, but only the response says why. When
+        no answer has come after :data:`TLS_PROBE_AFTER` seconds, the certificate is checked
+        on the side: awscrt's TLS reports an untrusted certificate only after a long delay.
         """
         sends = asyncio.ensure_future(self._send_unraced(update, InputAudioBufferCommit()))
         output = asyncio.ensure_future(self._duplex.await_output())
+        backend = self._backend
         try:
-            async with asyncio.timeout(self._backend.connect_timeout):
-                await asyncio.wait({sends, output}, return_when=asyncio.FIRST_EXCEPTION)
+            async with asyncio.timeout(backend.connect_timeout):
+                first = {sends, output}
+                await asyncio.wait(
+                    first, timeout=TLS_PROBE_AFTER, return_when=asyncio.FIRST_EXCEPTION
+                )
+                if not output.done() and (problem := await backend._tls_problem()):
+                    raise BackendUnavailable(problem)
+                await asyncio.wait(first, return_when=asyncio.FIRST_EXCEPTION)
                 if sends.done() and sends.exception() is not None and not output.done():
                     await asyncio.wait({output})
                 _, receiver = await output
@@ -346,23 +352,29 @@ class SageMakerStream:
         except TimeoutError:
             await self._abandon(sends, output)
             raise BackendUnavailable(
-                f"No answer from {self._backend.endpoint_url} for {self._backend._where()} "
-                f"within {self._backend.connect_timeout:g} s."
+                f"No answer from {backend.endpoint_url} for {backend._where()} within "
+                f"{backend.connect_timeout:g} s."
             ) from None
         except BaseException as exc:
             await self._abandon(sends, output)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            raise self._backend._map(exc) from None
+            raise backend._map(exc) from None
         self._reader = asyncio.create_task(self._read(receiver), name=f"{self.session_id}-reader")
-        self._log.info("[%s] stream open on %s", self.session_id, self._backend.name)
+        self._log.info("[%s] stream open on %s", self.session_id, backend.name)
 
-    async def _abandon(self, *tasks: asyncio.Future[Any]) -> None:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+    async def _abandon(self, sends: asyncio.Future[Any], output: asyncio.Future[Any]) -> None:
+        """Give up on a stream that did not open, releasing what it holds."""
+        sends.cancel()
+        with contextlib.suppress(BaseException):
+            await sends
+        if not output.done():
+            # Cancelling the SDK's call is safe (see sagemaker_transport); its outcome is only
+            # collected, so that nothing is reported about it later.
+            from components.backends.sagemaker_transport import collect
+
+            output.add_done_callback(collect)
+            output.cancel()
         await self._close_input(graceful=False)
         self._closed = True
         await self._release()
@@ -426,6 +438,8 @@ class SageMakerStream:
         """Decode response events into protocol events until the stream ends."""
         from aws_sdk_sagemaker_runtime_http2.models import ResponseStreamEventPayloadPart
 
+        from components.backends.sagemaker_transport import collect
+
         pending = bytearray()
         failure: BackendError | None = None
         try:
@@ -437,7 +451,7 @@ class SageMakerStream:
                 try:
                     item = await asyncio.shield(pending_read)
                 except asyncio.CancelledError:
-                    pending_read.add_done_callback(_collect)
+                    pending_read.add_done_callback(collect)
                     raise
                 if item is None:
                     if not self._done:
