@@ -386,7 +386,6 @@ class RealtimeSession:
                 done = TranscriptionDone(text="".join(parts), usage=Usage())
             elif done.usage is None:  # vLLM always reports usage
                 done = TranscriptionDone(text=done.text, usage=Usage())
-            self.text_chars += len(done.text)
             await self._send(done)
             self.log.debug("request %d done chars=%d", self.requests, len(done.text))
         except ClientGone:
@@ -400,6 +399,8 @@ class RealtimeSession:
             with contextlib.suppress(ClientGone):
                 await self._send_error(ErrorCode.PROCESSING_ERROR, f"Transcription failed: {exc}")
         finally:
+            # The text this request produced, whether it finished or was cut short.
+            self.text_chars += len(done.text) if done is not None else sum(map(len, parts))
             aclose = getattr(events, "aclose", None) if events is not None else None
             if aclose is not None:
                 with contextlib.suppress(Exception):

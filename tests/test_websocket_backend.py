@@ -161,15 +161,27 @@ async def test_session_limit_is_busy_and_cancel_frees_the_slots(
     await stream.cancel()
 
 
-async def test_server_dying_mid_stream_is_connection_lost(pcm: dict[str, bytes]) -> None:
+@pytest.mark.parametrize(
+    ("signum", "said"),
+    [(signal.SIGKILL, "closed before"), (signal.SIGTERM, "shut down")],
+    ids=["killed", "stopped"],
+)
+async def test_server_going_away_mid_stream_is_connection_lost(
+    pcm: dict[str, bytes], signum: signal.Signals, said: str
+) -> None:
     with running_server("--engine", "whisper") as doomed:
         stream = await RealtimeWSBackend(doomed.ws).open()
         audio = pcm[CLIPS[0]]
         for i in range(0, CHUNK * 20, CHUNK):
             await stream.send_audio(audio[i : i + CHUNK])
-        doomed.process.send_signal(signal.SIGKILL)
-        with pytest.raises(ConnectionLost):
+        doomed.process.send_signal(signum)
+        with pytest.raises(ConnectionLost) as lost:
             async for _ in stream:
                 pass
+        assert said in str(lost.value)
         with pytest.raises(ConnectionLost):
             await stream.send_audio(audio[:CHUNK])
+        if signum == signal.SIGTERM:
+            doomed.process.wait(15)  # a graceful stop: sessions ended, then the process
+            log = doomed.log_text()
+            assert "reason=server_shutdown" in log and "Application shutdown complete" in log

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 REALTIME_PATH = "/v1/realtime"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CLOSE_GOING_AWAY = 1001
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 START_HINT = "Start it with `python -m components serve`"
 
@@ -338,6 +340,11 @@ def _closed_error(url: str, exc: ConnectionClosed) -> BackendError:
     reason = frame.reason if frame is not None else ""
     if code == CLOSE_TRY_AGAIN_LATER:
         return Busy(f"{url} is busy ({reason or 'close 1013'}); try again later")
+    if code in (CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART):
+        return ConnectionLost(
+            f"The server at {url} shut down before the transcript was complete (code {code}); "
+            "try again once it is back"
+        )
     detail = f"code {code}" if code is not None else "no close frame"
     if reason:
         detail += f": {reason}"
