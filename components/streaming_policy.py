@@ -1,0 +1,486 @@
+"""Which words of a streaming Whisper transcription are final, and which audio to decode next.
+
+Whisper transcribes a window of audio at a time, and its guess about the newest words changes as
+more audio arrives. This module decides, without any I/O, what is safe to show as append-only
+text and which audio the next decode should see:
+
+* **Local agreement.** Each decode yields a hypothesis; the words that two successive
+  hypotheses agree on (their common prefix) are *committed* and never change again. The rest is
+  the revisable *tail*, shown only as a partial.
+* **Committed text is forced, not re-decided.** Committed words inside the window are given to
+  the decoder as a forced prefix, so a hypothesis is only the continuation of the committed
+  text; committed words before the window go into the decoder's text prompt. The window can
+  thus keep seconds of already-transcribed audio as acoustic context at little cost.
+* **Trimming at segment ends.** Whisper marks segment (sentence) ends with timestamps. When
+  the window grows past ``trim_at``, it is cut at a segment end whose words are all committed,
+  keeping about ``keep_audio`` seconds after the cut as context, so a decode costs about the
+  same after an hour as after a minute. Past ``max_window`` the cut is forced.
+* **Voice activity.** Audio without voice is not decoded (silence never turns into text).
+  After ``commit_silence`` of silence, the phrase is decoded once more and committed whole.
+  The end of the audio commits the same way.
+* **Repetition guards.** Small Whisper models sometimes loop (the same words over and over)
+  or echo their context. A hypothesis is cut where a loop starts or where it repeats
+  ``echo_words`` words of recently committed text.
+
+Times are seconds from the start of the stream. The engine holds the audio samples; this class
+holds only times and text, so it can be tested exhaustively with made-up hypotheses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_NORM = re.compile(r"[^\w']+")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Tuning of the streaming policy (the engine exposes the main ones as env variables)."""
+
+    min_step: float = 0.5
+    """New audio (s) that makes another decode worthwhile."""
+    trim_at: float = 10.0
+    """Window length (s) above which the window is cut at a committed segment end."""
+    keep_audio: float = 4.0
+    """Audio (s) preferably kept after such a cut, as context for the next decodes."""
+    max_window: float = 15.0
+    """Longest window (s); past it the window is cut at any segment end, or by force."""
+    commit_silence: float = 1.0
+    """Silence (s) after speech that ends a phrase: commit it whole."""
+    speech_pad: float = 0.4
+    """Audio (s) kept before new speech when dropping silence, so no onset is cut off."""
+    prompt_chars: int = 200
+    """Committed text (characters) given to the decoder as context from before the window."""
+    agreement: int = 2
+    """How many successive hypotheses must agree on a word to commit it (2: LocalAgreement-2)."""
+    voice_margin: float = 0.25
+    """Voice detected up to this long after committed speech still counts as that speech."""
+    hold_last_word: bool = False
+    """Never commit the newest word of an open hypothesis until a later word follows it."""
+    max_repeats: int = 3
+    """A phrase repeated this many times in a row (one word: one time more) is a loop."""
+    echo_words: int = 5
+    """A hypothesis repeating this many words of recent committed text is an echo."""
+    boundary_margin: float = 0.5
+    """A segment end counts as a cut point only with this much decoded audio after it."""
+
+    def __post_init__(self) -> None:
+        if self.min_step <= 0:
+            raise ValueError("min_step must be positive")
+        if not 0 < self.keep_audio < self.trim_at <= self.max_window:
+            raise ValueError("need 0 < keep_audio < trim_at <= max_window")
+        if self.max_window + self.min_step > 28.0:
+            raise ValueError("max_window + min_step must stay under 28 s (Whisper's window)")
+        if self.commit_silence <= 0 or self.speech_pad < 0:
+            raise ValueError("commit_silence must be positive and speech_pad not negative")
+        if self.agreement < 2:
+            raise ValueError("agreement must be at least 2")
+        if self.prompt_chars < 0 or self.max_repeats < 2 or self.echo_words < 2:
+            raise ValueError("prompt_chars must be >= 0, max_repeats and echo_words >= 2")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeRequest:
+    """Decode audio ``[start, end)`` continuing ``prefix``, with ``prompt`` as context."""
+
+    start: float
+    end: float
+    prompt: str
+    """Committed text before the window (context, not transcribed again)."""
+    prefix: str
+    """Committed text inside the window (forced as the start of the transcription)."""
+    kind: str = "step"
+    """``step`` (agreement step) or a final kind, which commits without agreement:
+    ``phrase`` (the speaker paused), ``end`` (the audio ended), ``cut`` (the window grew too
+    long while the engine was busy: decode its oldest part)."""
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def final(self) -> bool:
+        return self.kind != "step"
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Text between two segment boundaries of a hypothesis (times relative to the window).
+
+    The first piece continues the segment the forced prefix began. ``end`` is the time of
+    the boundary closing the piece, None when the decoder left it open (speech going on).
+    """
+
+    text: str
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hypothesis:
+    """What one decode produced after the forced prefix."""
+
+    pieces: tuple[Piece, ...]
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+
+    @classmethod
+    def of(cls, *texts: str, ends: tuple[float | None, ...] = ()) -> Hypothesis:
+        """Pieces from texts with optional boundary times (handy in tests)."""
+        return cls(
+            tuple(Piece(t, None, ends[i] if i < len(ends) else None) for i, t in enumerate(texts))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What changed after a decode: newly committed text and the current tail."""
+
+    delta: str
+    """Append-only text to send now ('' if nothing new was committed)."""
+    partial: str | None
+    """The new unconfirmed tail, or None if it did not change."""
+
+
+def normalize_word(word: str) -> str:
+    """Case- and punctuation-blind form of a word, for agreement between hypotheses."""
+    return _NORM.sub("", word.lower()) or word
+
+
+def cut_repetition(words: list[str], max_repeats: int = 3, max_ngram: int = 8) -> list[str]:
+    """Cut ``words`` where a phrase starts repeating ``max_repeats`` times in a row.
+
+    Single words need one repeat more ("words words words" is speech; five times in a row from
+    a decoder is a loop). The first occurrence of the phrase is kept.
+    """
+    norm = [normalize_word(w) for w in words]
+    n_words = len(norm)
+    for i in range(n_words):
+        for n in range(1, max_ngram + 1):
+            need = max_repeats + 2 if n == 1 else max_repeats
+            if i + n * need > n_words:
+                continue
+            gram = norm[i : i + n]
+            if all(norm[i + k * n : i + (k + 1) * n] == gram for k in range(1, need)):
+                return words[: i + n]
+    return words
+
+
+def cut_echo(words: list[str], context: list[str], n: int = 5) -> list[str]:
+    """Cut ``words`` where ``n`` of them in a row repeat ``n`` words in a row of ``context``."""
+    if len(words) < n or len(context) < n:
+        return words
+    seen = {
+        tuple(normalize_word(w) for w in context[i : i + n]) for i in range(len(context) - n + 1)
+    }
+    norm = [normalize_word(w) for w in words]
+    for i in range(len(norm) - n + 1):
+        if tuple(norm[i : i + n]) in seen:
+            return words[:i]
+    return words
+
+
+@dataclass
+class StreamingPolicy:
+    """The streaming state of one session: committed words, tail, window and voice times.
+
+    Use: ``push()`` as audio arrives (with the voice detector's latest voiced time),
+    ``request()`` for the decode to run now (None if none), ``apply()`` with its hypothesis,
+    ``finish()`` at the end of the audio, until ``done``.
+    """
+
+    config: PolicyConfig = field(default_factory=PolicyConfig)
+    committed: list[str] = field(default_factory=list)
+    """Every committed word, in order (the transcript is their join)."""
+    tail: list[str] = field(default_factory=list)
+    """Unconfirmed words of the latest hypothesis, after the committed ones."""
+    history: list[list[str]] = field(default_factory=list)
+    """Unconfirmed words of the latest hypotheses (oldest first, the newest is ``tail``)."""
+    window_start: float = 0.0
+    window_words: int = 0
+    """How many of the last committed words lie inside the window (the forced prefix)."""
+    audio_end: float = 0.0
+    last_voice: float | None = None
+    """End of the latest audio the voice detector called speech."""
+    settled_until: float = 0.0
+    """Everything said before this time is committed."""
+    decoded_until: float = 0.0
+    finished: bool = False
+    forced_cuts: int = 0
+    """Windows cut without a segment boundary (a word at the cut may be lost or doubled)."""
+    cuts: list[tuple[float, int]] = field(default_factory=list)
+    """Committed segment ends of the latest hypothesis: (time, committed words before it)."""
+
+    # ------------------------------------------------------------------ input
+
+    def push(self, duration: float, last_voice: float | None = None) -> None:
+        """Audio of ``duration`` seconds arrived; ``last_voice`` is the detector's latest."""
+        if self.finished:
+            raise RuntimeError("audio pushed after finish()")
+        if duration < 0:
+            raise ValueError("duration must not be negative")
+        self.audio_end += duration
+        if last_voice is not None:
+            self.last_voice = min(last_voice, self.audio_end)
+
+    def finish(self) -> None:
+        """The audio has ended: the next request commits whatever is left."""
+        self.finished = True
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def transcript(self) -> str:
+        return " ".join(self.committed)
+
+    @property
+    def window(self) -> float:
+        return self.audio_end - self.window_start
+
+    @property
+    def pending_voice(self) -> bool:
+        """Whether speech arrived that is not committed yet."""
+        return (
+            self.last_voice is not None
+            and self.last_voice > self.settled_until + self.config.voice_margin
+        )
+
+    @property
+    def silence(self) -> float:
+        """Seconds since the latest speech (infinite before any)."""
+        if self.last_voice is None:
+            return float("inf")
+        return self.audio_end - self.last_voice
+
+    @property
+    def undecoded(self) -> float:
+        """Audio (s) that arrived after the last decode."""
+        return self.audio_end - self.decoded_until
+
+    @property
+    def done(self) -> bool:
+        """Finished, and nothing is left to decode."""
+        return self.finished and not self.pending_voice and not self.tail
+
+    def due(self, min_new: float | None = None) -> bool:
+        """Whether a decode should run now, given ``min_new`` s of new audio (default step)."""
+        step = self.config.min_step if min_new is None else min_new
+        if self._too_long():
+            return True
+        if not self.pending_voice and not self.tail:
+            return False
+        if self.finished or self.silence >= self.config.commit_silence:
+            return True
+        return self.undecoded >= step
+
+    def _too_long(self) -> bool:
+        return self.window > self.config.max_window + self.config.min_step
+
+    # ------------------------------------------------------------------ decisions
+
+    def request(self) -> DecodeRequest | None:
+        """The decode to run now, or None. Drops settled silence from the window."""
+        if self._too_long():
+            # Fell behind (the engine was busy): decode the oldest part first.
+            return self._make_request("cut", end=self.window_start + self.config.max_window)
+        if not self.pending_voice and not self.tail:
+            self._drop_silence()
+            return None
+        if self.finished:
+            return self._make_request("end")
+        if self.silence >= self.config.commit_silence:
+            return self._make_request("phrase")
+        if self.undecoded <= 0:
+            return None
+        return self._make_request("step")
+
+    def _make_request(self, kind: str, *, end: float | None = None) -> DecodeRequest:
+        n_before = len(self.committed) - self.window_words
+        prompt = ""
+        if self.config.prompt_chars and n_before:
+            before = " ".join(self.committed[:n_before])
+            prompt = before[-self.config.prompt_chars :]
+            if len(prompt) < len(before) and " " in prompt:
+                prompt = prompt.split(" ", 1)[1]  # start at a word boundary
+        return DecodeRequest(
+            start=self.window_start,
+            end=self.audio_end if end is None else end,
+            prompt=prompt,
+            prefix=" ".join(self.committed[n_before:]),
+            kind=kind,
+        )
+
+    def _drop_silence(self) -> None:
+        """All speech is committed: a long window keeps only a pad before the present."""
+        if self.window <= self.config.trim_at:
+            return
+        new_start = self.audio_end - self.config.speech_pad
+        if self.last_voice is not None:
+            new_start = max(new_start, self.last_voice)
+        if new_start > self.window_start:
+            self._move_window(new_start, len(self.committed))
+
+    def _move_window(self, start: float, committed_before: int) -> None:
+        self.window_start = start
+        self.window_words = len(self.committed) - committed_before
+        self.settled_until = max(self.settled_until, start)
+        self.cuts = [c for c in self.cuts if c[0] > start]
+
+    def words_of(self, request: DecodeRequest, hypothesis: Hypothesis) -> list[list[str]]:
+        """The hypothesis as words per piece, without loops, echoes or text past the audio."""
+        if hypothesis.no_speech_prob > 0.6 and hypothesis.avg_logprob < -1.0:
+            return []
+        pieces: list[list[str]] = []
+        voice_end = request.duration
+        if request.final and self.last_voice is not None:
+            voice_end = min(voice_end, self.last_voice - request.start + self.config.voice_margin)
+        for i, piece in enumerate(hypothesis.pieces):
+            if i and piece.start is not None and piece.start >= voice_end - 0.1:
+                break  # a segment starting after the speech (or the audio) is invented
+            if piece.end is not None and piece.end > request.duration + 0.5:
+                break  # so is one ending well after the audio
+            pieces.append(piece.text.split())
+        flat = [w for p in pieces for w in p]
+        kept = cut_repetition(flat, self.config.max_repeats)
+        recent = self.committed[-40:]
+        kept = cut_echo(kept, recent, self.config.echo_words)
+        if len(kept) < len(flat):
+            left = len(kept)
+            out: list[list[str]] = []
+            for p in pieces:
+                if left <= 0:
+                    break
+                out.append(p[:left])
+                left -= len(p)
+            pieces = out
+        return pieces
+
+    def apply(self, request: DecodeRequest, hypothesis: Hypothesis) -> Update:
+        """Take one decode's hypothesis: commit what is confirmed, trim the window."""
+        if request.start != self.window_start:
+            raise ValueError("hypothesis for a stale request (the window moved)")
+        self.decoded_until = max(self.decoded_until, request.end)
+        pieces = self.words_of(request, hypothesis)
+        words = [w for p in pieces for w in p]
+        boundaries = self._boundaries(request, hypothesis, pieces)
+        old_tail = self.tail
+        if request.kind == "cut":
+            # Commit up to the latest segment end; the rest is decoded again from there.
+            agreed = boundaries[-1][1] if boundaries else len(words)
+        elif request.final:
+            agreed = len(words)
+        else:
+            agreed = self._agreement(words)
+            last_open = not hypothesis.pieces or hypothesis.pieces[-1].end is None
+            if self.config.hold_last_word and agreed == len(words) and agreed and last_open:
+                agreed -= 1
+        base = len(self.committed)
+        self._commit(words[:agreed])
+        if request.final:
+            self.tail, self.history = [], []
+        else:
+            keep = self.config.agreement - 2  # older tails still needed, besides the new one
+            older = self.history[len(self.history) - keep :] if keep else []
+            self.history = [h[agreed:] for h in older]
+            self.tail = words[agreed:]
+            self.history.append(self.tail)
+        self._remember_cuts(boundaries, base, agreed)
+        if request.final:
+            self.settled_until = max(self.settled_until, request.end)
+        elif not self.tail and hypothesis.pieces and hypothesis.pieces[-1].end is not None:
+            # All of it is committed and the speech ended inside the audio: settled so far.
+            end = min(hypothesis.pieces[-1].end, request.duration)
+            self.settled_until = max(self.settled_until, request.start + end)
+        if request.kind == "cut":
+            if boundaries:
+                self._move_window(boundaries[-1][0], base + boundaries[-1][1])
+            else:
+                self._move_window(request.end, len(self.committed))
+                self.forced_cuts += 1
+        else:
+            self._trim(request, boundaries, base)
+        new_words = self.committed[base:]
+        delta = (" " if base and new_words else "") + " ".join(new_words)
+        partial = " ".join(self.tail) if self.tail != old_tail else None
+        return Update(delta=delta, partial=partial)
+
+    def _agreement(self, words: list[str]) -> int:
+        """Length of the prefix ``words`` shares with the previous ``agreement - 1`` tails."""
+        earlier = self.history[-(self.config.agreement - 1) :]
+        if len(earlier) < self.config.agreement - 1:
+            return 0
+        agreed = 0
+        for i, word in enumerate(words):
+            norm = normalize_word(word)
+            if any(i >= len(h) or normalize_word(h[i]) != norm for h in earlier):
+                break
+            agreed += 1
+        return agreed
+
+    def _boundaries(
+        self, request: DecodeRequest, hypothesis: Hypothesis, pieces: list[list[str]]
+    ) -> list[tuple[float, int]]:
+        """Segment ends with audio after them: (absolute time, continuation words before it).
+
+        A segment closed right at the end of the audio is often closed only because the audio
+        ends there, so it is not taken as a boundary.
+        """
+        out: list[tuple[float, int]] = []
+        seen = 0
+        latest = request.duration - self.config.boundary_margin
+        for piece, words in zip(hypothesis.pieces, pieces, strict=False):
+            seen += len(words)
+            if piece.end is not None and 0.0 < piece.end <= latest:
+                time = request.start + piece.end
+                if not out or time > out[-1][0]:
+                    out.append((time, seen))
+        return out
+
+    def _remember_cuts(self, boundaries: list[tuple[float, int]], base: int, agreed: int) -> None:
+        """Merge this hypothesis' committed segment ends into the known cut points."""
+        by_index = {idx: t for t, idx in self.cuts if t > self.window_start}
+        for t, n in boundaries:
+            if n <= agreed:
+                by_index[base + n] = t
+        cuts: list[tuple[float, int]] = []
+        for idx in sorted(by_index):
+            t = by_index[idx]
+            if not cuts or t > cuts[-1][0]:
+                cuts.append((t, idx))
+        self.cuts = cuts
+
+    def _commit(self, words: list[str]) -> None:
+        self.committed.extend(words)
+        self.window_words += len(words)
+
+    def _trim(self, request: DecodeRequest, boundaries: list[tuple[float, int]], base: int) -> None:
+        """Keep the window short: cut at a committed segment end once it is long."""
+        if self.window <= self.config.trim_at:
+            return
+        candidates = [c for c in self.cuts if c[0] > self.window_start]
+        roomy = [c for c in candidates if c[0] <= self.audio_end - self.config.keep_audio]
+        if roomy:
+            self._move_window(*roomy[-1])
+            return
+        if self.window <= self.config.max_window:
+            return
+        if candidates:
+            self._move_window(*candidates[-1])
+            return
+        agreed = len(self.committed) - base
+        later = [b for b in boundaries if b[1] > agreed]
+        if later:
+            # Commit up to the latest segment end even though it was not agreed yet.
+            time, n = later[-1]
+            forced = self.tail[: n - agreed]
+            self._commit(forced)
+            self.tail = self.tail[len(forced) :]
+            self.history = [self.tail]
+            self._move_window(time, base + n)
+            return
+        # No segment end at all: commit everything decoded and restart after it.
+        self._commit(self.tail)
+        self.tail, self.history = [], []
+        self._move_window(request.end, len(self.committed))
+        self.forced_cuts += 1
