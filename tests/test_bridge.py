@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -333,6 +336,18 @@ def test_config_reads_the_environment() -> None:
         BridgeConfig.from_env({"BRIDGE_MAX_CONNECTIONS": "many"})
     with pytest.raises(ValueError, match="at least 1"):
         BridgeConfig.from_env({"BRIDGE_MAX_CONNECTIONS": "0"})
+
+
+def test_the_command_line_refuses_a_bad_setting_with_its_name() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "container.bridge", "--port", "0"],
+        env={**os.environ, "BRIDGE_MAX_MESSAGE_BYTES": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "BRIDGE_MAX_MESSAGE_BYTES='lots' is not an integer" in result.stderr
 
 
 # --------------------------------------------------------------------------- /ping
