@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from components.audio import float_to_pcm16, load_file
 from components.evaluation import Clip, corpus_wer, wer
+from components.limits import AudioQueue, SessionSlots
 from components.protocol import (
     InputAudioBufferAppend,
     InputAudioBufferCommit,
@@ -66,6 +68,7 @@ def engine(bg: BackgroundLoop) -> Iterator[Any]:
     bg.run(eng.aclose())
 
 
+@contextmanager
 def _server(bg: BackgroundLoop, engine: Any, **settings: Any) -> Iterator[Server]:
     app = create_app(engine, ServerSettings(**settings), close_engine=False)
     with serve_app(bg, app) as url:
@@ -74,27 +77,32 @@ def _server(bg: BackgroundLoop, engine: Any, **settings: Any) -> Iterator[Server
 
 @pytest.fixture(scope="module")
 def server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    yield from _server(bg, engine, max_sessions=4, idle_timeout=30)
+    with _server(bg, engine, max_sessions=4, idle_timeout=30) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def auth_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    yield from _server(bg, engine, api_key="s3cret-key")
+    with _server(bg, engine, api_key="s3cret-key") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def single_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    yield from _server(bg, engine, max_sessions=1)
+    with _server(bg, engine, max_sessions=1) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def hasty_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    yield from _server(bg, engine, idle_timeout=0.5, max_session_seconds=2.0)
+    with _server(bg, engine, idle_timeout=0.5, max_session_seconds=2.0) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def small_buffer_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    yield from _server(bg, engine, audio_buffer_seconds=1.0)
+    with _server(bg, engine, audio_buffer_seconds=1.0) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -364,3 +372,72 @@ async def test_fast_sender_is_held_back_not_dropped(
     cid = CLEAN[0]  # 8.7 s of speech through a 1 s buffer, sent as fast as possible
     events = await transcribe(small_buffer_server, pcm[cid])
     assert wer(clips[cid].text, events[-1]["text"]) <= WER_BOUND, events[-1]["text"]
+
+
+async def test_served_model_name_is_the_only_accepted_id(bg: BackgroundLoop, engine: Any) -> None:
+    with _server(bg, engine, served_model_name="captions-v1") as named:
+        async with httpx.AsyncClient() as http:
+            card = (await http.get(f"{named.url}/v1/models")).json()["data"][0]
+        assert card["id"] == "captions-v1" and card["root"] == engine.model
+        async with connect(named.ws) as ws:
+            await recv(ws)
+            await ws.send(serialize(SessionUpdate(model=engine.model)))
+            event = await recv(ws, 10)
+            assert event["code"] == "model_not_found" and "captions-v1" in event["error"]
+            await ws.send(serialize(SessionUpdate(model="captions-v1")))
+            await ws.send(serialize(InputAudioBufferCommit(final=True)))
+            assert (await collect(ws))[-1]["type"] == "transcription.done"
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_settings_from_environment() -> None:
+    env = {
+        "LIVE_CAPTIONS_PORT": "9000",
+        "LIVE_CAPTIONS_API_KEY": "k",
+        "LIVE_CAPTIONS_IDLE_TIMEOUT": "2.5",
+        "LIVE_CAPTIONS_MAX_SESSIONS": "",  # empty: unset
+    }
+    settings = ServerSettings.from_env(env)
+    assert (settings.port, settings.api_key, settings.idle_timeout) == (9000, "k", 2.5)
+    assert settings.max_sessions is None and settings.host == "127.0.0.1"
+    with pytest.raises(ValueError, match="LIVE_CAPTIONS_PORT"):
+        ServerSettings.from_env({"LIVE_CAPTIONS_PORT": "http"})
+    with pytest.raises(ValueError, match="idle timeout"):
+        ServerSettings.from_env({"LIVE_CAPTIONS_IDLE_TIMEOUT": "0"})
+
+
+def test_session_slots_have_a_ceiling() -> None:
+    slots = SessionSlots(2)
+    assert slots.try_acquire() and slots.try_acquire()
+    assert not slots.try_acquire()
+    slots.release()
+    assert slots.try_acquire() and slots.active == 2
+    slots.release()
+    slots.release()
+    with pytest.raises(RuntimeError):
+        slots.release()
+
+
+async def test_audio_queue_is_bounded_and_wakes_its_waiters() -> None:
+    queue = AudioQueue(8)
+    assert queue.put_nowait(b"\x00" * 6)
+    assert not queue.put_nowait(b"\x00" * 4)  # would pass 8 bytes: refused, nothing queued
+    assert queue.queued_bytes == 6
+    waiter = asyncio.create_task(queue.wait_for_space(4))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    assert await queue.get() == b"\x00" * 6
+    await asyncio.wait_for(waiter, 1)  # taking a chunk made room
+    assert queue.put_nowait(b"\x01\x00")
+    queue.end()
+    chunks = [chunk async for chunk in queue.chunks()]
+    assert len(chunks) == 1 and chunks[0].dtype == np.float32
+    closed = AudioQueue(2)
+    closed.put_nowait(b"\x00\x00")
+    blocked = asyncio.create_task(closed.wait_for_space(2))
+    await asyncio.sleep(0)
+    closed.close()  # an abandoned queue releases everyone waiting on it
+    await asyncio.wait_for(blocked, 1)
+    assert await closed.get() is None
