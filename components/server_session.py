@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from components.audio import pcm16_seconds
 from components.engines.base import Engine, EngineError
 from components.limits import AudioQueue
 from components.protocol import (
@@ -57,6 +58,7 @@ logger = logging.getLogger("components.server")
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 SEND_TIMEOUT = 5.0
@@ -87,6 +89,12 @@ class Ending:
 
 CLIENT_CLOSED = Ending("client_closed")
 SERVER_SHUTDOWN = Ending("server_shutdown")
+INTERNAL_ERROR = Ending(
+    "internal_error",
+    ErrorCode.PROCESSING_ERROR,
+    "Internal server error; the server log has the details",
+    CLOSE_INTERNAL_ERROR,
+)
 
 
 class RealtimeSession:
@@ -139,6 +147,9 @@ class RealtimeSession:
             ending = await self._serve()
         except ClientGone:
             ending = CLIENT_CLOSED
+        except Exception:  # a bug: tell the client plainly, keep the traceback in the log
+            self.log.exception("session failed")
+            ending = INTERNAL_ERROR
         finally:
             await self._stop_request()
             await self._say_goodbye(ending)
@@ -146,7 +157,7 @@ class RealtimeSession:
             self.log.info(
                 "session end reason=%s audio_s=%.2f text_chars=%d requests=%d duration_s=%.1f",
                 ending.reason,
-                self.audio_bytes / 2 / 16_000,
+                pcm16_seconds(self.audio_bytes),
                 self.text_chars,
                 self.requests,
                 time.monotonic() - self._started,
