@@ -39,6 +39,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import socket
 import struct
 import sys
@@ -806,7 +807,9 @@ def make_tls_files(directory: Path) -> TLSFiles:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket (``port`` 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # accepted sockets inherit this one's protocol (Nagle would hold small frames ~40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
@@ -1007,9 +1010,17 @@ def main(argv: list[str] | None = None) -> int:
         args.container, endpoints, [creds], host=args.host, port=args.port, tls_dir=tls_dir
     )
 
-    async def run() -> None:
-        async with front:
+    async def run() -> int:
+        try:
+            await front.__aenter__()
+        except OSError as exc:
             print(
+                f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            text = (
                 f"Local SageMaker front (a stand-in for AWS's router) on {front.endpoint_url}\n"
                 f"endpoints: {', '.join(endpoints)} -> container {args.container}\n"
                 f"TLS files (CA to trust, server certificate): {tls_dir}\n\n"
@@ -1017,27 +1028,22 @@ def main(argv: list[str] | None = None) -> int:
                 + instructions(front.endpoint_url, front.ca_bundle, creds, args.region)
                 + "\n\nThen, for example:\n\n"
                 f"  python -m components transcribe FILE.wav --backend sagemaker "
-                f"--endpoint {endpoints[0]}\n",
-                flush=True,
+                f"--endpoint {endpoints[0]}\n"
             )
+            with contextlib.suppress(OSError):  # whoever started us may stop reading
+                sys.stdout.write(text)
+                sys.stdout.flush()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for sig in ("SIGINT", "SIGTERM"):
+            for name in ("SIGINT", "SIGTERM"):
                 with contextlib.suppress(NotImplementedError, AttributeError):
-                    import signal
-
-                    loop.add_signal_handler(getattr(signal, sig), stop.set)
+                    loop.add_signal_handler(getattr(signal, name), stop.set)
             await stop.wait()
+        finally:
+            await front.__aexit__(None, None, None)
+        return 0
 
-    try:
-        asyncio.run(run())
-    except OSError as exc:
-        print(
-            f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return asyncio.run(run())
 
 
 if __name__ == "__main__":

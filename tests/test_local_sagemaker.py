@@ -506,6 +506,32 @@ async def test_a_stream_through_the_front_ends_cleanly(
     assert [t for t in asyncio.all_tasks() if "reader" in t.get_name()] == []
 
 
+async def test_the_client_connection_does_not_wait_for_delayed_acks(
+    front: LocalSageMaker, container: ScriptedContainer, aws_env: None
+) -> None:
+    import socket
+
+    stream = await backend(front).open()
+    try:
+        # awscrt leaves Nagle on; the transport turns it off on the connection to the front.
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                dup = socket.socket(fileno=os.dup(int(name)))
+            except OSError:
+                continue
+            with dup:
+                try:
+                    inet = dup.family in (socket.AF_INET, socket.AF_INET6)
+                    if inet and dup.getpeername()[1] == front.port:
+                        found.append(dup.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                except OSError:
+                    continue
+        assert found and all(found), found
+    finally:
+        await stream.cancel()
+
+
 async def test_the_command_line_front_serves_what_it_prints(
     container: ScriptedContainer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -311,6 +311,7 @@ class SageMakerStream:
         self._client: Any = client
         self._duplex = duplex
         self._input = duplex.input_stream
+        self._provider: Any = getattr(self._input, "_writer", None)
         self.session_id = label
         self._log = logging.LoggerAdapter(log, {"session_id": label})
         self._events: asyncio.Queue[ServerEvent | BackendError | None] = asyncio.Queue(
@@ -409,6 +410,15 @@ class SageMakerStream:
             raise ConnectionLost(f"The stream to {self._backend._where()} is closed.")
         payload = self._payload(event)
         async with self._send_lock:
+            if self._writer_has_room():
+                # Nothing to wait for: the SDK signs and queues the event at once.
+                try:
+                    await self._input.send(payload)
+                except Exception as exc:
+                    if self._failed.done():
+                        raise self._failed.result() from None
+                    raise self._backend._map(exc) from None
+                return
             send = asyncio.ensure_future(self._input.send(payload))
             await asyncio.wait({send, self._failed}, return_when=asyncio.FIRST_COMPLETED)
             if not send.done():
@@ -422,6 +432,21 @@ class SageMakerStream:
                 if self._failed.done():
                     raise self._failed.result() from None
                 raise self._backend._map(exc) from None
+
+    def _writer_has_room(self) -> bool:
+        """True when the request body's buffer can take an event without waiting.
+
+        The SDK queues signed events in a bounded buffer that awscrt drains; a send blocks
+        only when it is full (a stalled or broken connection), and only then is it raced
+        against the stream's failure, which costs a task and two turns of the loop.
+        """
+        provider = self._provider
+        try:
+            return len(provider._data) < provider._max_buffered_chunks - 1 and not (
+                provider._closed or provider._closing or provider._flushing
+            )
+        except AttributeError:
+            return False
 
     async def send_audio(self, pcm16: bytes) -> None:
         """Send PCM16 16 kHz mono audio (any length that is a whole number of samples)."""
@@ -438,21 +463,11 @@ class SageMakerStream:
         """Decode response events into protocol events until the stream ends."""
         from aws_sdk_sagemaker_runtime_http2.models import ResponseStreamEventPayloadPart
 
-        from components.backends.sagemaker_transport import collect
-
         pending = bytearray()
         failure: BackendError | None = None
         try:
             while True:
-                # awscrt cannot take back a chunk read once asked for (cancelling one makes its
-                # thread raise InvalidStateError later), so a cancelled reader leaves its
-                # pending read to finish with the stream, shielded.
-                pending_read = asyncio.ensure_future(receiver.receive())
-                try:
-                    item = await asyncio.shield(pending_read)
-                except asyncio.CancelledError:
-                    pending_read.add_done_callback(collect)
-                    raise
+                item = await receiver.receive()  # safe to cancel (see sagemaker_transport)
                 if item is None:
                     if not self._done:
                         failure = ConnectionLost(

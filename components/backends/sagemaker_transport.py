@@ -1,6 +1,6 @@
 """The awscrt HTTP/2 transport of the SageMaker client, made safe to abandon and to share.
 
-smithy-http's ``AWSCRTHTTPClient`` is the only SDK transport that streams both ways. Four things
+smithy-http's ``AWSCRTHTTPClient`` is the only SDK transport that streams both ways. Five things
 about it matter for a client that opens many long streams and must shut down quietly:
 
 * Its TLS context trusts the system store only; a private front's CA is installed with awscrt's
@@ -10,8 +10,10 @@ about it matter for a client that opens many long streams and must shut down qui
 * awscrt resolves its futures from its own thread. Awaiting them through
   ``asyncio.wrap_future`` means that cancelling the waiter (a timeout, a cancelled stream, the
   end of ``asyncio.run``) cancels awscrt's future, and awscrt later fails to complete it
-  (``InvalidStateError`` printed from its thread). Connection setup and the response head are
-  therefore awaited through :func:`crt_result`, which never cancels awscrt's side.
+  (``InvalidStateError`` printed from its thread). Connection setup, the response head and
+  every body chunk are therefore awaited through :func:`crt_result`, which never cancels
+  awscrt's side: a stream reader can be cancelled at any time.
+* awscrt leaves Nagle's algorithm on (see :func:`set_nodelay_to_port`).
 * awscrt writes each request body in a task nobody awaits; when a server completes the stream
   first, that task's last write fails. Its outcome is collected instead of printed at exit.
 """
@@ -22,6 +24,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 from awscrt import io as crt_io
@@ -66,6 +71,71 @@ async def crt_result(future: concurrent.futures.Future[Any]) -> Any:
     return await waiter
 
 
+def set_nodelay_to_port(port: int) -> int:
+    """Turn off Nagle's algorithm on this process's TCP sockets connected to ``port``.
+
+    awscrt does not set ``TCP_NODELAY`` and offers no option to. On an HTTP/2 stream carrying
+    small events both ways, the client's next DATA frame then waits behind its own unacknowledged
+    WINDOW_UPDATE until the peer's delayed ACK (about 40 ms). The socket is found through
+    ``/proc/self/fd`` (Linux; elsewhere nothing happens) by its peer port; setting the option on
+    another socket to the same port is harmless. Returns how many sockets were set.
+    """
+    done = 0
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            dup = socket.socket(fileno=os.dup(int(name)))
+        except (OSError, ValueError):
+            continue
+        with dup:
+            try:
+                if dup.type != socket.SOCK_STREAM or dup.family not in (
+                    socket.AF_INET,
+                    socket.AF_INET6,
+                ):
+                    continue
+                if dup.getpeername()[1] != port:
+                    continue
+                dup.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                done += 1
+            except OSError:
+                continue
+    return done
+
+
+class _Response(AWSCRTHTTPResponse):
+    """The response, its body read without cancelling awscrt's chunk futures."""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        stream = self._stream
+        lock = getattr(stream, "_deque_lock", None)
+        if lock is None:  # another awscrt: its own reader
+            async for chunk in super().chunks():
+                yield chunk
+            return
+        while True:
+            # The same bookkeeping as awscrt's get_next_response_chunk, awaited safely.
+            with lock:
+                if stream._received_chunks:
+                    chunk = stream._received_chunks.popleft()
+                    future = None
+                elif stream._completion_future.done() or stream._remote_completion_future.done():
+                    return
+                else:
+                    future = concurrent.futures.Future()
+                    stream._chunk_futures.append(future)
+            if future is not None:
+                chunk = await crt_result(future)
+            if not chunk:
+                return
+            yield chunk
+
+
 class SageMakerTransport(AWSCRTHTTPClient):
     """``AWSCRTHTTPClient`` trusting ``ca_bundle``, HTTP/2 only, shared, safe to abandon."""
 
@@ -100,16 +170,19 @@ class SageMakerTransport(AWSCRTHTTPClient):
         tls = self._tls_ctx.new_connection_options()
         tls.set_server_name(url.host)
         tls.set_alpn_list(["h2"])
+        port = url.port or self._HTTPS_PORT
         future = generic_new(
             url.host,
-            url.port or self._HTTPS_PORT,
+            port,
             self._client_bootstrap,
             self._socket_options,
             tls,
             None,
             asyncio_connection=True,
         )
-        return await crt_result(future)
+        connection = await crt_result(future)
+        set_nodelay_to_port(port)
+        return connection
 
     async def _await_response(self, stream: Any) -> AWSCRTHTTPResponse:
         writer = getattr(stream, "_writer", None)
@@ -126,4 +199,4 @@ class SageMakerTransport(AWSCRTHTTPClient):
                 fields[name].add(value)
             except KeyError:
                 fields[name] = Field(name=name, values=[value], kind="header")
-        return AWSCRTHTTPResponse(status=status, fields=fields, stream=stream)
+        return _Response(status=status, fields=fields, stream=stream)
