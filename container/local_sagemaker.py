@@ -533,7 +533,7 @@ class LocalSageMakerApp:
 
     async def _check_health(self) -> None:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=PING_TIMEOUT)
+            self._http = httpx.AsyncClient(timeout=PING_TIMEOUT, trust_env=False)
         try:
             r = await self._http.get(f"{self.container_url}/ping")
         except httpx.HTTPError as exc:
@@ -555,6 +555,7 @@ class LocalSageMakerApp:
                 target,
                 open_timeout=CONTAINER_OPEN_TIMEOUT,
                 compression=None,
+                proxy=None,
                 max_size=None,
                 ping_interval=60,
                 ping_timeout=300,
@@ -698,10 +699,14 @@ class LocalSageMakerApp:
                             break
                         in_message = await _forward_part(ws, payload, in_message)
                 except ChunkSignatureError as exc:
-                    logger.warning("rejected event: %s", exc)
+                    logger.warning("[%s] rejected event: %s", logger.extra["request_id"], exc)
                     return ("InvalidSignatureException", str(exc))
                 except ValueError as exc:
-                    logger.warning("malformed event stream from the client: %s", exc)
+                    logger.warning(
+                        "[%s] malformed event stream from the client: %s",
+                        logger.extra["request_id"],
+                        exc,
+                    )
                     return ("SerializationException", f"Malformed event stream: {exc}")
                 except ConnectionClosed:
                     forwarding = False  # the container has gone; its close is on its way

@@ -261,3 +261,55 @@ def test_the_command_line_transcribes_through_sagemaker(
     # A clean exit: no traceback, no stray task, no awscrt complaint.
     for noise in ("Traceback", "Task exception", "AWS_ERROR", "Exception ignored"):
         assert noise not in result.stderr, result.stderr
+
+
+def test_service_failures_map_to_actionable_errors() -> None:
+    """Each failure the SDK can raise, as the SDK builds it, to the error a person acts on."""
+    from aws_sdk_sagemaker_runtime_http2.models import (
+        InputValidationError,
+        InternalStreamFailure,
+        ModelError,
+        ModelStreamError,
+        ServiceUnavailableError,
+    )
+    from awscrt.exceptions import AwsCrtError
+    from smithy_core.exceptions import CallError, SmithyError
+    from smithy_core.response import ResponseMetadata
+
+    from components.backends.sagemaker_errors import map_error
+    from components.errors import Busy, ConnectionLost
+
+    def mapped(exc: BaseException) -> BackendError:
+        return map_error(exc, endpoint="ep", region="eu-west-1", url="https://x:8443")
+
+    def unmodeled(status: int, name: str) -> CallError:
+        error = CallError(
+            message=f"Unknown error for operation com.amazonaws.sagemakerruntimehttp2#Invoke"
+            f"EndpointWithBidirectionalStream - status: {status} - id: "
+            f"com.amazonaws.sagemakerruntimehttp2#{name}",
+            fault="client",
+        )
+        error.response_metadata = ResponseMetadata(http_status_code=status)
+        return error
+
+    not_found = mapped(InputValidationError(message="Endpoint ep of account 1 not found."))
+    assert isinstance(not_found, NotFound) and "container.deploy status" in str(not_found)
+    creating = mapped(InputValidationError(message="Endpoint ep is not in service (Creating)."))
+    assert isinstance(creating, BackendUnavailable)
+    model = mapped(ModelError(message="failed", original_status_code=500, log_stream_arn="arn:l"))
+    assert isinstance(model, RemoteError) and "status 500" in str(model) and "arn:l" in str(model)
+    assert isinstance(mapped(ServiceUnavailableError(message="throttled")), Busy)
+    assert isinstance(mapped(InternalStreamFailure(message="x")), ConnectionLost)
+    denied = mapped(unmodeled(403, "AccessDeniedException"))
+    assert isinstance(denied, AuthError) and "sagemaker:InvokeEndpoint" in str(denied)
+    expired = mapped(unmodeled(403, "ExpiredTokenException"))
+    assert isinstance(expired, AuthError) and "expired" in str(expired)
+    assert isinstance(mapped(unmodeled(429, "ThrottlingException")), Busy)
+    crt = AwsCrtError(code=0, name="AWS_IO_SOCKET_CONNECTION_REFUSED", message="refused")
+    wrapped = SmithyError(crt)
+    wrapped.__cause__ = crt
+    refused = mapped(wrapped)
+    assert isinstance(refused, BackendUnavailable) and "refused" in str(refused)
+    for code, kind in (("1000", ConnectionLost), ("1013", Busy), ("1011", RemoteError)):
+        error = mapped(ModelStreamError(message="bye", error_code=code))
+        assert isinstance(error, kind) and f"close {code}: bye" in str(error)

@@ -321,8 +321,10 @@ class SageMakerStream:
         self._send_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._done = False
+        self._finished = False
         self._closed = False
         self._input_closed = False
+        self._shutdown_task: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -450,11 +452,16 @@ class SageMakerStream:
 
     async def send_audio(self, pcm16: bytes) -> None:
         """Send PCM16 16 kHz mono audio (any length that is a whole number of samples)."""
+        if self._finished:
+            raise RuntimeError("send_audio() after finish()")
         if pcm16:
             await self._send(InputAudioBufferAppend(audio=pcm16))
 
     async def finish(self) -> None:
         """Final commit: the engine flushes what remains and answers ``transcription.done``."""
+        if self._finished:
+            return
+        self._finished = True
         await self._send(InputAudioBufferCommit(final=True))
 
     # ------------------------------------------------------------------ receiving
@@ -495,9 +502,12 @@ class SageMakerStream:
                     self._log = logging.LoggerAdapter(log, {"session_id": event.id})
                     self.session_id = event.id
                     continue
-                if isinstance(event, TranscriptionDone):
-                    self._done = True
                 await self._events.put(event)
+                if isinstance(event, TranscriptionDone):
+                    # The transcript is complete: end the request, so that the endpoint ends
+                    # the response (read on to its end) whether or not anyone iterates further.
+                    self._done = True
+                    await self._close_input(graceful=True)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -563,33 +573,34 @@ class SageMakerStream:
                 await close(flush=False)
 
     async def _end(self) -> None:
-        """After ``done``: end the request and let the response finish, within a bound."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._close_input(graceful=True)
-        if self._reader is not None:
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await asyncio.shield(self._reader)
-            except BaseException:
-                self._reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._reader
-        await self._release()
+        """After ``done``: let the response finish (bounded), then release the connection."""
+        await self._shutdown(patient=True)
         self._log.info("[%s] stream closed", self.session_id)
 
     async def cancel(self) -> None:
         """Stop at once and release everything; safe to call any number of times."""
-        if self._closed and (self._reader is None or self._reader.done()):
-            return
-        self._closed = True
-        if self._reader is not None:
-            self._reader.cancel()
+        await self._shutdown(patient=self._done)
+
+    async def _shutdown(self, *, patient: bool) -> None:
+        """Release the stream once; concurrent callers all wait for that one release."""
+        if self._shutdown_task is None:
+            self._closed = True
+            self._shutdown_task = asyncio.ensure_future(self._release_all(patient))
+        await asyncio.shield(self._shutdown_task)
+
+    async def _release_all(self, patient: bool) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done() and patient:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.shield(reader)
+        if reader is not None and not reader.done():
+            reader.cancel()
             with contextlib.suppress(BaseException):
-                await self._reader
+                await reader
         await self._close_input(graceful=True)
         await self._release()
         with contextlib.suppress(asyncio.QueueFull):
             self._events.put_nowait(None)  # wakes an iteration waiting in another task
-        self._log.info("[%s] stream cancelled", self.session_id)
+        if not patient:
+            self._log.info("[%s] stream cancelled", self.session_id)
