@@ -104,7 +104,7 @@ class Boto3CredentialsResolver:
             frozen = await asyncio.to_thread(creds.get_frozen_credentials)
         else:
             frozen = creds.get_frozen_credentials()
-        if frozen is not self._frozen:
+        if frozen != self._frozen:  # a new tuple each call; rebuilt only when it changed
             if not frozen.access_key or not frozen.secret_key:
                 raise AuthError(NO_CREDENTIALS)
             self._frozen = frozen
