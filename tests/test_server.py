@@ -9,6 +9,7 @@ the module; each server differs only in its limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -340,30 +341,39 @@ async def test_idle_timeout_sends_error_then_closes(hasty_server: Server) -> Non
 
 async def test_maximum_session_length_is_enforced(hasty_server: Server) -> None:
     ws = await open_session(hasty_server)
-    async with ws:
+
+    async def steady_audio() -> None:  # never idle: a chunk every 100 ms, for 20 s at most
         chunk = serialize(InputAudioBufferAppend(bytes(CHUNK)))
-        codes = []
-        with pytest.raises(ConnectionClosed):
-            for _ in range(200):  # 20 s at most; the limit is 2 s
-                await ws.send(chunk)  # steady audio: never idle
-                try:
-                    event = await recv(ws, 0.1)
-                    codes.append(event.get("code"))
-                except TimeoutError:
-                    pass
-        assert "session_too_long" in codes
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(200):
+                await ws.send(chunk)
+                await asyncio.sleep(0.1)
+
+    sender = asyncio.create_task(steady_audio())
+    events = []
+    try:
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                events.append(await recv(ws, 30))
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    assert [e.get("code") for e in events] == ["session_too_long"], events
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
 async def test_audio_without_a_running_request_is_bounded(small_buffer_server: Server) -> None:
     ws = await open_session(small_buffer_server)
     async with ws:
         chunk = serialize(InputAudioBufferAppend(bytes(CHUNK)))
-        for _ in range(15):  # 1.5 s, no commit: nothing drains the 1 s buffer
-            await ws.send(chunk)
+        with contextlib.suppress(ConnectionClosed):  # the server may close mid-way
+            for _ in range(15):  # 1.5 s, no commit: nothing drains the 1 s buffer
+                await ws.send(chunk)
         event = await recv(ws, 10)
         assert event["type"] == "error" and event["code"] == "audio_buffer_full"
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed) as closed:
             await recv(ws, 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
 async def test_fast_sender_is_held_back_not_dropped(
