@@ -241,8 +241,8 @@ async def test_partials_only_reach_clients_that_asked(
     server: Server, pcm: dict[str, bytes]
 ) -> None:
     audio = pcm[CLEAN[0]]
-    with_partials = await transcribe(server, audio, partials=True, pace=0.01)
-    without = await transcribe(server, audio, pace=0.01)
+    with_partials = await transcribe(server, audio, partials=True, pace=0.03)
+    without = await transcribe(server, audio, pace=0.03)
     assert any(e["type"] == "transcription.partial" for e in with_partials)
     assert not any(e["type"] == "transcription.partial" for e in without)
 

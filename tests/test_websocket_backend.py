@@ -109,7 +109,7 @@ async def test_transcribes_real_speech_and_discovers_the_model(
 async def test_partials_are_opt_in(server: ServerURL, pcm: dict[str, bytes]) -> None:
     audio = pcm[CLIPS[0]]
     client = backend(server)
-    with_partials = await run(await client.open(partials=True), audio, pace=0.01)
+    with_partials = await run(await client.open(partials=True), audio, pace=0.03)
     assert any(isinstance(e, TranscriptionPartial) for e in with_partials)
     assert isinstance(with_partials[-1], TranscriptionDone)
 
