@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import json
 import logging
 import os
+import re
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -154,8 +157,9 @@ def _owner(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "anonymous"
 
 
-def _stream_key(request: gr.Request) -> str:
-    """An id for the running microphone stream: a new recording gets a new id.
+def _stream_key(request: gr.Request) -> tuple[str, bool]:
+    """An id for the running microphone stream (a new recording gets a new id), and whether
+    this call is the stream's first.
 
     Gradio builds one ``gr.Request`` per queued event and hands that same object to every call
     of a ``.stream`` handler, so an id stored on it lives exactly as long as the recording.
@@ -164,7 +168,129 @@ def _stream_key(request: gr.Request) -> str:
     key = state.get("_live_captions_stream")
     if key is None:
         key = state["_live_captions_stream"] = uuid.uuid4().hex[:12]
-    return key
+        return key, True
+    return key, False
+
+
+class _Tab:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.forwarded = 0
+        self.taken = 0
+        self.progress = asyncio.Event()
+
+
+class StreamGate:
+    """Makes Gradio's microphone stream lossless: one chunk in flight per browser tab.
+
+    Gradio keeps one data slot per stream event. Each chunk the browser POSTs to
+    ``/gradio_api/stream/{event_id}`` replaces the one before, taken by the handler or not, so
+    whenever the server is busy for longer than a chunk, audio is silently lost (measured on a
+    loaded 2-core machine: a third of it). The gate holds each POST, in arrival order, until
+    the stream handler has taken the previous chunk; the browser just waits for its request.
+    The handler reports every chunk it takes (:meth:`taken`). A POST for a stream that has
+    ended goes straight through, and none waits longer than ``MAX_WAIT`` seconds.
+    """
+
+    PATH = re.compile(r"/gradio_api/stream/([^/]+)$")
+    MAX_WAIT = 5.0
+
+    def __init__(self) -> None:
+        self._tabs: dict[str, _Tab] = {}
+        self._events: Any = None
+
+    def install(self, demo: gr.Blocks) -> bool:
+        """Put the gate in front of the running app (after ``launch``); False if impossible."""
+        self._events = getattr(getattr(demo, "_queue", None), "event_ids_to_events", None)
+        app = getattr(demo, "server_app", None)
+        if app is None or self._events is None or not hasattr(app, "build_middleware_stack"):
+            log.warning("cannot gate Gradio's stream route: audio chunks may be lost under load")
+            return False
+        stack = app.middleware_stack or app.build_middleware_stack()
+        app.middleware_stack = self._wrap(stack)
+        return True
+
+    def taken(self, owner: str, first: bool) -> None:
+        """The stream handler took a chunk (``first``: the one that opened a new stream)."""
+        tab = self._tabs.setdefault(owner, _Tab())
+        if first:
+            tab.forwarded = tab.taken = 0
+        else:
+            tab.taken += 1
+        tab.progress.set()
+        tab.progress = asyncio.Event()
+
+    def forget(self, owner: str) -> None:
+        self._tabs.pop(owner, None)
+
+    def _alive(self, event_id: str) -> bool:
+        event = self._events.get(event_id) if self._events is not None else None
+        return event is not None and not event.closed
+
+    async def _turn(self, tab: _Tab, event_id: str) -> bool:
+        """Wait until the previous chunk was taken; False if the stream is gone meanwhile."""
+        deadline = time.monotonic() + self.MAX_WAIT
+        while tab.taken < tab.forwarded:
+            if not self._alive(event_id):
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("stream %s: chunk still not taken after %g s", event_id, self.MAX_WAIT)
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tab.progress.wait(), min(left, 0.1))
+        return self._alive(event_id)
+
+    def _wrap(self, inner: Any) -> Any:
+        async def gated(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            match = self.PATH.search(scope.get("path", "")) if scope["type"] == "http" else None
+            if match is None or scope.get("method") != "POST":
+                await inner(scope, receive, send)
+                return
+            event_id = match.group(1)
+            body, replay = await _buffered(receive)
+            owner = _json_field(body, "session_hash")
+            if not owner:
+                await inner(scope, replay, send)
+                return
+            tab = self._tabs.setdefault(owner, _Tab())
+            async with tab.lock:
+                if await self._turn(tab, event_id):
+                    tab.forwarded += 1
+                await inner(scope, replay, send)
+
+        return gated
+
+
+async def _buffered(receive: Any) -> tuple[bytes, Any]:
+    """Read an ASGI request body; return it and a ``receive`` that replays it."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+def _json_field(body: bytes, name: str) -> str | None:
+    try:
+        value = json.loads(body).get(name)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _choice(
@@ -174,7 +300,7 @@ def _choice(
     return BackendChoice(kind, endpoint=endpoint or "", region=region or "", url=url or "")
 
 
-def build_demo(manager: SessionManager) -> gr.Blocks:
+def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
     settings = manager.settings
     kinds = settings.kinds
     if not kinds:
@@ -294,7 +420,9 @@ def build_demo(manager: SessionManager) -> gr.Blocks:
             owner = _owner(request)
             before = manager.current(owner)
             choice = _choice(kind_label, endpoint_name, region_name, server_url)
-            session = manager.feed(owner, _stream_key(request), choice, int(rate), samples)
+            key, first = _stream_key(request)
+            gate.taken(owner, first)
+            session = manager.feed(owner, key, choice, int(rate), samples)
             return session.id if session is not None and session is not before else gr.skip()
 
         async def follow(sid: str, request: gr.Request) -> AsyncIterator[tuple[Any, ...]]:
@@ -359,6 +487,7 @@ def build_demo(manager: SessionManager) -> gr.Blocks:
 
         def on_unload(request: gr.Request) -> None:
             manager.release(_owner(request))
+            gate.forget(_owner(request))
 
         mic.stream(
             on_chunk,
@@ -426,10 +555,14 @@ def main() -> None:
         raise KeyboardInterrupt  # let Gradio close its server, then release sessions below
 
     signal.signal(signal.SIGTERM, _terminate)
-    demo = build_demo(manager)
+    gate = StreamGate()
+    demo = build_demo(manager, gate)
     try:
-        demo.launch(css=CSS, show_error=False)
+        demo.launch(css=CSS, show_error=False, prevent_thread_lock=True)
+        gate.install(demo)
+        demo.block_thread()
     finally:
+        demo.close()
         manager.shutdown()
 
 

@@ -1,0 +1,200 @@
+"""The page in real Chromium, as a person uses it: record, watch captions, stop, download.
+
+Every test speaks through Chromium's fake microphone (a real clip from the evaluation set)
+into the page served by ``python app.py`` with the embedded Whisper engine. Chromium's audio
+processing alters the sound slightly, so transcripts are checked with a bounded WER.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.evaluation import Clip, wer
+from tests.browser.conftest import SILENCE_BEFORE, padded_wav
+from tests.support_server import free_port
+
+pytestmark = pytest.mark.browser
+
+SPEECH = "librispeech-1272-128104-0000"  # 5.9 s: "mister quilter is the apostle of the middle..."
+OTHER = "librispeech-1089-134691-0001"  # 5.4 s: "for a full hour he had paced up and down..."
+MAX_WER = 0.35
+
+
+class CaptionPage:
+    """The page as a person sees it, through Playwright."""
+
+    def __init__(self, browser: Any, url: str) -> None:
+        self.context = browser.new_context(permissions=["microphone"], accept_downloads=True)
+        self.page = self.context.new_page()
+        self.page.goto(url, wait_until="load")
+        self.mic = self.page.locator("#mic")
+        self.mic.get_by_role("button", name="Record").wait_for(timeout=30_000)
+
+    def record(self) -> None:
+        self.mic.get_by_role("button", name="Record").click()
+        self.mic.get_by_role("button", name="Stop").wait_for(timeout=10_000)
+
+    def stop(self) -> None:
+        self.mic.get_by_role("button", name="Stop").click()
+
+    def captions(self) -> str:
+        return self.page.locator("#captions .captions-box").inner_text().strip()
+
+    def final_text(self) -> str:
+        final = self.page.locator("#captions .final")
+        return final.inner_text().strip() if final.count() else ""
+
+    def figure(self, name: str) -> str:
+        value = self.page.locator("#figures .figures").get_attribute(f"data-{name}")
+        return value or ""
+
+    def wait_state(self, *states: str, timeout: float = 60.0) -> str:
+        self.page.wait_for_function(
+            """(states) => {
+                const f = document.querySelector('#figures .figures');
+                return f && states.includes(f.dataset.state);
+            }""",
+            arg=list(states),
+            timeout=timeout * 1000,
+        )
+        return self.figure("state")
+
+    def watch(self, seconds: float) -> list[tuple[float, str, bool]]:
+        """Poll the caption box for ``seconds``: (time, visible text, a partial was shown)."""
+        seen: list[tuple[float, str, bool]] = []
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            partial = self.page.locator("#captions .partial")
+            seen.append((time.monotonic() - start, self.captions(), partial.count() > 0))
+            time.sleep(0.1)
+        return seen
+
+    def download(self, ext: str) -> str:
+        with self.page.expect_download() as info:
+            self.page.locator(f"#dl-{ext}").click()
+        return Path(info.value.path()).read_text(encoding="utf-8")
+
+
+def _speech_seconds(clip: Clip) -> float:
+    return SILENCE_BEFORE + clip.seconds + 1.0
+
+
+def test_record_shows_live_captions_then_final_text_and_downloads(
+    app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
+) -> None:
+    clip = clips[SPEECH]
+    page = CaptionPage(open_browser(padded_wav(clip, wav_dir)), app_url)
+    assert "Press Record" in page.captions()
+    page.record()
+    timeline = page.watch(_speech_seconds(clip))
+    live = [
+        text for _, text, _ in timeline if re.search(r"\w{3,}", text) and "Listening" not in text
+    ]
+    assert live, f"no caption appeared while recording: {timeline[-3:]}"
+    assert any(partial for _, _, partial in timeline), "no tentative text was shown"
+    assert page.figure("state") == "live"
+    page.stop()
+    assert page.wait_state("done") == "done"
+    text = page.final_text()
+    assert wer(clip.text, text) <= MAX_WER, text
+    assert page.page.locator("#captions .partial").count() == 0
+    assert page.figure("samples-lost") == "0"
+    assert int(page.figure("samples-in")) > 0
+    assert int(page.figure("samples-sent")) == int(page.figure("samples-expected"))
+
+    txt = page.download("txt")
+    assert txt.strip() == text
+    srt = page.download("srt")
+    assert srt.startswith("1\n00:00:") and " --> " in srt
+    vtt = page.download("vtt")
+    assert vtt.startswith("WEBVTT\n\n") and " --> " in vtt
+    spoken = " ".join(line for line in srt.splitlines() if line and not line[0].isdigit())
+    assert spoken.split() == text.split()
+
+
+def test_stop_then_record_again_starts_a_fresh_session(
+    app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
+) -> None:
+    clip = clips[OTHER]
+    page = CaptionPage(open_browser(padded_wav(clip, wav_dir)), app_url)
+    page.record()
+    page.watch(_speech_seconds(clip))
+    page.stop()
+    page.wait_state("done")
+    first_session = page.figure("session")
+    first_text = page.final_text()
+    assert wer(clip.text, first_text) <= MAX_WER, first_text
+
+    page.record()
+    page.page.wait_for_function(
+        "(old) => { const f = document.querySelector('#figures .figures');"
+        " return f && f.dataset.session && f.dataset.session !== old; }",
+        arg=first_session,
+        timeout=15_000,
+    )
+    page.watch(_speech_seconds(clip) - 1.0)  # the fake microphone plays the clip again
+    page.stop()
+    assert page.wait_state("done") == "done"
+    assert page.figure("session") != first_session
+    assert wer(clip.text, page.final_text()) <= MAX_WER, page.final_text()
+    assert page.figure("samples-lost") == "0"
+
+
+def test_two_people_at_once_each_get_their_own_transcript(
+    app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
+) -> None:
+    a, b = clips[SPEECH], clips[OTHER]
+    page_a = CaptionPage(open_browser(padded_wav(a, wav_dir)), app_url)
+    page_b = CaptionPage(open_browser(padded_wav(b, wav_dir)), app_url)
+    page_a.record()
+    page_b.record()
+    time.sleep(max(_speech_seconds(a), _speech_seconds(b)))
+    page_a.stop()
+    page_b.stop()
+    page_a.wait_state("done")
+    page_b.wait_state("done")
+    text_a, text_b = page_a.final_text(), page_b.final_text()
+    assert wer(a.text, text_a) <= MAX_WER, text_a
+    assert wer(b.text, text_b) <= MAX_WER, text_b
+    assert "quilter" not in text_b.lower() and "paced" not in text_a.lower()
+    assert page_a.figure("session") != page_b.figure("session")
+
+
+def test_backend_down_shows_an_error_and_stops_the_microphone(
+    app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
+) -> None:
+    page = CaptionPage(open_browser(padded_wav(clips[OTHER], wav_dir)), app_url)
+    page.page.get_by_label("Realtime server URL").check()
+    closed = f"ws://127.0.0.1:{free_port()}/v1/realtime"
+    page.page.locator("#rt-url").get_by_role("textbox").fill(closed)
+    page.record()
+    error = page.page.locator("#status .error")
+    error.wait_for(timeout=20_000)
+    message = error.inner_text()
+    assert message.startswith(f"Cannot reach {closed}"), message
+    assert "Traceback" not in message
+    page.mic.get_by_role("button", name="Record").wait_for(timeout=10_000)
+    assert page.wait_state("failed") == "failed"
+
+
+def test_an_uploaded_recording_is_captioned_as_if_live(
+    app_url: str, open_browser: Any, clips: dict[str, Clip]
+) -> None:
+    clip = clips[OTHER]
+    page = CaptionPage(open_browser(None), app_url)
+    page.page.locator("#upload input[type=file]").set_input_files(str(clip.path))
+    page.page.locator("#upload audio, #upload .waveform-container, #upload button").first.wait_for(
+        timeout=15_000
+    )
+    page.page.locator("#stream-file").click()
+    page.wait_state("live", "stopping", timeout=15)
+    assert page.wait_state("done", timeout=clip.seconds + 30) == "done"
+    text = page.final_text()
+    assert wer(clip.text, text) <= MAX_WER, text
+    assert page.figure("samples-lost") == "0"
+    assert page.download("txt").strip() == text
