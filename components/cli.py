@@ -86,11 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--api-key",
-        help="require 'Authorization: Bearer KEY' on /v1/* (LIVE_CAPTIONS_API_KEY; default none)",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1/* (default none; prefer "
+        "LIVE_CAPTIONS_API_KEY, since a flag shows in the process list)",
     )
     serve.add_argument(
         "--max-sessions",
         type=int,
+        metavar="N",
         help="concurrent sessions before server_busy (LIVE_CAPTIONS_MAX_SESSIONS; "
         "default: what the engine can keep real time)",
     )
@@ -156,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine for --local (LIVE_CAPTIONS_ENGINE; default auto)",
     )
     tr.add_argument("--model", help="model id (default: the server's first model)")
-    tr.add_argument("--api-key", help="bearer key for the server (LIVE_CAPTIONS_API_KEY)")
+    tr.add_argument(
+        "--api-key", metavar="KEY", help="bearer key for the server (LIVE_CAPTIONS_API_KEY)"
+    )
     tr.add_argument(
         "--pace",
         choices=("realtime", "fast"),
