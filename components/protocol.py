@@ -41,8 +41,9 @@ class ErrorCode(StrEnum):
     """Error codes sent in ``error`` events.
 
     The first seven are vLLM's, with the same meaning. The rest are this project's additions for
-    conditions vLLM's server does not handle; each is sent before the server closes the socket
-    (except ``overloaded``, a warning).
+    conditions vLLM's server does not handle. ``invalid_frame`` and ``overloaded`` leave the
+    session open (a bad frame is refused, a lagging engine is reported); the others are sent
+    just before the socket closes.
     """
 
     INVALID_JSON = "invalid_json"

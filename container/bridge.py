@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -239,6 +239,14 @@ class HealthProbe:
             return True, "engine healthy"
         return False, f"engine /health answered {response.status_code}"
 
+    async def get(self, url: str) -> httpx.Response | None:
+        """GET another engine URL under the same deadline; ``None`` when it does not answer."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._client.get(url)
+        except (TimeoutError, httpx.HTTPError, OSError):
+            return None
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -306,6 +314,21 @@ class Bridge:
         if healthy:
             return JSONResponse({"status": "healthy"})
         return JSONResponse({"status": "unhealthy", "detail": detail}, status_code=503)
+
+    async def models(self) -> Response:
+        """The engine's ``/v1/models``, so a Realtime client pointed at the bridge finds the
+        served model name the same way it does on the engine itself."""
+        response = None
+        if self._probe is not None:
+            url = urlunsplit(urlsplit(self.config.health_url)._replace(path="/v1/models"))
+            response = await self._probe.get(url)
+        if response is None:
+            return JSONResponse({"error": "engine not reachable"}, status_code=503)
+        return Response(
+            response.content,
+            status_code=response.status_code,
+            media_type=response.headers.get("content-type", "application/json"),
+        )
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -610,6 +633,7 @@ def create_app(config: BridgeConfig | None = None) -> FastAPI:
     )
     app.state.bridge = bridge
     app.add_api_route("/ping", bridge.ping, methods=["GET", "POST"])
+    app.add_api_route("/v1/models", bridge.models, methods=["GET"])
     for path in STREAM_PATHS:
         app.add_api_websocket_route(path, bridge.handle)
     # Any other path still gets an accepted socket and a close that says what to use.

@@ -492,6 +492,15 @@ async def test_a_clip_is_transcribed_through_the_container(
     assert wer(clip.text, text) <= 0.25, text
 
 
+async def test_a_realtime_client_finds_the_served_model_through_the_bridge(
+    whisper: WhisperServe,
+) -> None:
+    from components.backends.websocket import RealtimeWSBackend
+
+    backend = RealtimeWSBackend(whisper.serve.ws_url())
+    assert await backend.resolve_model() == MODEL_NAME
+
+
 async def test_text_binary_json_and_garbage_frames(whisper: WhisperServe) -> None:
     ws = await open_stream(whisper.serve.ws_url())
     try:

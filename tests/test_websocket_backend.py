@@ -83,6 +83,7 @@ def test_urls_are_normalised() -> None:
     assert realtime_url("http://h:1") == "ws://h:1/v1/realtime"
     assert realtime_url("https://h/x/v1/realtime") == "wss://h/x/v1/realtime"
     assert models_url("wss://h/x/v1/realtime") == "https://h/x/v1/models"
+    assert models_url("ws://h:8080/invocations-bidirectional-stream") == "http://h:8080/v1/models"
     with pytest.raises(ValueError):
         RealtimeWSBackend("ftp://h/v1/realtime")
 

@@ -81,10 +81,17 @@ def realtime_url(url: str) -> str:
 
 
 def models_url(url: str) -> str:
-    """The ``/v1/models`` URL on the same server (and path prefix) as a realtime URL."""
+    """The ``/v1/models`` URL on the same server as a realtime URL.
+
+    A ``.../v1/realtime`` URL keeps its path prefix (a server mounted under one); any other
+    stream path, such as the SageMaker container's ``/invocations-bidirectional-stream``, is
+    asked at the server's root.
+    """
     parts = urlsplit(realtime_url(url))
     scheme = "https" if parts.scheme == "wss" else "http"
-    prefix = parts.path.removesuffix(REALTIME_PATH).rstrip("/")
+    prefix = ""
+    if parts.path.endswith(REALTIME_PATH):
+        prefix = parts.path.removesuffix(REALTIME_PATH).rstrip("/")
     return urlunsplit((scheme, parts.netloc, f"{prefix}/v1/models", "", ""))
 
 
