@@ -137,7 +137,8 @@ def render_figures(view: SessionView | None, idle_backend: str) -> str:
         first = "" if view.first_caption is None else f"{view.first_caption:.3f}"
         attrs = (
             f'data-state="{view.state.value}" data-session="{html.escape(view.session_id)}" '
-            f'data-samples-in="{view.samples_in}" data-samples-expected="{view.samples_expected}" '
+            f'data-samples-in="{view.samples_in}" data-chunks-in="{view.chunks_in}" '
+            f'data-samples-expected="{view.samples_expected}" '
             f'data-samples-sent="{view.samples_sent}" '
             f'data-samples-lost="{"" if view.samples_lost is None else view.samples_lost}" '
             f'data-late-chunks="{view.late_chunks}" '
@@ -173,11 +174,18 @@ def _stream_key(request: gr.Request) -> tuple[str, bool]:
 
 
 class _Tab:
+    """One browser tab's microphone chunks on their way through the gate."""
+
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.forwarded = 0
         self.taken = 0
+        self.waiting = 0
         self.progress = asyncio.Event()
+
+    @property
+    def drained(self) -> bool:
+        return self.waiting == 0 and self.taken >= self.forwarded
 
 
 class StreamGate:
@@ -188,15 +196,16 @@ class StreamGate:
     whenever the server is busy for longer than a chunk, audio is silently lost (measured on a
     loaded 2-core machine: a third of it). The gate holds each POST, in arrival order, until
     the stream handler has taken the previous chunk; the browser just waits for its request.
-    The handler reports every chunk it takes (:meth:`taken`). A POST for a stream that has
-    ended goes straight through, and none waits longer than ``MAX_WAIT`` seconds.
+    The stream's ``/close`` waits its turn the same way, so it cannot overtake chunks. The
+    handler reports every chunk it takes (:meth:`taken`); nothing waits past ``MAX_WAIT`` s.
     """
 
-    PATH = re.compile(r"/gradio_api/stream/([^/]+)$")
+    PATH = re.compile(r"/gradio_api/stream/([^/]+)(/close)?$")
     MAX_WAIT = 5.0
 
     def __init__(self) -> None:
         self._tabs: dict[str, _Tab] = {}
+        self._owners: dict[str, str] = {}  # stream event id -> tab
         self._events: Any = None
 
     def install(self, demo: gr.Blocks) -> bool:
@@ -220,26 +229,33 @@ class StreamGate:
         tab.progress.set()
         tab.progress = asyncio.Event()
 
+    async def drained(self, owner: str, max_wait: float = MAX_WAIT) -> None:
+        """Wait until every chunk of ``owner`` that reached the server has been taken."""
+        tab = self._tabs.get(owner)
+        deadline = time.monotonic() + max_wait
+        while tab is not None and not tab.drained and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tab.progress.wait(), 0.05)
+
     def forget(self, owner: str) -> None:
         self._tabs.pop(owner, None)
+        for event_id in [e for e, o in self._owners.items() if o == owner]:
+            del self._owners[event_id]
 
     def _alive(self, event_id: str) -> bool:
         event = self._events.get(event_id) if self._events is not None else None
         return event is not None and not event.closed
 
-    async def _turn(self, tab: _Tab, event_id: str) -> bool:
-        """Wait until the previous chunk was taken; False if the stream is gone meanwhile."""
+    async def _turn(self, tab: _Tab, event_id: str) -> None:
+        """Wait until the tab's previous chunk was taken (or its stream is gone)."""
         deadline = time.monotonic() + self.MAX_WAIT
-        while tab.taken < tab.forwarded:
-            if not self._alive(event_id):
-                return False
+        while tab.taken < tab.forwarded and self._alive(event_id):
             left = deadline - time.monotonic()
             if left <= 0:
                 log.warning("stream %s: chunk still not taken after %g s", event_id, self.MAX_WAIT)
-                return True
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tab.progress.wait(), min(left, 0.1))
-        return self._alive(event_id)
 
     def _wrap(self, inner: Any) -> Any:
         async def gated(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -247,17 +263,27 @@ class StreamGate:
             if match is None or scope.get("method") != "POST":
                 await inner(scope, receive, send)
                 return
-            event_id = match.group(1)
+            event_id, close = match.group(1), bool(match.group(2))
             body, replay = await _buffered(receive)
-            owner = _json_field(body, "session_hash")
+            owner = self._owners.get(event_id) if close else _json_field(body, "session_hash")
             if not owner:
                 await inner(scope, replay, send)
                 return
+            self._owners[event_id] = owner
             tab = self._tabs.setdefault(owner, _Tab())
-            async with tab.lock:
-                if await self._turn(tab, event_id):
-                    tab.forwarded += 1
-                await inner(scope, replay, send)
+            tab.waiting += 1
+            try:
+                async with tab.lock:
+                    await self._turn(tab, event_id)
+                    if not close and self._alive(event_id):
+                        tab.forwarded += 1
+                    await inner(scope, replay, send)
+            finally:
+                tab.waiting -= 1
+                if close:
+                    self._owners.pop(event_id, None)
+                tab.progress.set()
+                tab.progress = asyncio.Event()
 
         return gated
 
@@ -441,7 +467,9 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
                 await session.wait_changed(seen, REFRESH_SECONDS)
 
         async def on_stop_recording(request: gr.Request) -> None:
-            manager.stop(_owner(request))
+            owner = _owner(request)
+            await gate.drained(owner)  # chunks still on their way belong to this recording
+            manager.stop(owner)
 
         async def on_stop(request: gr.Request) -> None:
             manager.stop(_owner(request))

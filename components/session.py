@@ -329,6 +329,7 @@ class SessionView:
     first_caption: float | None
     lag: float
     samples_in: int
+    chunks_in: int
     samples_expected: int
     samples_sent: int
     samples_lost: int | None
@@ -413,6 +414,7 @@ class CaptionSession:
         # Counters: browser samples in (per rate segment), 16 kHz samples out.
         self._segments: list[list[int]] = []  # [rate, samples]
         self._samples_in = 0
+        self._chunks_in = 0
         self._seconds_in = 0.0
         self._samples_sent = 0
         self._late_chunks = 0
@@ -453,6 +455,7 @@ class CaptionSession:
                 self._segments.append([rate, 0])
             self._segments[-1][1] += n
             self._samples_in += n
+            self._chunks_in += 1
             self._seconds_in += n / rate
             now = time.monotonic()
             if self._first_audio is None:
@@ -511,6 +514,7 @@ class CaptionSession:
                 first_caption=first,
                 lag=self._uncaptioned_voice,
                 samples_in=self._samples_in,
+                chunks_in=self._chunks_in,
                 samples_expected=expected,
                 samples_sent=self._samples_sent,
                 samples_lost=(expected - self._samples_sent) if done else None,
