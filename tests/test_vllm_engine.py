@@ -571,22 +571,34 @@ def test_settings_defaults_and_errors() -> None:
     )
     custom = vllm_engine.VllmSettings.from_env(
         {
-            "VLLM_MODEL": "/models/voxtral",
-            "VLLM_MAX_MODEL_LEN": "8192",
-            "VLLM_GPU_MEMORY_UTILIZATION": "0.5",
-            "VLLM_MAX_NUM_SEQS": "4",
-            "VLLM_IDLE_TIMEOUT": "0",
-            "VLLM_ENFORCE_EAGER": "1",
+            "LIVE_CAPTIONS_VLLM_MODEL": "/models/voxtral",
+            "LIVE_CAPTIONS_VLLM_MAX_MODEL_LEN": "8192",
+            "LIVE_CAPTIONS_VLLM_GPU_MEMORY_UTILIZATION": "0.5",
+            "LIVE_CAPTIONS_VLLM_MAX_NUM_SEQS": "4",
+            "LIVE_CAPTIONS_VLLM_IDLE_TIMEOUT": "0",
+            "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER": "1",
         }
     )
     assert custom.model_from_env and custom.max_model_len == 8192
     assert (custom.gpu_memory_utilization, custom.max_num_seqs) == (0.5, 4)
     assert custom.idle_timeout is None and custom.enforce_eager
     for name, value, message in [
-        ("VLLM_MAX_MODEL_LEN", "lots", "VLLM_MAX_MODEL_LEN must be a whole number, got 'lots'"),
-        ("VLLM_GPU_MEMORY_UTILIZATION", "1.5", "between 0.05 and 1"),
-        ("VLLM_MAX_NUM_SEQS", "0", "VLLM_MAX_NUM_SEQS must be at least 1"),
-        ("VLLM_ENFORCE_EAGER", "maybe", "VLLM_ENFORCE_EAGER must be 0 or 1"),
+        (
+            "LIVE_CAPTIONS_VLLM_MAX_MODEL_LEN",
+            "lots",
+            "LIVE_CAPTIONS_VLLM_MAX_MODEL_LEN must be a whole number, got 'lots'",
+        ),
+        ("LIVE_CAPTIONS_VLLM_GPU_MEMORY_UTILIZATION", "1.5", "between 0.05 and 1"),
+        (
+            "LIVE_CAPTIONS_VLLM_MAX_NUM_SEQS",
+            "0",
+            "LIVE_CAPTIONS_VLLM_MAX_NUM_SEQS must be at least 1",
+        ),
+        (
+            "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER",
+            "maybe",
+            "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER must be 0 or 1",
+        ),
     ]:
         with pytest.raises(EngineUnavailable, match=message):
             vllm_engine.VllmSettings.from_env({name: value})

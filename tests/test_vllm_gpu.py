@@ -1,8 +1,9 @@
 """End to end on a GPU: VllmEngine transcribes real speech with vLLM and Voxtral Realtime.
 
-Needs a CUDA GPU, vLLM (``pip install -r requirements-gpu.txt``) and the weights (``VLLM_MODEL``,
-or mistralai/Voxtral-Mini-4B-Realtime-2602 already in the Hugging Face cache). Without any of
-them every test here is skipped, naming what is missing. One engine is loaded for the module.
+Needs a CUDA GPU, vLLM (``pip install -r requirements-gpu.txt``) and the weights
+(``LIVE_CAPTIONS_VLLM_MODEL``, or mistralai/Voxtral-Mini-4B-Realtime-2602 already in the
+Hugging Face cache). Without any of them every test here is skipped, naming what is missing.
+One engine is loaded for the module.
 """
 
 from __future__ import annotations

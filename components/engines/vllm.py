@@ -75,7 +75,7 @@ class VllmSettings:
 
     model: str = DEFAULT_MODEL
     model_from_env: bool = False
-    """Whether ``VLLM_MODEL`` was set (only then may vLLM download weights)."""
+    """Whether ``LIVE_CAPTIONS_VLLM_MODEL`` was set (only then may vLLM download weights)."""
     max_model_len: int = 45_000
     """Tokens per session: 45000 × 80 ms ≈ one hour of audio."""
     gpu_memory_utilization: float = 0.9
@@ -88,18 +88,22 @@ class VllmSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> VllmSettings:
         """Read ``VLLM_*`` variables; a malformed value raises EngineUnavailable naming it."""
         env = os.environ if env is None else env
-        model = env.get("VLLM_MODEL", "").strip()
-        idle = _number(env, "VLLM_IDLE_TIMEOUT", 60.0, low=0.0)
+        model = env.get("LIVE_CAPTIONS_VLLM_MODEL", "").strip()
+        idle = _number(env, "LIVE_CAPTIONS_VLLM_IDLE_TIMEOUT", 60.0, low=0.0)
         return cls(
             model=model or DEFAULT_MODEL,
             model_from_env=bool(model),
-            max_model_len=int(_number(env, "VLLM_MAX_MODEL_LEN", 45_000, low=1, whole=True)),
-            gpu_memory_utilization=_number(
-                env, "VLLM_GPU_MEMORY_UTILIZATION", 0.9, low=0.05, high=1.0
+            max_model_len=int(
+                _number(env, "LIVE_CAPTIONS_VLLM_MAX_MODEL_LEN", 45_000, low=1, whole=True)
             ),
-            max_num_seqs=int(_number(env, "VLLM_MAX_NUM_SEQS", 16, low=1, whole=True)),
+            gpu_memory_utilization=_number(
+                env, "LIVE_CAPTIONS_VLLM_GPU_MEMORY_UTILIZATION", 0.9, low=0.05, high=1.0
+            ),
+            max_num_seqs=int(
+                _number(env, "LIVE_CAPTIONS_VLLM_MAX_NUM_SEQS", 16, low=1, whole=True)
+            ),
             idle_timeout=idle or None,
-            enforce_eager=_flag(env, "VLLM_ENFORCE_EAGER"),
+            enforce_eager=_flag(env, "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER"),
         )
 
 
@@ -183,18 +187,20 @@ def missing_requirements() -> list[str]:
 def resolve_model(settings: VllmSettings) -> str:
     """Where vLLM should load the weights from, without downloading anything unasked.
 
-    ``VLLM_MODEL`` may name a local directory or a model id (then vLLM may download it, as the
-    user asked). Unset, the default model is used only if it is already in the local Hugging
-    Face cache.
+    ``LIVE_CAPTIONS_VLLM_MODEL`` may name a local directory or a model id (then vLLM may
+    download it, as the user asked). Unset, the default model is used only if it is already in
+    the local Hugging Face cache.
     """
     if settings.model_from_env:
         path = Path(settings.model).expanduser()
         if path.exists():
             if not path.is_dir():
-                raise EngineUnavailable(f"VLLM_MODEL={settings.model} is not a directory")
+                raise EngineUnavailable(
+                    f"LIVE_CAPTIONS_VLLM_MODEL={settings.model} is not a directory"
+                )
             return str(path)
         if settings.model.startswith(("/", ".", "~")):
-            raise EngineUnavailable(f"VLLM_MODEL={settings.model}: no such directory")
+            raise EngineUnavailable(f"LIVE_CAPTIONS_VLLM_MODEL={settings.model}: no such directory")
         return settings.model
     try:
         from huggingface_hub import snapshot_download
@@ -203,7 +209,8 @@ def resolve_model(settings: VllmSettings) -> str:
     except Exception:
         raise EngineUnavailable(
             f"the {settings.model} weights are not in the local Hugging Face cache; set "
-            "VLLM_MODEL to a local copy, or to the model id to download it (about 9 GB)"
+            "LIVE_CAPTIONS_VLLM_MODEL to a local copy, or to the model id to download it "
+            "(about 9 GB)"
         ) from None
 
 
