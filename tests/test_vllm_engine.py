@@ -610,7 +610,9 @@ def test_model_resolution_never_downloads_unasked(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     default = vllm_engine.VllmSettings()
-    with pytest.raises(EngineUnavailable, match="not in the local Hugging Face cache; set VLLM_"):
+    with pytest.raises(
+        EngineUnavailable, match="not in the local Hugging Face cache; set LIVE_CAPTIONS_VLLM_"
+    ):
         vllm_engine.resolve_model(default)
     local = vllm_engine.VllmSettings(model=str(tmp_path), model_from_env=True)
     assert vllm_engine.resolve_model(local) == str(tmp_path)
