@@ -392,7 +392,7 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
         with gr.Row():
             stop_btn = gr.Button("Stop streaming", variant="stop", elem_id="stop")
             clear_btn = gr.Button("Clear", elem_id="clear")
-        with gr.Accordion("Backend", open=len(kinds) > 1):
+        with gr.Accordion("Backend", open=True):
             kind = gr.Radio(labels, value=labels[0], label="Transcribe with", elem_id="backend")
             local_note = gr.Markdown(
                 f"Local engine: {manager.engine_note()}",

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from components.evaluation import Clip, wer
-from tests.browser.conftest import SILENCE_BEFORE, padded_wav
+from tests.browser.conftest import SILENCE_BEFORE, padded_wav, start_app, stop_app
 from tests.support_server import free_port
 
 pytestmark = pytest.mark.browser
@@ -189,7 +190,7 @@ def test_backend_down_shows_an_error_and_stops_the_microphone(
     app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
 ) -> None:
     page = CaptionPage(open_browser(padded_wav(clips[OTHER], wav_dir)), app_url)
-    page.page.get_by_label("Realtime server URL").check()
+    page.page.get_by_role("radio", name="Realtime server URL").check()
     closed = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     page.page.locator("#rt-url").get_by_role("textbox").fill(closed)
     page.record()
@@ -218,3 +219,44 @@ def test_an_uploaded_recording_is_captioned_as_if_live(
     assert wer(clip.text, text) <= MAX_WER, text
     assert page.figure("samples-lost") == "0"
     assert page.download("txt").strip() == text
+
+
+@pytest.fixture(scope="module")
+def sagemaker_page_url() -> Iterator[str]:
+    """The page, offering only SageMaker (allowlist of one), in front of the local SageMaker
+    stand-in (``container.local_sagemaker``, SigV4 + HTTP/2 + TLS) and the real container."""
+    from tests.support_sagemaker import running_container, running_front
+
+    with running_container() as container, running_front(container) as front:
+        env = {
+            **front.client_env(),
+            "LOCAL_BACKEND": "0",
+            "ALLOW_CUSTOM_URL": "0",
+            "SAGEMAKER_ENDPOINTS": front.endpoint,
+        }
+        app = start_app(env)
+        try:
+            yield app.url
+        finally:
+            stop_app(app)
+
+
+def test_sagemaker_backend_from_the_page(
+    sagemaker_page_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
+) -> None:
+    clip = clips[OTHER]
+    page = CaptionPage(open_browser(padded_wav(clip, wav_dir)), sagemaker_page_url)
+    page.page.get_by_role("radio", name="SageMaker").check()
+    assert page.page.get_by_role("radio", name="Local").count() == 0  # not offered here
+    assert page.page.get_by_role("radio", name="Realtime server URL").count() == 0
+    endpoint = page.page.get_by_role("combobox", name="SageMaker endpoint")
+    assert endpoint.input_value() == "live-captions"
+    assert not page.page.locator("#sm-region").get_by_role("textbox").is_editable()
+    page.record()
+    page.watch(_speech_seconds(clip))
+    page.stop()
+    assert page.wait_state("done", "failed") == "done", page.page.locator("#status").inner_text()
+    text = page.final_text()
+    assert wer(clip.text, text) <= MAX_WER, text
+    assert "SageMaker endpoint live-captions" in page.page.locator("#figures").inner_text()
+    page.assert_nothing_lost()
