@@ -117,8 +117,10 @@ def stop_app(app: RunningApp) -> None:
     app.log_path.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Any]:
+    """Playwright's sync API, for this module only: it keeps an event loop running in this
+    thread, which asyncio tests in later modules could not share."""
     if not CHROMIUM.exists():
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
