@@ -76,8 +76,11 @@ CSS = """
   border-radius: 6px; padding: 0.5em 0.8em; }
 #status .notice { color: #7a5d00; background: #fffaeb; border: 1px solid #fedf89;
   border-radius: 6px; padding: 0.5em 0.8em; }
-#figures table { width: 100%; font-size: 0.92em; }
-#figures td:first-child { color: var(--body-text-color-subdued); padding-right: 0.6em; }
+#figures table { width: 100%; font-size: 0.92em; border-collapse: collapse; margin: 0; }
+#figures td { border: none !important; background: none !important;
+  padding: 0.3em 0.4em !important; }
+#figures tr { border-bottom: 1px solid var(--border-color-primary); }
+#figures td:first-child { color: var(--body-text-color-subdued); white-space: nowrap; }
 """
 
 
