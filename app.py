@@ -575,7 +575,7 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
 
 def main() -> None:
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        level=os.environ.get("LIVE_CAPTIONS_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     manager = SessionManager(Settings.from_env())
