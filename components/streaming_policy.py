@@ -29,9 +29,25 @@ holds only times and text, so it can be tested exhaustively with made-up hypothe
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _NORM = re.compile(r"[^\w']+")
+EPS = 1e-6
+"""Tolerance of time comparisons (durations are sums of floats)."""
+GLUE = "\u2060"
+"""Marks a word that continues the previous one (the decoder went on without a space)."""
+
+
+def join_words(words: list[str]) -> str:
+    """Words as text: one space between them, none before a glued continuation."""
+    out: list[str] = []
+    for w in words:
+        if w.startswith(GLUE):
+            out.append(w[len(GLUE) :])
+        else:
+            out.append(f" {w}" if out else w)
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +56,9 @@ class PolicyConfig:
 
     min_step: float = 0.5
     """New audio (s) that makes another decode worthwhile."""
+    first_step: float = 1.0
+    """Audio (s) after the onset of speech before its first decode (shorter guesses are
+    mostly wrong, and two wrong guesses can agree)."""
     trim_at: float = 10.0
     """Window length (s) above which the window is cut at a committed segment end."""
     keep_audio: float = 4.0
@@ -52,8 +71,10 @@ class PolicyConfig:
     """Audio (s) kept before new speech when dropping silence, so no onset is cut off."""
     prompt_chars: int = 200
     """Committed text (characters) given to the decoder as context from before the window."""
-    agreement: int = 2
-    """How many successive hypotheses must agree on a word to commit it (2: LocalAgreement-2)."""
+    agreement: int = 3
+    """How many successive hypotheses must agree on a word to commit it (LocalAgreement-n).
+    Three at half-second steps proved more accurate than two at one-second steps, at the
+    same lag."""
     voice_margin: float = 0.25
     """Voice detected up to this long after committed speech still counts as that speech."""
     hold_last_word: bool = False
@@ -124,6 +145,9 @@ class Hypothesis:
     pieces: tuple[Piece, ...]
     no_speech_prob: float = 0.0
     avg_logprob: float = 0.0
+    text_end: float | None = None
+    """Where the text of an open last piece stops in the window (s), if the engine measured
+    it (it does for final requests): lets a decode that stopped early resume there."""
 
     @classmethod
     def of(cls, *texts: str, ends: tuple[float | None, ...] = ()) -> Hypothesis:
@@ -206,23 +230,39 @@ class StreamingPolicy:
     settled_until: float = 0.0
     """Everything said before this time is committed."""
     decoded_until: float = 0.0
+    onset: float = 0.0
+    """Where the current run of uncommitted speech began (approximately)."""
     finished: bool = False
     forced_cuts: int = 0
     """Windows cut without a segment boundary (a word at the cut may be lost or doubled)."""
+    gaps: list[float] = field(default_factory=list)
+    """Pauses between words inside the window (from the voice detector)."""
     cuts: list[tuple[float, int]] = field(default_factory=list)
     """Committed segment ends of the latest hypothesis: (time, committed words before it)."""
 
     # ------------------------------------------------------------------ input
 
-    def push(self, duration: float, last_voice: float | None = None) -> None:
-        """Audio of ``duration`` seconds arrived; ``last_voice`` is the detector's latest."""
+    def push(
+        self, duration: float, last_voice: float | None = None, gaps: Sequence[float] = ()
+    ) -> None:
+        """Audio of ``duration`` seconds arrived.
+
+        ``last_voice`` is the end of the latest speech the voice detector heard; ``gaps`` are
+        times of pauses between words it found in this audio (safe places to cut).
+        """
         if self.finished:
             raise RuntimeError("audio pushed after finish()")
         if duration < 0:
             raise ValueError("duration must not be negative")
+        before, was_pending = self.audio_end, self.pending_voice
         self.audio_end += duration
         if last_voice is not None:
             self.last_voice = min(last_voice, self.audio_end)
+        self.gaps = [g for g in self.gaps if g > self.window_start]
+        self.gaps += [g for g in gaps if self.window_start < g <= self.audio_end]
+        if self.pending_voice and not was_pending:
+            # Speech started in this audio, or up to the voice margin before it.
+            self.onset = max(self.settled_until, before - self.config.voice_margin)
 
     def finish(self) -> None:
         """The audio has ended: the next request commits whatever is left."""
@@ -232,7 +272,7 @@ class StreamingPolicy:
 
     @property
     def transcript(self) -> str:
-        return " ".join(self.committed)
+        return join_words(self.committed)
 
     @property
     def window(self) -> float:
@@ -270,28 +310,63 @@ class StreamingPolicy:
             return True
         if not self.pending_voice and not self.tail:
             return False
-        if self.finished or self.silence >= self.config.commit_silence:
+        if self.finished or self._paused():
             return True
-        return self.undecoded >= step
+        if self._warming_up():
+            return False
+        return self.undecoded >= step - EPS
+
+    def _warming_up(self) -> bool:
+        """Speech began in a window without context less than ``first_step`` ago."""
+        return self.window_words == 0 and self.audio_end - self.onset < self.config.first_step - EPS
 
     def _too_long(self) -> bool:
-        return self.window > self.config.max_window + self.config.min_step
+        return self.window > self.config.max_window + self.config.min_step + EPS
+
+    def _paused(self) -> bool:
+        return self.silence >= self.config.commit_silence - EPS
 
     # ------------------------------------------------------------------ decisions
 
+    def settle(self) -> Update | None:
+        """Commit the tail without decoding, if the speech is over and was all decoded.
+
+        When the audio has ended (or the speaker paused for ``commit_silence``) and the latest
+        decode already covered all the speech, its tail is the final word on it: decoding the
+        same speech once more would cost time and could only add words invented over silence.
+        """
+        if self._too_long() or not (self.finished or self._paused()):
+            return None
+        if self.last_voice is None or not (self.tail or self.pending_voice):
+            return None
+        if self.decoded_until < self.last_voice + self.config.voice_margin - EPS:
+            return None
+        base, old_tail = len(self.committed), self.tail
+        self._commit(self.tail)
+        self.tail, self.history = [], []
+        self.settled_until = max(self.settled_until, self.decoded_until)
+        return self._update(base, old_tail)
+
     def request(self) -> DecodeRequest | None:
-        """The decode to run now, or None. Drops settled silence from the window."""
+        """The decode to run now, or None. Drops settled silence from the window.
+
+        Call :meth:`settle` first: a phrase or stream that needs no further decode is then
+        committed without one.
+        """
         if self._too_long():
-            # Fell behind (the engine was busy): decode the oldest part first.
-            return self._make_request("cut", end=self.window_start + self.config.max_window)
+            # Fell behind (the engine was busy): decode the oldest part first, up to a pause
+            # if there is one, so that no word is split.
+            end = self.window_start + self.config.max_window
+            pauses = [g for g in self.gaps if self.window_start + 1.0 < g <= end]
+            return self._make_request("cut", end=pauses[-1] if pauses else end)
         if not self.pending_voice and not self.tail:
             self._drop_silence()
             return None
         if self.finished:
             return self._make_request("end")
-        if self.silence >= self.config.commit_silence:
+        if self._paused():
             return self._make_request("phrase")
-        if self.undecoded <= 0:
+        if self.undecoded <= 0 or self._warming_up():
             return None
         return self._make_request("step")
 
@@ -299,7 +374,7 @@ class StreamingPolicy:
         n_before = len(self.committed) - self.window_words
         prompt = ""
         if self.config.prompt_chars and n_before:
-            before = " ".join(self.committed[:n_before])
+            before = join_words(self.committed[:n_before])
             prompt = before[-self.config.prompt_chars :]
             if len(prompt) < len(before) and " " in prompt:
                 prompt = prompt.split(" ", 1)[1]  # start at a word boundary
@@ -307,7 +382,7 @@ class StreamingPolicy:
             start=self.window_start,
             end=self.audio_end if end is None else end,
             prompt=prompt,
-            prefix=" ".join(self.committed[n_before:]),
+            prefix=join_words(self.committed[n_before:]).lstrip(),
             kind=kind,
         )
 
@@ -323,6 +398,7 @@ class StreamingPolicy:
 
     def _move_window(self, start: float, committed_before: int) -> None:
         self.window_start = start
+        self.gaps = [g for g in self.gaps if g > start]
         self.window_words = len(self.committed) - committed_before
         self.settled_until = max(self.settled_until, start)
         self.cuts = [c for c in self.cuts if c[0] > start]
@@ -332,15 +408,13 @@ class StreamingPolicy:
         if hypothesis.no_speech_prob > 0.6 and hypothesis.avg_logprob < -1.0:
             return []
         pieces: list[list[str]] = []
-        voice_end = request.duration
-        if request.final and self.last_voice is not None:
-            voice_end = min(voice_end, self.last_voice - request.start + self.config.voice_margin)
         for i, piece in enumerate(hypothesis.pieces):
-            if i and piece.start is not None and piece.start >= voice_end - 0.1:
-                break  # a segment starting after the speech (or the audio) is invented
-            if piece.end is not None and piece.end > request.duration + 0.5:
-                break  # so is one ending well after the audio
-            pieces.append(piece.text.split())
+            if i and piece.start is not None and piece.start >= request.duration - 0.1:
+                break  # a segment starting after the audio is invented
+            words = piece.text.split()
+            if i == 0 and words and request.prefix and not piece.text[0].isspace():
+                words[0] = GLUE + words[0]  # continues the prefix's last word
+            pieces.append(words)
         flat = [w for p in pieces for w in p]
         kept = cut_repetition(flat, self.config.max_repeats)
         recent = self.committed[-40:]
@@ -365,7 +439,7 @@ class StreamingPolicy:
         words = [w for p in pieces for w in p]
         boundaries = self._boundaries(request, hypothesis, pieces)
         old_tail = self.tail
-        if request.kind == "cut":
+        if request.kind == "cut" and request.end not in self.gaps:
             # Commit up to the latest segment end; the rest is decoded again from there.
             agreed = boundaries[-1][1] if boundaries else len(words)
         elif request.final:
@@ -386,23 +460,54 @@ class StreamingPolicy:
             self.tail = words[agreed:]
             self.history.append(self.tail)
         self._remember_cuts(boundaries, base, agreed)
-        if request.final:
-            self.settled_until = max(self.settled_until, request.end)
-        elif not self.tail and hypothesis.pieces and hypothesis.pieces[-1].end is not None:
-            # All of it is committed and the speech ended inside the audio: settled so far.
-            end = min(hypothesis.pieces[-1].end, request.duration)
-            self.settled_until = max(self.settled_until, request.start + end)
+        stop = self._early_stop(request, hypothesis)
         if request.kind == "cut":
-            if boundaries:
+            if stop is not None:
+                self._move_window(stop, len(self.committed))
+            elif request.end in self.gaps:
+                self._move_window(request.end, len(self.committed))  # it ended in a pause
+            elif boundaries:
                 self._move_window(boundaries[-1][0], base + boundaries[-1][1])
             else:
                 self._move_window(request.end, len(self.committed))
                 self.forced_cuts += 1
+        elif stop is not None:
+            # The decoder ended its text at a segment end although speech goes on long
+            # after it: like Whisper's own seek, decode again from there.
+            self._move_window(stop, len(self.committed))
+        elif request.final:
+            self.settled_until = max(self.settled_until, request.end)
         else:
+            if not self.tail and hypothesis.pieces and hypothesis.pieces[-1].end is not None:
+                # All of it is committed and the speech ended inside the audio: settled.
+                end = min(hypothesis.pieces[-1].end, request.duration)
+                self.settled_until = max(self.settled_until, request.start + end)
             self._trim(request, boundaries, base)
+        return self._update(base, old_tail)
+
+    def _early_stop(self, request: DecodeRequest, hypothesis: Hypothesis) -> float | None:
+        """Where the text stopped, if it stopped at a segment end a second before more speech.
+
+        Only with every word committed, and only half a second or more into the window, so
+        that restarting the window there always makes progress.
+        """
+        if self.tail or not hypothesis.pieces or self.last_voice is None:
+            return None
+        last = hypothesis.pieces[-1].end
+        if last is None:
+            last = hypothesis.text_end
+        if last is None or last < 0.5 or last > request.duration:
+            return None
+        end = request.start + last
+        voice = min(self.last_voice, request.end)
+        return end if voice >= end + 1.0 else None
+
+    def _update(self, base: int, old_tail: list[str]) -> Update:
         new_words = self.committed[base:]
-        delta = (" " if base and new_words else "") + " ".join(new_words)
-        partial = " ".join(self.tail) if self.tail != old_tail else None
+        delta = join_words(new_words)
+        if base and new_words and not new_words[0].startswith(GLUE):
+            delta = " " + delta
+        partial = join_words(self.tail) if self.tail != old_tail else None
         return Update(delta=delta, partial=partial)
 
     def _agreement(self, words: list[str]) -> int:

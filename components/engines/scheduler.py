@@ -170,9 +170,13 @@ class Scheduler:
             raise EngineError("The engine is shut down.", ErrorCode.PROCESSING_ERROR)
         loop = asyncio.get_running_loop()
         if self._task is not None and not self._task.done() and self._loop is not loop:
-            raise EngineError(
-                "The engine is in use from another event loop.", ErrorCode.PROCESSING_ERROR
-            )
+            if self._loop is not None and not self._loop.is_closed():
+                raise EngineError(
+                    "The engine is in use from another event loop.", ErrorCode.PROCESSING_ERROR
+                )
+            # That loop is gone (its streams with it): start afresh on this one.
+            self._slots.clear()
+            self._task = None
         slot = Slot(slot_id, state, partials, self.max_pending)
         self._slots[slot_id] = slot
         if self._task is None or self._task.done():
@@ -308,7 +312,7 @@ class Scheduler:
         """Stop scheduling and the worker thread (streams still open get no more rounds)."""
         self._closed = True
         task, self._task = self._task, None
-        if task is not None and not task.done():
+        if task is not None and not task.done() and self._loop is asyncio.get_running_loop():
             task.cancel()
             await asyncio.wait([task])
         for slot in list(self._slots.values()):

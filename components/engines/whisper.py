@@ -24,6 +24,7 @@ How a stream is transcribed (see :mod:`components.streaming_policy` for the text
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import uuid
@@ -135,9 +136,17 @@ class VadStream:
         self._rest = np.zeros(0, np.float32)
         self._samples = 0
         self._speaking = False
+        self._quiet = 0  # silent windows in a row
         self.last_voice: float | None = None
+        self.gaps: list[float] = []
+        """Middles of the pauses (``GAP`` s or longer) found by the latest ``feed``."""
+
+    GAP = 0.3
+    """Silence (s) between words long enough to cut the audio at without splitting a word."""
 
     def feed(self, audio: np.ndarray) -> float | None:
+        """Take more audio; return the end (s) of the latest speech (None before any)."""
+        self.gaps = []
         x = np.concatenate([self._rest, audio]) if len(self._rest) else audio
         n = len(x) // VadModel.WINDOW * VadModel.WINDOW
         self._rest = x[n:].copy()
@@ -150,12 +159,18 @@ class VadStream:
             None, {"input": batch, "h": self._h, "c": self._c}
         )
         self._context = windows[-1, -VadModel.CONTEXT :].copy()
+        gap_windows = round(self.GAP * SAMPLE_RATE / VadModel.WINDOW)
         for i, p in enumerate(np.asarray(probs).reshape(-1)):
+            end = (self._samples + (i + 1) * VadModel.WINDOW) / SAMPLE_RATE
             if p >= self.threshold or (self._speaking and p >= self.neg_threshold):
                 self._speaking = True
-                self.last_voice = (self._samples + (i + 1) * VadModel.WINDOW) / SAMPLE_RATE
+                self.last_voice = end
+                self._quiet = 0
             else:
                 self._speaking = False
+                self._quiet += 1
+                if self._quiet == gap_windows and self.last_voice is not None:
+                    self.gaps.append(end - self.GAP / 2)
         self._samples += n
         return self.last_voice
 
@@ -168,6 +183,8 @@ class DecodeItem:
     audio: np.ndarray
     prompt: str
     prefix: str
+    locate_end: bool = False
+    """Find where an open-ended text stops in the audio (word alignment; costs a pass)."""
 
 
 class WhisperDecoder:
@@ -191,6 +208,9 @@ class WhisperDecoder:
         self.suppress = list(get_suppressed_tokens(self.tokenizer, [-1]) or [])
         self._silence = self._encode_frames(self._features(np.zeros(30 * SAMPLE_RATE)))[0]
         self.completion_tokens = 0
+        self.calls = 0
+        """Batched generate calls so far (with ``items``: how well decodes batch)."""
+        self.items = 0
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
         feats = self.model.feature_extractor(audio.astype(np.float32, copy=False), padding=0)  # type: ignore[attr-defined]
@@ -245,6 +265,8 @@ class WhisperDecoder:
             features = self._ct2.StorageView.from_array(
                 np.ascontiguousarray(np.stack([encoded[i] for i in members]))
             )
+            self.calls += 1
+            self.items += len(members)
             results = self.model.model.generate(  # type: ignore[attr-defined]
                 features,
                 batch_prompts,
@@ -256,15 +278,20 @@ class WhisperDecoder:
                 suppress_tokens=self.suppress,
                 max_initial_timestamp_index=50,
             )
-            for i, prompt, result in zip(members, batch_prompts, results, strict=True):
+            for i, result in zip(members, results, strict=True):
                 forced = prompts[i][1]
-                out[i] = self._hypothesis(result, forced, len(prompt))
+                tokens: list[int] = list(result.sequences_ids[0])
+                if tokens[: len(forced)] == forced:
+                    tokens = tokens[len(forced) :]
+                hypothesis = self._hypothesis(result, tokens)
+                if items[i].locate_end and hypothesis.pieces and hypothesis.pieces[-1].end is None:
+                    text = [t for t in forced[1:] + tokens if t < self.tokenizer.eot]
+                    end = self._text_end(encoded[i], text, len(items[i].audio))
+                    hypothesis = dataclasses.replace(hypothesis, text_end=end)
+                out[i] = hypothesis
         return [h for h in out if h is not None]
 
-    def _hypothesis(self, result: object, forced: list[int], prompt_len: int) -> Hypothesis:
-        tokens: list[int] = list(result.sequences_ids[0])  # type: ignore[attr-defined]
-        if tokens[: len(forced)] == forced:
-            tokens = tokens[len(forced) :]
+    def _hypothesis(self, result: object, tokens: list[int]) -> Hypothesis:
         n = len(tokens)
         self.completion_tokens += n
         score = float(result.scores[0]) if result.scores else 0.0  # type: ignore[attr-defined]
@@ -274,6 +301,16 @@ class WhisperDecoder:
             no_speech_prob=float(result.no_speech_prob),  # type: ignore[attr-defined]
             avg_logprob=avg_logprob,
         )
+
+    def _text_end(self, encoded: np.ndarray, text: list[int], samples: int) -> float | None:
+        """End (s) of the last word of ``text`` in the window, from cross-attention alignment."""
+        if not text:
+            return None
+        storage = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded[None]))
+        frames = max(2, samples // self.model.feature_extractor.hop_length)  # type: ignore[attr-defined]
+        words = self.model.find_alignment(self.tokenizer, [text], storage, frames)[0]  # type: ignore[attr-defined]
+        spoken = [w for w in words if w["tokens"] and max(w["tokens"]) < self.tokenizer.eot]
+        return float(spoken[-1]["end"]) if spoken else None
 
     def pieces(self, tokens: list[int]) -> tuple[Piece, ...]:
         """Split generated tokens at timestamp tokens into pieces of text with boundaries."""
@@ -333,7 +370,7 @@ class _StreamState:
     policy: StreamingPolicy
     vad: VadStream
     window: _AudioWindow
-    seconds: float = 0.0
+    samples: int = 0
 
 
 class WhisperEngine:
@@ -439,7 +476,7 @@ class WhisperEngine:
                     log.info(
                         "[%s] done: %.1f s of audio, %d words",
                         slot.id,
-                        state.seconds,
+                        state.samples / SAMPLE_RATE,
                         len(state.policy.committed),
                     )
                     yield slot.out_done
@@ -479,10 +516,13 @@ class WhisperEngine:
             if len(w.audio):
                 last_voice = state.vad.feed(w.audio)
                 state.window.append(w.audio)
-                state.seconds += len(w.audio) / SAMPLE_RATE
-                policy.push(len(w.audio) / SAMPLE_RATE, last_voice)
+                state.samples += len(w.audio)
+                policy.push(len(w.audio) / SAMPLE_RATE, last_voice, gaps=state.vad.gaps)
             if w.eof and not policy.finished:
                 policy.finish()
+            settled = policy.settle()
+            if settled is not None:
+                outcomes[i].delta, outcomes[i].partial = settled.delta, settled.partial
             request = policy.request()
             state.window.trim(policy.window_start)
             if request is None:
@@ -491,7 +531,10 @@ class WhisperEngine:
             jobs.append((i, request))
             items.append(
                 DecodeItem(
-                    state.window.slice(request.start, request.end), request.prompt, request.prefix
+                    state.window.slice(request.start, request.end),
+                    request.prompt,
+                    request.prefix,
+                    locate_end=request.final,
                 )
             )
         hypotheses = self.decoder.decode(items)
@@ -499,8 +542,9 @@ class WhisperEngine:
             state = work[i].slot.state
             update = state.policy.apply(request, hypothesis)
             state.window.trim(state.policy.window_start)
-            outcomes[i].delta = update.delta
-            outcomes[i].partial = update.partial
+            outcomes[i].delta += update.delta
+            if update.partial is not None:
+                outcomes[i].partial = update.partial
             self._close_if_done(state, outcomes[i])
             if outcomes[i].done is None:
                 outcomes[i].again = state.policy.finished or state.policy.due(float("inf"))
@@ -512,7 +556,10 @@ class WhisperEngine:
             tokens = len(self.decoder.tokenizer.encode(" " + text)) if text else 0
             outcome.done = TranscriptionDone(
                 text=text,
-                usage=Usage(prompt_tokens=int(state.seconds * 50), completion_tokens=tokens),
+                # Whisper's encoder has 50 positions per second of audio.
+                usage=Usage(
+                    prompt_tokens=state.samples * 50 // SAMPLE_RATE, completion_tokens=tokens
+                ),
             )
 
     async def aclose(self) -> None:

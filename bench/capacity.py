@@ -1,0 +1,149 @@
+"""How many live sessions one process keeps real time: ramp 1, 2, 3, ... concurrent streams.
+
+    .venv/bin/python bench/capacity.py                   # 60 s per step, up to 6 sessions
+    .venv/bin/python bench/capacity.py --seconds 90 --max-sessions 8 --all
+
+Every session replays speech at real-time pace through the in-process engine (LocalBackend over
+one WhisperEngine): the evaluation clips back to back, each session starting at a different clip
+so no two say the same thing at once. A step passes when the caption lag p95 over all sessions'
+words stays within ``--p95`` seconds (2.5 by default). The ramp stops after the first failing
+step (``--all`` runs every step). Printed as JSON: per step the lag figures, overload warnings,
+CPU use and memory; the largest passing session count; and the process memory with the model
+loaded. The machine load at the start is included: other work on the machine lowers capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from bench.common import (
+    TARGETS,
+    Reference,
+    concatenate,
+    lag_summary,
+    machine,
+    references,
+    replay,
+    rss_mb,
+    select_clips,
+    word_lags,
+)
+from components.evaluation import Clip
+from components.protocol import SAMPLE_RATE, ErrorCode
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--max-sessions", type=int, default=6)
+    p.add_argument("--seconds", type=float, default=60.0, help="audio per session and step")
+    p.add_argument("--p95", type=float, default=TARGETS["lag_p95_s"], help="lag limit (s)")
+    p.add_argument("--all", action="store_true", help="run every step, even after a failure")
+    p.add_argument("--clips", type=int, default=None, help="use only the first N clips")
+    return p
+
+
+def _session_audio(refs: list[Reference], index: int, seconds: float) -> Reference:
+    """The clips back to back from clip ``index`` on, cut to ``seconds`` (whole words only)."""
+    order = refs[index % len(refs) :] + refs[: index % len(refs)]
+    long = concatenate(order)
+    while long.clip.seconds < seconds:
+        long = concatenate([long, *order])
+    cut = int(seconds * SAMPLE_RATE)
+    words = [(w, end) for w, end in long.words if end < seconds - 1.0]
+    clip = Clip(f"session-{index}", long.clip.path, "", seconds, "mixed")
+    return Reference(clip, np.ascontiguousarray(long.audio[:cut]), "", None, words)
+
+
+async def _step(backend: Any, engine: Any, sessions: list[Reference]) -> dict[str, Any]:
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    rounds0, busy0 = engine.scheduler.rounds, engine.scheduler.busy_seconds
+    items0, calls0 = engine.decoder.items, engine.decoder.calls
+    streams = [await backend.open() for _ in sessions]
+    results = await asyncio.gather(
+        *(
+            replay(stream, ref.audio, pace=1.0)
+            for stream, ref in zip(streams, sessions, strict=True)
+        )
+    )
+    wall = time.monotonic() - wall0
+    cpu = time.process_time() - cpu0
+    lags = [
+        lag for ref, rep in zip(sessions, results, strict=True) for _, lag in word_lags(ref, rep)
+    ]
+    warnings = sum(1 for rep in results for e in rep.errors if e.code == str(ErrorCode.OVERLOADED))
+    rounds = engine.scheduler.rounds - rounds0
+    return {
+        "sessions": len(sessions),
+        "lag": lag_summary(lags),
+        "overloaded_warnings": warnings,
+        "other_errors": [
+            e.code for rep in results for e in rep.errors if e.code != str(ErrorCode.OVERLOADED)
+        ],
+        "cpu_share": round(cpu / wall / max(1, machine()["cpus"] or 1), 3),
+        "rounds": rounds,
+        "decodes_per_generate_call": round(
+            (engine.decoder.items - items0) / max(1, engine.decoder.calls - calls0), 2
+        ),
+        "worker_busy_share": round((engine.scheduler.busy_seconds - busy0) / wall, 3),
+        "memory": rss_mb(),
+        "machine_after": machine(),
+    }
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from components.backends.local import LocalBackend
+    from components.engines.whisper import WhisperEngine
+
+    start_machine = machine()
+    base_memory = rss_mb()
+    engine = WhisperEngine.from_env()
+    loaded_memory = rss_mb()
+    refs = references(select_clips(args.clips), engine.decoder.model, beam5=False)
+    backend = LocalBackend(engine)
+    steps = []
+    best = 0
+    for n in range(1, args.max_sessions + 1):
+        sessions = [
+            _session_audio(refs, i * max(1, len(refs) // n), args.seconds) for i in range(n)
+        ]
+        result = await _step(backend, engine, sessions)
+        p95 = result["lag"]["p95_s"]
+        result["passed"] = p95 is not None and p95 <= args.p95
+        steps.append(result)
+        print(json.dumps({"progress": n, "lag": result["lag"]}), file=sys.stderr, flush=True)
+        if result["passed"]:
+            best = n
+        elif not args.all:
+            break
+    await engine.aclose()
+    return {
+        "bench": "capacity",
+        "engine": engine.name,
+        "seconds_per_session": args.seconds,
+        "lag_p95_limit_s": args.p95,
+        "max_realtime_sessions": best,
+        "target_sessions": TARGETS["sessions"],
+        "memory_before_model": base_memory,
+        "memory_model_loaded": loaded_memory,
+        "steps": steps,
+        "machine_at_start": start_machine,
+    }
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    print(json.dumps(asyncio.run(_run(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""The streaming policy alone: made-up hypotheses, no model, no audio, no event loop."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from components.streaming_policy import (
+    DecodeRequest,
+    Hypothesis,
+    Piece,
+    PolicyConfig,
+    StreamingPolicy,
+    Update,
+    cut_echo,
+    cut_repetition,
+    normalize_word,
+)
+
+
+def make(**overrides: object) -> StreamingPolicy:
+    """A policy with LocalAgreement-2 unless told otherwise (shorter scenarios)."""
+    settings: dict[str, object] = {"agreement": 2, **overrides}
+    return StreamingPolicy(PolicyConfig(**settings))  # type: ignore[arg-type]
+
+
+def talk(policy: StreamingPolicy, seconds: float, *, voice: bool = True) -> None:
+    """Push audio in 0.1 s chunks; with ``voice`` the detector hears speech up to the end."""
+    for _ in range(round(seconds * 10)):
+        end = policy.audio_end + 0.1
+        policy.push(0.1, end if voice else policy.last_voice)
+
+
+def decode(policy: StreamingPolicy, *texts: str, ends: tuple[float | None, ...] = ()) -> Update:
+    """Run the policy's next request with a hypothesis made of ``texts`` (one per piece)."""
+    request = policy.request()
+    assert request is not None, "a decode was expected"
+    return policy.apply(request, Hypothesis.of(*texts, ends=ends))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_config_rejects_inconsistent_values() -> None:
+    with pytest.raises(ValueError):
+        PolicyConfig(min_step=0)
+    with pytest.raises(ValueError):
+        PolicyConfig(keep_audio=12.0)  # not below trim_at
+    with pytest.raises(ValueError):
+        PolicyConfig(max_window=30.0)
+    with pytest.raises(ValueError):
+        PolicyConfig(agreement=1)
+    with pytest.raises(ValueError):
+        PolicyConfig(commit_silence=0)
+
+
+def test_normalize_word_ignores_case_and_punctuation() -> None:
+    assert normalize_word("Hello,") == "hello"
+    assert normalize_word("don't.") == "don't"
+    assert normalize_word("...") == "..."  # nothing left: the word itself
+
+
+def test_cut_repetition_cuts_loops_keeps_speech() -> None:
+    assert cut_repetition("no no no".split()) == "no no no".split()
+    assert cut_repetition("words words words words".split()) == ["words"] * 4
+    assert cut_repetition("the the the the the the".split()) == ["the"]
+    loop = "ask not . ask not . ask not . ask not .".split()
+    assert cut_repetition(loop) == "ask not .".split()
+    text = "he said it was you and you said it was him".split()
+    assert cut_repetition(text) == text
+    assert cut_repetition("I said. Go on. Go on. Go on. Go on.".split()) == "I said. Go on.".split()
+
+
+def test_cut_echo_stops_where_recent_text_repeats() -> None:
+    context = "we are just saying some words here".split()
+    words = "and you know we are just saying some words".split()
+    assert cut_echo(words, context, 5) == ["and", "you", "know"]
+    fresh = "and then something new".split()
+    assert cut_echo(fresh, context, 5) == fresh
+    assert cut_echo(words, [], 5) == words
+
+
+# --------------------------------------------------------------------------- silence
+
+
+def test_silence_is_never_decoded_and_the_window_stays_short() -> None:
+    policy = make()
+    for _ in range(60):
+        talk(policy, 0.5, voice=False)
+        assert not policy.due()
+        assert policy.request() is None
+        assert policy.window <= policy.config.trim_at + 0.5
+    policy.finish()
+    assert policy.settle() is None
+    assert policy.request() is None
+    assert policy.done and policy.transcript == ""
+
+
+def test_first_decode_waits_for_a_second_of_speech() -> None:
+    policy = make()
+    talk(policy, 2.0, voice=False)
+    talk(policy, 0.5)
+    assert not policy.due() and policy.request() is None
+    talk(policy, 0.5)
+    assert policy.due()
+    request = policy.request()
+    assert request is not None and request.kind == "step"
+    assert request.prefix == "" and request.prompt == ""
+    assert request.end == pytest.approx(3.0)
+    assert request.start <= 2.0 - policy.config.speech_pad + 1e-9  # the onset is inside
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def test_two_agreeing_hypotheses_commit_their_common_prefix() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    first = decode(policy, " Hello wor")
+    assert first == Update(delta="", partial="Hello wor")
+    talk(policy, 0.5)
+    second = decode(policy, " Hello world, how")
+    assert second.delta == "Hello"
+    assert second.partial == "world, how"
+    talk(policy, 0.5)
+    request = policy.request()
+    assert request is not None and request.prefix == "Hello"
+    third = policy.apply(request, Hypothesis.of(" world how are"))
+    assert third.delta == " world how"  # punctuation-blind agreement, newest spelling
+    assert policy.transcript == "Hello world how"
+    assert policy.tail == ["are"]
+
+
+def test_agreement_three_needs_three_hypotheses() -> None:
+    policy = make(agreement=3)
+    talk(policy, 1.0)
+    assert decode(policy, " one two").delta == ""
+    talk(policy, 0.5)
+    assert decode(policy, " one two three").delta == ""
+    talk(policy, 0.5)
+    assert decode(policy, " one too three four").delta == "one"
+    talk(policy, 0.5)
+    assert decode(policy, " too three four five").delta == ""  # "two" two steps ago
+    talk(policy, 0.5)
+    assert decode(policy, " too three four five six").delta == " too three four"
+
+
+def test_hold_last_word_waits_for_a_following_word() -> None:
+    policy = make(hold_last_word=True)
+    talk(policy, 1.0)
+    decode(policy, " good morning")
+    talk(policy, 0.5)
+    assert decode(policy, " good morning").delta == "good"
+    talk(policy, 0.5)
+    assert decode(policy, " morning everyone").delta == " morning"
+
+
+def test_deltas_always_add_up_to_the_transcript() -> None:
+    rng = random.Random(7)
+    vocab = "the a cat sat on mat dog ran far away and then".split()
+    for agreement in (2, 3):
+        policy = make(agreement=agreement)
+        sent = ""
+        truth = [rng.choice(vocab) for _ in range(400)]
+        spoken = 0
+        while policy.audio_end < 60:
+            talk(policy, 0.5)
+            spoken += 2
+            request = policy.request()
+            if request is None:
+                continue
+            start = len(policy.committed)
+            guess = truth[start:spoken]
+            if guess and rng.random() < 0.3:
+                guess[-1] = rng.choice(vocab)  # the newest word is often wrong
+            update = policy.apply(request, Hypothesis.of(" " + " ".join(guess)))
+            sent += update.delta
+            assert sent == policy.transcript
+        assert policy.committed == truth[: len(policy.committed)] or agreement == 2
+        assert len(policy.committed) > 100
+
+
+# --------------------------------------------------------------------------- phrases and the end
+
+
+def test_pause_after_decoded_speech_commits_the_tail_without_a_decode() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    decode(policy, " it was")
+    talk(policy, 0.5)
+    decode(policy, " it was late")
+    assert policy.tail == ["late"]
+    talk(policy, 0.5, voice=False)  # this step hears all the speech
+    decode(policy, " lately")
+    assert policy.tail == ["lately"]
+    talk(policy, 0.5, voice=False)
+    assert policy.silence >= policy.config.commit_silence
+    update = policy.settle()
+    assert update == Update(delta=" lately", partial="")
+    assert not policy.pending_voice
+    assert policy.request() is None
+
+
+def test_pause_after_undecoded_speech_decodes_the_phrase_once_and_commits_it() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    decode(policy, " ask not")
+    talk(policy, 0.4)  # speech the decoder has not heard yet
+    talk(policy, 1.0, voice=False)
+    assert policy.settle() is None
+    request = policy.request()
+    assert request is not None and request.kind == "phrase" and request.final
+    update = policy.apply(request, Hypothesis.of(" ask not what"))
+    assert update.delta == "ask not what"
+    assert policy.tail == [] and not policy.pending_voice
+    assert policy.request() is None
+
+
+def test_end_of_audio_commits_everything_left() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    decode(policy, " go forward")
+    talk(policy, 0.3)
+    policy.finish()
+    with pytest.raises(RuntimeError):
+        policy.push(0.1)
+    assert policy.settle() is None  # 0.3 s of speech was never decoded
+    request = policy.request()
+    assert request is not None and request.kind == "end"
+    assert policy.apply(request, Hypothesis.of(" go forward ten meters")).delta == (
+        "go forward ten meters"
+    )
+    assert policy.done
+    assert policy.request() is None
+
+
+def test_end_of_audio_after_a_full_decode_needs_no_new_decode() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    decode(policy, " please call")
+    talk(policy, 0.5, voice=False)
+    decode(policy, " please call Stella.")
+    policy.finish()
+    update = policy.settle()
+    assert update is not None and update.delta == " Stella."
+    assert policy.transcript == "please call Stella."
+    assert policy.done
+
+
+# --------------------------------------------------------------------------- the window
+
+
+def test_long_window_is_cut_at_a_committed_segment_end_keeping_context() -> None:
+    policy = make()
+    talk(policy, 3.0)
+    decode(policy, " First sentence here.", " Second one", ends=(2.0, None))
+    talk(policy, 0.5)
+    decode(policy, " First sentence here.", " Second one goes", ends=(2.0, None))
+    assert policy.transcript == "First sentence here. Second one"
+    assert policy.cuts == [(2.0, 3)]
+    talk(policy, 8.0)
+    request = policy.request()
+    assert request is not None
+    assert request.start == 0.0 and request.prefix == "First sentence here. Second one"
+    policy.apply(request, Hypothesis.of(" goes on and on"))
+    # An 11.5 s window, past trim_at: cut at 2.0 s, the only committed segment end.
+    assert policy.window_start == 2.0
+    assert policy.cuts == []
+    talk(policy, 0.5)
+    request = policy.request()
+    assert request is not None
+    assert request.start == 2.0
+    assert request.prompt == "First sentence here."
+    assert request.prefix == "Second one goes"
+
+
+def test_segment_end_at_the_very_end_of_the_audio_is_not_a_cut_point() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    decode(policy, " Ask not.", ends=(1.0,))
+    talk(policy, 0.5)
+    decode(policy, " Ask not.", ends=(1.5,))
+    assert policy.transcript == "Ask not."
+    assert policy.cuts == []  # both ends sit at the end of their audio
+
+
+def test_window_past_max_is_cut_at_an_unagreed_segment_end() -> None:
+    policy = make(trim_at=10.0, max_window=15.0)
+    talk(policy, 1.0)
+    decode(policy, " a")
+    for _ in range(30):
+        talk(policy, 0.5)
+        request = policy.request()
+        assert request is not None
+        n = round(policy.audio_end * 2)
+        # Every hypothesis differs from the previous one right after the first word.
+        words = " ".join(f"w{n}x{i}" for i in range(5))
+        policy.apply(request, Hypothesis.of(" a " + words, " tail", ends=(request.duration - 1,)))
+        assert policy.window <= policy.config.max_window + policy.config.min_step
+    assert len(policy.committed) > 5
+    assert policy.forced_cuts == 0
+
+
+def test_window_without_any_segment_end_is_cut_by_force() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    for i in range(40):
+        talk(policy, 0.5)
+        request = policy.request()
+        if request is None:
+            continue
+        policy.apply(request, Hypothesis.of(f" x{i} y{i}"))  # never agrees, never ends
+    assert policy.forced_cuts >= 1
+    assert policy.window <= policy.config.max_window + policy.config.min_step
+    assert policy.committed  # forced text went out rather than being lost
+
+
+def test_backlog_is_decoded_in_bounded_pieces() -> None:
+    policy = make()
+    talk(policy, 40.0)  # the engine was busy for 40 s
+    request = policy.request()
+    assert request is not None and request.kind == "cut"
+    assert request.duration == pytest.approx(policy.config.max_window)
+    policy.apply(request, Hypothesis.of(" one two.", " three", ends=(6.0, None)))
+    assert policy.transcript == "one two."
+    assert policy.window_start == pytest.approx(6.0)
+    assert policy.tail == []
+    request = policy.request()
+    assert request is not None and request.kind == "cut" and request.start == 6.0
+    policy.apply(request, Hypothesis.of(" three four"))  # no boundary: commit all, move on
+    assert policy.window_start == pytest.approx(21.0)
+    assert policy.forced_cuts == 1
+
+
+def test_prompt_is_bounded_and_starts_at_a_word() -> None:
+    policy = make(prompt_chars=20)
+    policy.committed = [f"word{i}" for i in range(30)]
+    policy.window_words = 2
+    talk(policy, 1.0)
+    request = policy.request()
+    assert request is not None
+    assert request.prefix == "word28 word29"
+    assert len(request.prompt) <= 20
+    assert request.prompt.endswith("word27")
+    assert request.prompt.split()[0].startswith("word")
+    assert f" {request.prompt}".startswith(" word")
+
+
+def test_stale_request_is_refused() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    request = policy.request()
+    assert request is not None
+    moved = DecodeRequest(request.start + 1, request.end, "", "", "step")
+    with pytest.raises(ValueError):
+        policy.apply(moved, Hypothesis.of(" x"))
+
+
+# --------------------------------------------------------------------------- hallucination guards
+
+
+def test_silence_verdict_from_the_decoder_commits_nothing() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    request = policy.request()
+    assert request is not None
+    hyp = Hypothesis((Piece(" Thank you."),), no_speech_prob=0.9, avg_logprob=-1.5)
+    assert policy.words_of(request, hyp) == []
+    assert policy.apply(request, hyp).partial is None
+
+
+def test_segments_after_the_audio_and_loops_are_dropped() -> None:
+    policy = make()
+    talk(policy, 2.0)
+    request = policy.request()
+    assert request is not None
+    late = Hypothesis((Piece(" real words", None, 1.0), Piece(" invented", request.duration)))
+    assert policy.words_of(request, late) == [["real", "words"]]
+    loop = Hypothesis.of(" go on go on go on go on")
+    assert policy.words_of(request, loop) == [["go", "on"]]
+
+
+def test_echo_of_committed_text_is_dropped() -> None:
+    policy = make()
+    policy.committed = "we are just saying some words".split()
+    policy.window_words = 6
+    talk(policy, 1.0)
+    request = policy.request()
+    assert request is not None
+    echo = Hypothesis.of(" and we are just saying some words again")
+    assert policy.words_of(request, echo) == [["and"]]

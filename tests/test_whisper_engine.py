@@ -1,0 +1,245 @@
+"""The embedded engine with the real bundled model on real speech (no timings asserted)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import numpy as np
+import pytest
+
+from components.audio import load_file
+from components.engines.base import Engine, EngineError, EngineUnavailable
+from components.engines.whisper import VadStream, WhisperEngine
+from components.evaluation import Clip, wer
+from components.protocol import (
+    SAMPLE_RATE,
+    ErrorCode,
+    ErrorEvent,
+    TranscriptionDelta,
+    TranscriptionDone,
+    TranscriptionPartial,
+)
+
+CHUNK = 1600  # 100 ms
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[WhisperEngine]:
+    """One loaded model for the whole module (each test runs on its own event loop)."""
+    built = WhisperEngine(cpu_threads=2)
+    yield built
+    asyncio.run(built.aclose())
+
+
+async def chunks(
+    audio: np.ndarray, *, pace: float = 4.0, chunk: int = CHUNK
+) -> AsyncIterator[np.ndarray]:
+    """Audio in 100 ms pieces at ``pace`` x real time (0: as fast as taken)."""
+    for i in range(0, len(audio), chunk):
+        yield audio[i : i + chunk]
+        if pace:
+            await asyncio.sleep(chunk / SAMPLE_RATE / pace)
+
+
+async def run(
+    engine: WhisperEngine, audio: np.ndarray, *, partials: bool = False, pace: float = 4.0
+) -> tuple[str, list[object]]:
+    events = [e async for e in engine.transcribe(chunks(audio, pace=pace), partials=partials)]
+    text = "".join(e.delta for e in events if isinstance(e, TranscriptionDelta))
+    return text, events
+
+
+def test_engine_meets_the_interface(engine: WhisperEngine) -> None:
+    assert isinstance(engine, Engine)
+    assert engine.model == "whisper-tiny.en"
+    assert "tiny.en" in engine.name
+    assert engine.max_sessions >= 1
+
+
+@pytest.mark.parametrize(
+    "clip_id", ["jfk", "librispeech-1089-134686-0000", "librispeech-1995-1837-0001"]
+)
+async def test_streamed_clip_is_transcribed_accurately(
+    engine: WhisperEngine, clips: dict[str, Clip], clip_id: str
+) -> None:
+    clip = clips[clip_id]
+    audio = load_file(str(clip.path))
+    text, events = await run(engine, audio)
+    done = events[-1]
+    assert isinstance(done, TranscriptionDone)
+    assert done.text == text  # the deltas add up to the final transcript
+    assert all(not isinstance(e, TranscriptionDone) for e in events[:-1])
+    assert wer(clip.text, text) <= 0.35, text
+    assert done.usage is not None
+    assert done.usage.prompt_tokens == len(audio) * 50 // SAMPLE_RATE
+    assert done.usage.completion_tokens > 0
+    assert engine.scheduler.active == 0
+
+
+async def test_silence_gives_no_text(engine: WhisperEngine) -> None:
+    rng = np.random.default_rng(1)
+    quiet = (rng.standard_normal(SAMPLE_RATE * 6) * 0.002).astype(np.float32)
+    text, events = await run(engine, quiet, pace=0)
+    assert text == ""
+    assert events == [events[-1]] and isinstance(events[-1], TranscriptionDone)
+    assert events[-1].text == ""
+
+
+async def test_concurrent_streams_each_get_their_own_text(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    a, b = clips["jfk"], clips["librispeech-1089-134686-0000"]
+    (text_a, _), (text_b, _) = await asyncio.gather(
+        run(engine, load_file(str(a.path))), run(engine, load_file(str(b.path)))
+    )
+    assert wer(a.text, text_a) <= 0.35, text_a
+    assert wer(b.text, text_b) <= 0.35, text_b
+    assert "dinner" not in text_a.lower() and "americans" not in text_b.lower()
+
+
+async def test_partials_only_when_asked(engine: WhisperEngine, clips: dict[str, Clip]) -> None:
+    audio = load_file(str(clips["librispeech-1089-134691-0001"].path))
+    _, with_partials = await run(engine, audio, partials=True)
+    _, without = await run(engine, audio, partials=False)
+    assert any(isinstance(e, TranscriptionPartial) for e in with_partials)
+    assert not any(isinstance(e, TranscriptionPartial) for e in without)
+
+
+async def test_a_backlog_is_worked_through_in_bounded_windows(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    ids = ["librispeech-1221-135766-0001", "librispeech-2412-153948-0000", "jfk"]
+    parts = [load_file(str(clips[i].path)) for i in ids]
+    audio = np.concatenate([np.concatenate([p, np.zeros(8000, np.float32)]) for p in parts])
+    text, events = await run(engine, audio, pace=0)  # 40 s handed over at once
+    reference = " ".join(clips[i].text for i in ids)
+    assert wer(reference, text) <= 0.35, text
+    assert isinstance(events[-1], TranscriptionDone)
+
+
+async def test_cancelling_the_reader_releases_the_stream(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    audio = load_file(str(clips["mfa-acoustic-corpus"].path))
+    source_closed = asyncio.Event()
+    first_text = asyncio.Event()
+
+    async def source() -> AsyncIterator[np.ndarray]:
+        try:
+            async for piece in chunks(audio, pace=4.0):
+                yield piece
+        finally:
+            source_closed.set()
+
+    async def read() -> None:
+        async for event in engine.transcribe(source()):
+            if isinstance(event, TranscriptionDelta):
+                first_text.set()
+
+    reader = asyncio.create_task(read())
+    await asyncio.wait_for(first_text.wait(), 120)
+    assert engine.scheduler.active == 1
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert engine.scheduler.active == 0
+    await asyncio.wait_for(source_closed.wait(), 10)
+
+
+async def test_a_failing_audio_source_is_an_engine_error(engine: WhisperEngine) -> None:
+    async def broken() -> AsyncIterator[np.ndarray]:
+        yield np.zeros(CHUNK, np.float32)
+        raise OSError("microphone unplugged")
+
+    with pytest.raises(EngineError) as caught:
+        async for _ in engine.transcribe(broken()):
+            pass
+    assert "microphone unplugged" in caught.value.message
+    assert engine.scheduler.active == 0
+
+
+async def test_overload_warning_is_non_fatal_and_rate_limited(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    audio = load_file(str(clips["jfk"].path))
+    saved = engine.scheduler.overload_lag
+    engine.scheduler.overload_lag = 0.0  # every round counts as late
+    try:
+        text, events = await run(engine, audio, pace=4.0)
+    finally:
+        engine.scheduler.overload_lag = saved
+    warnings = [e for e in events if isinstance(e, ErrorEvent)]
+    assert len(warnings) == 1  # one per warn_interval (20 s) at most
+    assert warnings[0].code == str(ErrorCode.OVERLOADED)
+    assert isinstance(events[-1], TranscriptionDone)
+    assert wer(clips["jfk"].text, text) <= 0.35
+
+
+def test_voice_detection_is_the_same_in_pieces_and_whole(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    audio = load_file(str(clips["mfa-cold-corpus"].path))
+    whole = VadStream(engine.vad_model)
+    whole.feed(audio)
+    pieces = VadStream(engine.vad_model)
+    seen = []
+    for i in range(0, len(audio), 1234):
+        seen.append(pieces.feed(audio[i : i + 1234]))
+    assert whole.last_voice is not None and pieces.last_voice == whole.last_voice
+    assert seen[0] is None or seen[0] <= seen[-1]  # only ever moves forward
+    quiet = VadStream(engine.vad_model)
+    assert quiet.feed(np.zeros(SAMPLE_RATE * 3, np.float32)) is None
+
+
+def test_short_window_encoding_completes_whisper_context(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    audio = load_file(str(clips["jfk"].path))[: SAMPLE_RATE * 4]
+    encoded = engine.decoder.encode(audio)
+    assert encoded.shape == (1500, engine.decoder._silence.shape[1])
+    # Past the window (4 s + 1 s of padding = 250 positions) sits the encoded silence.
+    np.testing.assert_array_equal(encoded[300:], engine.decoder._silence[300:])
+
+
+def test_timestamp_tokens_split_pieces(engine: WhisperEngine) -> None:
+    tok = engine.decoder.tokenizer
+
+    def stamp(seconds: float) -> int:
+        return tok.timestamp_begin + round(seconds / 0.02)
+
+    tokens = [
+        *tok.encode(" not what"),
+        stamp(2.0),
+        stamp(2.2),
+        *tok.encode(" your country"),
+        stamp(3.4),
+        tok.eot,
+    ]
+    pieces = engine.decoder.pieces(tokens)
+    assert [(p.text, p.start, p.end) for p in pieces] == [
+        (" not what", None, 2.0),
+        (" your country", 2.2, 3.4),
+    ]
+    open_end = engine.decoder.pieces([*tok.encode(" ask"), stamp(1.0), stamp(1.0), 11])
+    assert open_end[-1].end is None and open_end[-1].start == 1.0
+
+
+def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WHISPER_CPU_THREADS", "many")
+    with pytest.raises(EngineUnavailable, match="WHISPER_CPU_THREADS"):
+        WhisperEngine.from_env()
+    monkeypatch.setenv("WHISPER_CPU_THREADS", "1")
+    monkeypatch.setenv("WHISPER_MAX_SESSIONS", "5")
+    monkeypatch.setenv("WHISPER_STEP", "0.75")
+    monkeypatch.setenv("WHISPER_MODEL", "/nonexistent/model-dir")
+    with pytest.raises(EngineUnavailable, match="nonexistent"):
+        WhisperEngine.from_env()
+    monkeypatch.delenv("WHISPER_MODEL")
+    configured = WhisperEngine.from_env()
+    try:
+        assert configured.max_sessions == 5
+        assert configured.policy.min_step == 0.75
+        assert configured.model == "whisper-tiny.en"
+    finally:
+        asyncio.run(configured.aclose())
