@@ -1,0 +1,367 @@
+"""The page as a viewer sees it: latency of captions in real Chromium with a fake microphone.
+
+For each clip, Chromium plays the clip (with silence before and after) as its microphone into
+the page served by ``python app.py``; a MutationObserver in the page stamps every change of
+the caption box. Times are measured against the word timings of the same model run offline
+over the clip (faster-whisper with word timestamps, greedy), so the figures are:
+
+* first caption: from the start of speech to the first caption text on screen;
+* word lag: from the end of each word's audio to the moment the word is on screen, tentative
+  (grey) or confirmed, p50/p95 over all words the page and the offline run agree on;
+* samples lost (from the session's counters, must be 0) and chunks the browser uploaded
+  against chunks the session received.
+
+Audio starts when the page asks for the microphone (``getUserMedia``), which is taken as time
+zero of the clip: the recorder starts a little later, so the lags reported are, if anything,
+slightly longer than the truth. The machine is shared: the load average is printed with them.
+
+    .venv/bin/python bench/page.py                 # six clips, the embedded Whisper engine
+    .venv/bin/python bench/page.py --clips jfk --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from components.audio import load_file  # noqa: E402
+from components.evaluation import Clip, load_clips, normalize, wer  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+SILENCE_BEFORE = 1.5
+SILENCE_AFTER = 2.0
+AFTER_SPEECH = 2.0
+"""Recording goes on this long after the clip's speech, so late captions are still measured."""
+DEFAULT_CLIPS = (
+    "librispeech-1089-134686-0000",
+    "librispeech-1272-128104-0000",
+    "jfk",
+    "librivox-sense-and-sensibility-01-0870",
+    "vbdemand-noisy-p232-005",
+    "librispeech-2412-153948-0000",
+)
+TARGETS = {"first_caption_s": 1.5, "word_lag_p50_s": 1.8}
+
+INIT_JS = """
+(() => {
+  const lc = (window.__lc = { changes: [], gumCall: null, gumDone: null });
+  const media = navigator.mediaDevices;
+  const original = media.getUserMedia.bind(media);
+  media.getUserMedia = async (constraints) => {
+    if (lc.gumCall === null) lc.gumCall = performance.now();
+    const stream = await original(constraints);
+    if (lc.gumDone === null) lc.gumDone = performance.now();
+    return stream;
+  };
+  const watch = () => {
+    const box = document.querySelector("#captions");
+    if (!box) { setTimeout(watch, 20); return; }
+    const snap = () => {
+      const f = box.querySelector(".final"), p = box.querySelector(".partial");
+      lc.changes.push([performance.now(), f ? f.textContent : "", p ? p.textContent : ""]);
+    };
+    const options = { subtree: true, childList: true, characterData: true };
+    new MutationObserver(snap).observe(box, options);
+  };
+  watch();
+})();
+"""
+
+
+@dataclass
+class Offline:
+    words: list[tuple[str, float, float]]  # normalised word, start, end (s, clip time)
+
+    @property
+    def onset(self) -> float:
+        return self.words[0][1] if self.words else 0.0
+
+
+@dataclass
+class ClipResult:
+    clip: Clip
+    final_text: str = ""
+    first_caption: float | None = None
+    lags_visible: list[float] = field(default_factory=list)
+    lags_confirmed: list[float] = field(default_factory=list)
+    words: int = 0
+    samples_lost: int | None = None
+    chunks_in: int = 0
+    uploads: int = 0
+    audio_start_uncertainty: float = 0.0
+    state: str = ""
+    error: str = ""
+
+
+def offline_words(model: Any, clip: Clip) -> Offline:
+    segments, _ = model.transcribe(
+        load_file(str(clip.path)),
+        beam_size=1,
+        temperature=0.0,
+        word_timestamps=True,
+        vad_filter=False,
+        condition_on_previous_text=False,
+    )
+    words: list[tuple[str, float, float]] = []
+    for segment in segments:
+        for w in segment.words or []:
+            for norm in normalize(w.word):
+                words.append((norm, float(w.start), float(w.end)))
+    return Offline(words)
+
+
+def first_seen(
+    reference: list[str], snapshots: list[tuple[float, list[str]]]
+) -> list[float | None]:
+    """For each reference word, the first snapshot time at which it is on screen (aligned)."""
+    seen: list[float | None] = [None] * len(reference)
+    for t, shown in snapshots:
+        matcher = difflib.SequenceMatcher(None, reference, shown, autojunk=False)
+        for block in matcher.get_matching_blocks():
+            for i in range(block.a, block.a + block.size):
+                if seen[i] is None:
+                    seen[i] = t
+    return seen
+
+
+def padded(clip: Clip, directory: Path) -> Path:
+    samples, rate = soundfile.read(clip.path, dtype="int16", always_2d=False)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1).astype(np.int16)
+    pad = [np.zeros(int(s * rate), np.int16) for s in (SILENCE_BEFORE, SILENCE_AFTER)]
+    path = directory / f"{clip.id}.wav"
+    soundfile.write(path, np.concatenate([pad[0], samples, pad[1]]), rate, subtype="PCM_16")
+    return path
+
+
+def start_app(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Path]:
+    with tempfile.NamedTemporaryFile(prefix="page-bench-", suffix=".log", delete=False) as f:
+        log_path = Path(f.name)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    full = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        **env,
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"app.py exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            up = httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            up = False
+        if up and "local engine ready" in log_path.read_text(errors="replace"):
+            return process, url, log_path
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("app.py did not start in 180 s")
+
+
+def run_clip(playwright: Any, url: str, clip: Clip, offline: Offline, wav: Path) -> ClipResult:
+    result = ClipResult(clip)
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop",
+            "--disable-background-networking",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ],
+    )
+    try:
+        context = browser.new_context(permissions=["microphone"])
+        context.add_init_script(INIT_JS)
+        page = context.new_page()
+        uploads = [0]
+
+        def count(request: Any) -> None:
+            if request.method == "POST" and "/gradio_api/upload" in request.url:
+                uploads[0] += 1
+
+        page.on("request", count)
+        page.goto(url, wait_until="load")
+        mic = page.locator("#mic")
+        mic.get_by_role("button", name="Record").click()
+        page.wait_for_timeout((SILENCE_BEFORE + clip.seconds + AFTER_SPEECH) * 1000)
+        mic.get_by_role("button", name="Stop").click()
+        page.wait_for_function(
+            "() => ['done', 'failed'].includes("
+            "document.querySelector('#figures .figures')?.dataset.state)",
+            timeout=90_000,
+        )
+        figures = page.locator("#figures .figures")
+        result.state = figures.get_attribute("data-state") or ""
+        lost = figures.get_attribute("data-samples-lost") or ""
+        result.samples_lost = int(lost) if lost else None
+        result.chunks_in = int(figures.get_attribute("data-chunks-in") or 0)
+        result.uploads = uploads[0]
+        result.error = page.locator("#status").inner_text().strip()
+        final = page.locator("#captions .final")
+        result.final_text = final.inner_text().strip() if final.count() else ""
+        lc = page.evaluate("() => window.__lc")
+    finally:
+        browser.close()
+
+    if lc["gumCall"] is None or not offline.words:
+        return result
+    zero = lc["gumCall"] + SILENCE_BEFORE * 1000  # page time (ms) of the clip's t = 0
+    result.audio_start_uncertainty = (lc["gumDone"] - lc["gumCall"]) / 1000
+    reference = [w for w, _, _ in offline.words]
+    visible = [(t, normalize(f + " " + p)) for t, f, p in lc["changes"]]
+    confirmed = [(t, normalize(f)) for t, f, _ in lc["changes"]]
+    shown = [t for t, words in visible if words]
+    if shown:
+        result.first_caption = (shown[0] - zero) / 1000 - offline.onset
+    result.words = len(reference)
+    for seen, lags in (
+        (first_seen(reference, visible), result.lags_visible),
+        (first_seen(reference, confirmed), result.lags_confirmed),
+    ):
+        for (_, _, end), t in zip(offline.words, seen, strict=True):
+            if t is not None:
+                lags.append((t - zero) / 1000 - end)
+    return result
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", help="comma-separated clip ids (default: six varied clips)")
+    parser.add_argument("--all", action="store_true", help="every clip of the evaluation set")
+    parser.add_argument("--url", help="measure a page that is already running instead")
+    parser.add_argument("--engine", default="whisper", help="LIVE_CAPTIONS_ENGINE for the app")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    clips = {c.id: c for c in load_clips()}
+    if not clips:
+        raise SystemExit("the evaluation set is missing (set EVAL_DIR)")
+    ids = list(clips) if args.all else (args.clips.split(",") if args.clips else DEFAULT_CLIPS)
+    chosen = [clips[i] for i in ids]
+
+    from faster_whisper import WhisperModel
+
+    from components.engines.whisper import bundled_model_path
+
+    model = WhisperModel(str(bundled_model_path()), device="cpu", compute_type="int8")
+    references = {c.id: offline_words(model, c) for c in chosen}
+    del model
+
+    load_before = os.getloadavg()
+    process = log_path = None
+    url = args.url
+    if url is None:
+        process, url, log_path = start_app({"LIVE_CAPTIONS_ENGINE": args.engine})
+    results: list[ClipResult] = []
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with tempfile.TemporaryDirectory(prefix="page-bench-") as tmp, sync_playwright() as p:
+            for clip in chosen:
+                result = run_clip(p, url, clip, references[clip.id], padded(clip, Path(tmp)))
+                results.append(result)
+                print(
+                    f"{clip.id:42s} first {fmt(result.first_caption)} s  "
+                    f"lag p50 {fmt(pct(result.lags_visible, 50))} s  "
+                    f"WER {wer(clip.text, result.final_text):.2f}  lost {result.samples_lost}  "
+                    f"chunks {result.chunks_in}/{result.uploads}  {result.state} {result.error}",
+                    flush=True,
+                )
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            if log_path is not None:
+                log_path.unlink(missing_ok=True)
+    load_after = os.getloadavg()
+
+    visible = [x for r in results for x in r.lags_visible]
+    confirmed = [x for r in results for x in r.lags_confirmed]
+    firsts = [r.first_caption for r in results if r.first_caption is not None]
+    summary = {
+        "clips": len(results),
+        "first_caption_s": {
+            "median": pct(firsts, 50),
+            "max": max(firsts) if firsts else None,
+        },
+        "word_lag_visible_s": {"p50": pct(visible, 50), "p95": pct(visible, 95)},
+        "word_lag_confirmed_s": {"p50": pct(confirmed, 50), "p95": pct(confirmed, 95)},
+        "words_matched": len(visible),
+        "words": sum(r.words for r in results),
+        "wer": statistics.fmean(wer(r.clip.text, r.final_text) for r in results),
+        "samples_lost": [r.samples_lost for r in results],
+        "chunks_in_vs_uploaded": [(r.chunks_in, r.uploads) for r in results],
+        "audio_start_uncertainty_s": max((r.audio_start_uncertainty for r in results), default=0),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        "targets": TARGETS,
+    }
+    print()
+    print(
+        f"first caption after speech starts: median {fmt(summary['first_caption_s']['median'])} s,"
+        f" max {fmt(summary['first_caption_s']['max'])} s (target <= {TARGETS['first_caption_s']})"
+    )
+    print(
+        f"word lag, on screen (tentative or confirmed): p50 {fmt(pct(visible, 50))} s, "
+        f"p95 {fmt(pct(visible, 95))} s over {len(visible)} words "
+        f"(target p50 <= {TARGETS['word_lag_p50_s']})"
+    )
+    print(f"word lag, confirmed: p50 {fmt(pct(confirmed, 50))} s, p95 {fmt(pct(confirmed, 95))} s")
+    print(f"mean WER of the final text: {summary['wer']:.3f}")
+    print(f"samples lost per clip: {summary['samples_lost']}")
+    print(f"chunks received / uploaded per clip: {summary['chunks_in_vs_uploaded']}")
+    print(
+        f"load average before {summary['loadavg_before']} after {summary['loadavg_after']} "
+        f"({os.cpu_count()} CPUs, shared)"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
