@@ -51,6 +51,8 @@ STREAM_EVERY = float(os.environ.get("STREAM_EVERY", "0.25"))
 """Seconds of audio per browser chunk (Gradio's ``stream_every``): lower means earlier captions."""
 REFRESH_SECONDS = 0.5
 """The figures panel refreshes at least this often while a session runs."""
+MIN_PUSH_INTERVAL = 0.08
+"""Caption updates are sent at most this often (each costs the server a message)."""
 
 _CLICK_MIC_STOP = """
   const mic = document.querySelector("#mic");
@@ -455,19 +457,31 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
             return session.id if session is not None and session is not before else gr.skip()
 
         async def follow(sid: str, request: gr.Request) -> AsyncIterator[tuple[Any, ...]]:
+            """Push the session's view whenever it changes (and the figures every so often)."""
             owner = _owner(request)
             session = manager.get(sid) if sid else None
             if session is None:
                 yield outputs_for(None, final=True)
                 return
-            seen = -1
+            shown: tuple[Any, ...] = ()
+            pushed = 0.0
             while manager.current(owner) is session:
                 view = session.view()
-                seen = view.version
-                yield outputs_for(view, final=view.finished)
+                outputs = outputs_for(view, final=view.finished)
+                # Unchanged outputs are skipped: less to send, and the DOM changes only when
+                # the text does.
+                update = tuple(
+                    gr.skip() if i < len(shown) and isinstance(o, str) and o == shown[i] else o
+                    for i, o in enumerate(outputs)
+                )
+                shown = outputs
+                pushed = time.monotonic()
+                yield update
                 if view.finished:
                     return
-                await session.wait_changed(seen, REFRESH_SECONDS)
+                await session.wait_changed(view.version, REFRESH_SECONDS)
+                # Deltas in quick succession (token-level engines) go out together.
+                await asyncio.sleep(max(0.0, pushed + MIN_PUSH_INTERVAL - time.monotonic()))
 
         async def on_stop_recording(request: gr.Request) -> None:
             owner = _owner(request)

@@ -214,6 +214,23 @@ async def test_unreachable_url_becomes_a_message(manager: TappedManager) -> None
     assert not session.accepting
 
 
+async def test_sagemaker_without_aws_credentials_says_so(
+    manager: TappedManager, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("SAGEMAKER_ENDPOINT_URL", f"https://127.0.0.1:{free_port()}")
+    choice = BackendChoice(BackendKind.SAGEMAKER, endpoint="my-asr", region="eu-west-1")
+    session = manager.start("tab-nocreds", choice)
+    view = await session.wait_finished(30)
+    assert view.state is SessionState.FAILED
+    assert view.error is not None and "credentials" in view.error.lower(), view.error
+    assert "Traceback" not in view.error
+
+
 async def test_endpoint_outside_the_allowlist_is_refused() -> None:
     m = SessionManager(_settings(sagemaker_endpoints=("captions-prod",), public=True))
     try:

@@ -220,6 +220,11 @@ def test_an_uploaded_recording_is_captioned_as_if_live(
     assert page.figure("samples-lost") == "0"
     assert page.download("txt").strip() == text
 
+    page.page.locator("#clear").click()
+    page.wait_state("idle", timeout=10)
+    assert "Press Record" in page.captions()
+    assert not page.page.locator("#dl-txt").is_visible()
+
 
 @pytest.fixture(scope="module")
 def sagemaker_page_url() -> Iterator[str]:
