@@ -61,6 +61,7 @@ _CLICK_MIC_STOP = """
   if (stop) stop.click();
 """
 STOP_MIC_JS = "() => {" + _CLICK_MIC_STOP + "  return [];\n}"
+STOP_MIC_KEEP_INPUTS_JS = "(...inputs) => {" + _CLICK_MIC_STOP + "  return inputs;\n}"
 STOP_MIC_WHEN_ENDED_JS = (
     "(figures) => {\n"
     '  const m = /data-state="(\\w+)"/.exec(figures || "");\n'
@@ -486,7 +487,7 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
         async def on_stop_recording(request: gr.Request) -> None:
             owner = _owner(request)
             await gate.drained(owner)  # chunks still on their way belong to this recording
-            manager.stop(owner)
+            manager.stop(owner, source="microphone")
 
         async def on_stop(request: gr.Request) -> None:
             manager.stop(_owner(request))
@@ -563,6 +564,7 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
             on_file,
             inputs=[upload, *backend_inputs],
             outputs=[session_id, status],
+            js=STOP_MIC_KEEP_INPUTS_JS,
             show_progress="hidden",
             api_visibility="private",
         )
@@ -592,7 +594,11 @@ def main() -> None:
         level=os.environ.get("LIVE_CAPTIONS_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    manager = SessionManager(Settings.from_env())
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    manager = SessionManager(settings)
     if BackendKind.LOCAL in manager.settings.kinds:
         manager.load_engine()  # build the shared engine now, not on the first visitor's click
 

@@ -74,6 +74,9 @@ FINAL_TIMEOUT_SECONDS = 30.0
 MAX_RECONNECTS = 2
 """A stream lost mid-session is reopened this many times; audio meanwhile waits in the queue."""
 
+FORGET_AFTER_SECONDS = 3600.0
+"""A finished session (its transcript and files) is kept this long for its tab, at least."""
+
 FILE_CHUNK_SECONDS = 0.1
 """Chunk length when an uploaded recording is streamed as if live."""
 
@@ -403,6 +406,7 @@ class CaptionSession:
         self._task: asyncio.Task[None] | None = None
         self._feeder: concurrent.futures.Future[None] | None = None
         self.created = time.monotonic()
+        self.ended = 0.0
         self._state = SessionState.STARTING
         self._accepting = True
         self._stop_requested = False
@@ -629,6 +633,7 @@ class CaptionSession:
                 await self._write_exports()
             with self._lock:  # finished only now, so a finished view always has its files
                 self._state = final
+                self.ended = time.monotonic()
             self._manager._session_ended(self)
             self._bump()
 
@@ -1053,9 +1058,10 @@ class SessionManager:
         with self._lock:
             return self._sessions.get(session_id)
 
-    def stop(self, owner: str) -> CaptionSession | None:
+    def stop(self, owner: str, *, source: str | None = None) -> CaptionSession | None:
+        """Stop ``owner``'s current session (only if it comes from ``source``, when given)."""
         session = self.current(owner)
-        if session is not None:
+        if session is not None and source in (None, session.source):
             session.stop()
         return session
 
@@ -1091,11 +1097,18 @@ class SessionManager:
             self._active.discard(session.id)
 
     def _prune_locked(self, owner: str, keep: set[str]) -> None:
-        """Forget an owner's older finished sessions (and their files)."""
+        """Forget an owner's older finished sessions, and anyone's finished an hour ago (a tab
+        that went away without saying so), with their files."""
+        now = time.monotonic()
         for sid, s in list(self._sessions.items()):
-            if s.owner == owner and sid not in keep and s.state in FINISHED:
+            if sid in keep or s.state not in FINISHED:
+                continue
+            if s.owner == owner or now - s.ended > FORGET_AFTER_SECONDS:
                 del self._sessions[sid]
                 shutil.rmtree(self.export_dir / sid, ignore_errors=True)
+                slot = self._owners.get(s.owner)
+                if slot is not None and slot.current is s and s.owner != owner:
+                    del self._owners[s.owner]
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel every session, close the engine, stop the loop, delete the files."""
