@@ -73,6 +73,8 @@ CSS = """
 #captions .captions-box { min-height: 9em; max-height: 45vh; overflow-y: auto; display: flex;
   flex-direction: column-reverse; font-size: 1.35em; line-height: 1.5; padding: 0.6em 0.8em;
   border: 1px solid var(--border-color-primary); border-radius: 8px; }
+#captions [data-testid="status-tracker"], #figures [data-testid="status-tracker"],
+#status [data-testid="status-tracker"] { display: none !important; }
 #captions .placeholder { color: var(--body-text-color-subdued); }
 #captions .partial { color: #8a8f98; font-style: italic; }
 #status .error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b;
