@@ -32,7 +32,7 @@ from bench.common import (
     concatenate,
     lag_summary,
     machine,
-    references,
+    references_apart,
     replay,
     rss_mb,
     select_clips,
@@ -105,10 +105,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from components.engines.whisper import WhisperEngine
 
     start_machine = machine()
+    refs = references_apart(select_clips(args.clips), beam5=False)
     base_memory = rss_mb()
     engine = WhisperEngine.from_env()
     loaded_memory = rss_mb()
-    refs = references(select_clips(args.clips), engine.decoder.model, beam5=False)
     backend = LocalBackend(engine)
     steps = []
     best = 0

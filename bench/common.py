@@ -107,6 +107,31 @@ def references(clips: list[Clip], model: Any, *, beam5: bool = True) -> list[Ref
     return out
 
 
+def _references_job(clip_ids: list[str], beam5: bool) -> list[Reference]:
+    from faster_whisper import WhisperModel
+
+    from components.engines.whisper import bundled_model_path
+
+    path = os.environ.get("WHISPER_MODEL", "").strip() or str(bundled_model_path())
+    model = WhisperModel(path, device="cpu", compute_type="int8")
+    wanted = set(clip_ids)
+    return references([c for c in load_clips() if c.id in wanted], model, beam5=beam5)
+
+
+def references_apart(clips: list[Clip], *, beam5: bool = True) -> list[Reference]:
+    """:func:`references` computed in a child process with its own copy of the model.
+
+    The benchmark process then holds only the engine under test, so its memory figures are
+    the engine's.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_references_job, [c.id for c in clips], beam5).result()
+
+
 def concatenate(refs: list[Reference], gap: float = 0.5) -> Reference:
     """One long recording of all clips, ``gap`` seconds of silence apart."""
     pieces: list[np.ndarray] = []

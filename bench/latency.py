@@ -42,7 +42,7 @@ from bench.common import (
     lag_summary,
     machine,
     ratio,
-    references,
+    references_apart,
     replay,
     rss_mb,
     select_clips,
@@ -72,17 +72,22 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from components.backends.local import LocalBackend
     from components.engines.whisper import WhisperEngine
 
-    load_started = time.monotonic()
-    engine = WhisperEngine.from_env()
-    load_s = time.monotonic() - load_started
-    memory_loaded = rss_mb()
-    refs = references(select_clips(args.clips), engine.decoder.model, beam5=not args.no_beam5)
+    refs = references_apart(select_clips(args.clips), beam5=not args.no_beam5)
+    engine = None
+    load_s = 0.0
+    memory_loaded = None
     if args.url:
         from components.backends.websocket import RealtimeWSBackend
 
         backend: Any = RealtimeWSBackend(args.url, model=args.model, api_key=args.api_key)
+        engine_name = backend.name
     else:
+        load_started = time.monotonic()
+        engine = WhisperEngine.from_env()
+        load_s = time.monotonic() - load_started
+        memory_loaded = rss_mb()
         backend = LocalBackend(engine)
+        engine_name = engine.name
     streams = [concatenate(refs)] if args.concat else refs
     cpu0, wall0 = time.process_time(), time.monotonic()
     results = []
@@ -103,7 +108,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         audio_s=audio_s,
         load_s=load_s,
         memory_loaded=memory_loaded,
-        engine_name=engine.name,
+        engine_name=engine_name,
     )
 
 

@@ -4,9 +4,11 @@ Whisper transcribes a window of audio at a time, and its guess about the newest 
 more audio arrives. This module decides, without any I/O, what is safe to show as append-only
 text and which audio the next decode should see:
 
-* **Local agreement.** Each decode yields a hypothesis; the words that two successive
-  hypotheses agree on (their common prefix) are *committed* and never change again. The rest is
-  the revisable *tail*, shown only as a partial.
+* **Local agreement.** Each decode yields a hypothesis; the words that all hypotheses of the
+  last ``confirm_span`` seconds agree on (their common prefix: three hypotheses at half-second
+  steps, two when steps are a second apart) are *committed* and never change again. The rest
+  is the revisable *tail*, shown only as a partial. Words that wait longer than ``max_wait``
+  need only two agreeing hypotheses.
 * **Committed text is forced, not re-decided.** Committed words inside the window are given to
   the decoder as a forced prefix, so a hypothesis is only the continuation of the committed
   text; committed words before the window go into the decoder's text prompt. The window can
@@ -15,9 +17,12 @@ text and which audio the next decode should see:
   the window grows past ``trim_at``, it is cut at a segment end whose words are all committed,
   keeping about ``keep_audio`` seconds after the cut as context, so a decode costs about the
   same after an hour as after a minute. Past ``max_window`` the cut is forced.
-* **Voice activity.** Audio without voice is not decoded (silence never turns into text).
-  After ``commit_silence`` of silence, the phrase is decoded once more and committed whole.
-  The end of the audio commits the same way.
+* **Voice activity.** Audio without voice is not decoded (silence never turns into text), and
+  the first decode of new speech waits for ``first_step`` of it. After ``commit_silence`` of
+  silence the phrase is committed whole: from the latest hypothesis if that one heard all the
+  speech, else after one more decode. The end of the audio commits the same way. A decode
+  whose text stops at a segment end while speech goes on restarts the window there (Whisper's
+  own "seek"), and a backlog is decoded in windows that end in pauses between words.
 * **Repetition guards.** Small Whisper models sometimes loop (the same words over and over)
   or echo their context. A hypothesis is cut where a loop starts or where it repeats
   ``echo_words`` words of recently committed text.
@@ -71,10 +76,13 @@ class PolicyConfig:
     """Audio (s) kept before new speech when dropping silence, so no onset is cut off."""
     prompt_chars: int = 200
     """Committed text (characters) given to the decoder as context from before the window."""
-    agreement: int = 3
-    """How many successive hypotheses must agree on a word to commit it (LocalAgreement-n).
-    Three at half-second steps proved more accurate than two at one-second steps, at the
-    same lag."""
+    confirm_span: float = 1.0
+    """A word is committed when all hypotheses over this much audio (at least two) agree on
+    it: three at half-second steps (more accurate than two at one-second steps, at the same
+    lag), two when a busy engine takes steps of a second or more."""
+    max_wait: float = 1.5
+    """Audio (s) unconfirmed words may wait for a full ``confirm_span`` agreement; after that,
+    two agreeing hypotheses commit them (bounds the lag of hard passages)."""
     voice_margin: float = 0.25
     """Voice detected up to this long after committed speech still counts as that speech."""
     hold_last_word: bool = False
@@ -95,8 +103,8 @@ class PolicyConfig:
             raise ValueError("max_window + min_step must stay under 28 s (Whisper's window)")
         if self.commit_silence <= 0 or self.speech_pad < 0:
             raise ValueError("commit_silence must be positive and speech_pad not negative")
-        if self.agreement < 2:
-            raise ValueError("agreement must be at least 2")
+        if self.confirm_span <= 0 or self.max_wait <= 0:
+            raise ValueError("confirm_span and max_wait must be positive")
         if self.prompt_chars < 0 or self.max_repeats < 2 or self.echo_words < 2:
             raise ValueError("prompt_chars must be >= 0, max_repeats and echo_words >= 2")
 
@@ -219,8 +227,9 @@ class StreamingPolicy:
     """Every committed word, in order (the transcript is their join)."""
     tail: list[str] = field(default_factory=list)
     """Unconfirmed words of the latest hypothesis, after the committed ones."""
-    history: list[list[str]] = field(default_factory=list)
-    """Unconfirmed words of the latest hypotheses (oldest first, the newest is ``tail``)."""
+    history: list[tuple[float, list[str]]] = field(default_factory=list)
+    """(audio end, unconfirmed words) of the latest hypotheses, oldest first (the newest is
+    the tail)."""
     window_start: float = 0.0
     window_words: int = 0
     """How many of the last committed words lie inside the window (the forced prefix)."""
@@ -232,6 +241,8 @@ class StreamingPolicy:
     decoded_until: float = 0.0
     onset: float = 0.0
     """Where the current run of uncommitted speech began (approximately)."""
+    waiting_since: float = 0.0
+    """Audio time since which the unconfirmed words have waited for a commit."""
     finished: bool = False
     forced_cuts: int = 0
     """Windows cut without a segment boundary (a word at the cut may be lost or doubled)."""
@@ -445,20 +456,24 @@ class StreamingPolicy:
         elif request.final:
             agreed = len(words)
         else:
-            agreed = self._agreement(words)
+            agreed = self._agreement(words, request.end, self.config.confirm_span)
+            if not agreed and self.audio_end - self.waiting_since >= self.config.max_wait - EPS:
+                agreed = self._agreement(words, request.end, 0.0)
             last_open = not hypothesis.pieces or hypothesis.pieces[-1].end is None
             if self.config.hold_last_word and agreed == len(words) and agreed and last_open:
                 agreed -= 1
         base = len(self.committed)
+        if agreed or not self.tail:
+            self.waiting_since = request.end
         self._commit(words[:agreed])
         if request.final:
             self.tail, self.history = [], []
         else:
-            keep = self.config.agreement - 2  # older tails still needed, besides the new one
-            older = self.history[len(self.history) - keep :] if keep else []
-            self.history = [h[agreed:] for h in older]
+            # Keep the hypotheses a later agreement may still need, without what was committed.
+            horizon = request.end - self.config.confirm_span - self.config.min_step
+            older = [(end, h[agreed:]) for end, h in self.history if end > horizon]
             self.tail = words[agreed:]
-            self.history.append(self.tail)
+            self.history = [*older[-8:], (request.end, self.tail)]
         self._remember_cuts(boundaries, base, agreed)
         stop = self._early_stop(request, hypothesis)
         if request.kind == "cut":
@@ -510,10 +525,18 @@ class StreamingPolicy:
         partial = join_words(self.tail) if self.tail != old_tail else None
         return Update(delta=delta, partial=partial)
 
-    def _agreement(self, words: list[str]) -> int:
-        """Length of the prefix ``words`` shares with the previous ``agreement - 1`` tails."""
-        earlier = self.history[-(self.config.agreement - 1) :]
-        if len(earlier) < self.config.agreement - 1:
+    def _agreement(self, words: list[str], now: float, span: float) -> int:
+        """Length of the prefix ``words`` shares with the earlier tails of the last ``span`` s.
+
+        The earlier tails run back to the first one at least ``span`` older than ``now`` (at
+        least one tail); without such a tail there is no agreement yet.
+        """
+        earlier: list[list[str]] = []
+        for end, tail in reversed(self.history):
+            earlier.append(tail)
+            if now - end >= span - EPS:
+                break
+        else:
             return 0
         agreed = 0
         for i, word in enumerate(words):
@@ -581,7 +604,7 @@ class StreamingPolicy:
             forced = self.tail[: n - agreed]
             self._commit(forced)
             self.tail = self.tail[len(forced) :]
-            self.history = [self.tail]
+            self.history = [(request.end, self.tail)]
             self._move_window(time, base + n)
             return
         # No segment end at all: commit everything decoded and restart after it.

@@ -20,8 +20,8 @@ from components.streaming_policy import (
 
 
 def make(**overrides: object) -> StreamingPolicy:
-    """A policy with LocalAgreement-2 unless told otherwise (shorter scenarios)."""
-    settings: dict[str, object] = {"agreement": 2, **overrides}
+    """A policy with LocalAgreement-2 at half-second steps unless told otherwise."""
+    settings: dict[str, object] = {"confirm_span": 0.5, **overrides}
     return StreamingPolicy(PolicyConfig(**settings))  # type: ignore[arg-type]
 
 
@@ -50,7 +50,7 @@ def test_config_rejects_inconsistent_values() -> None:
     with pytest.raises(ValueError):
         PolicyConfig(max_window=30.0)
     with pytest.raises(ValueError):
-        PolicyConfig(agreement=1)
+        PolicyConfig(confirm_span=0)
     with pytest.raises(ValueError):
         PolicyConfig(commit_silence=0)
 
@@ -132,8 +132,8 @@ def test_two_agreeing_hypotheses_commit_their_common_prefix() -> None:
     assert policy.tail == ["are"]
 
 
-def test_agreement_three_needs_three_hypotheses() -> None:
-    policy = make(agreement=3)
+def test_a_one_second_span_needs_three_hypotheses_at_half_second_steps() -> None:
+    policy = make(confirm_span=1.0, max_wait=10.0)
     talk(policy, 1.0)
     assert decode(policy, " one two").delta == ""
     talk(policy, 0.5)
@@ -144,6 +144,27 @@ def test_agreement_three_needs_three_hypotheses() -> None:
     assert decode(policy, " too three four five").delta == ""  # "two" two steps ago
     talk(policy, 0.5)
     assert decode(policy, " too three four five six").delta == " too three four"
+
+
+def test_slow_steps_need_only_two_hypotheses() -> None:
+    policy = make(confirm_span=1.0)
+    talk(policy, 1.0)
+    assert decode(policy, " the engine").delta == ""
+    talk(policy, 1.0)  # a busy engine: one step per second
+    assert decode(policy, " the engine was busy").delta == "the engine"
+
+
+def test_words_waiting_too_long_need_only_two_hypotheses() -> None:
+    policy = make(confirm_span=1.0, max_wait=1.5)
+    talk(policy, 1.0)
+    decode(policy, " a b")
+    talk(policy, 0.5)
+    assert decode(policy, " x b").delta == ""
+    talk(policy, 0.5)
+    assert decode(policy, " a b c").delta == ""  # the three disagree on the first word
+    talk(policy, 0.5)
+    # "x" a second ago blocks the full agreement, but the words have waited 1.5 s.
+    assert decode(policy, " a b c d").delta == "a b c"
 
 
 def test_hold_last_word_waits_for_a_following_word() -> None:
@@ -159,8 +180,8 @@ def test_hold_last_word_waits_for_a_following_word() -> None:
 def test_deltas_always_add_up_to_the_transcript() -> None:
     rng = random.Random(7)
     vocab = "the a cat sat on mat dog ran far away and then".split()
-    for agreement in (2, 3):
-        policy = make(agreement=agreement)
+    for span in (0.5, 1.0):
+        policy = make(confirm_span=span)
         sent = ""
         truth = [rng.choice(vocab) for _ in range(400)]
         spoken = 0
@@ -177,7 +198,7 @@ def test_deltas_always_add_up_to_the_transcript() -> None:
             update = policy.apply(request, Hypothesis.of(" " + " ".join(guess)))
             sent += update.delta
             assert sent == policy.transcript
-        assert policy.committed == truth[: len(policy.committed)] or agreement == 2
+        assert policy.committed == truth[: len(policy.committed)] or span < 1
         assert len(policy.committed) > 100
 
 

@@ -211,6 +211,8 @@ class WhisperDecoder:
         self.calls = 0
         """Batched generate calls so far (with ``items``: how well decodes batch)."""
         self.items = 0
+        self.forced_tokens = 0
+        """Forced prefix tokens decoded (each costs about as much as a generated one)."""
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
         feats = self.model.feature_extractor(audio.astype(np.float32, copy=False), padding=0)  # type: ignore[attr-defined]
@@ -280,6 +282,7 @@ class WhisperDecoder:
             )
             for i, result in zip(members, results, strict=True):
                 forced = prompts[i][1]
+                self.forced_tokens += len(forced)
                 tokens: list[int] = list(result.sequences_ids[0])
                 if tokens[: len(forced)] == forced:
                     tokens = tokens[len(forced) :]
@@ -394,6 +397,12 @@ class WhisperEngine:
             from faster_whisper import WhisperModel
         except ImportError as exc:
             raise EngineUnavailable(f"faster-whisper is not installed ({exc})") from None
+        if max_sessions < 1 or beam_size < 1 or max_batch < 1:
+            raise ValueError("max_sessions, beam_size and max_batch must be at least 1")
+        if not 0.0 < vad_threshold < 1.0:
+            raise ValueError("the voice threshold must lie between 0 and 1")
+        if cpu_threads is not None and cpu_threads < 1:
+            raise ValueError("cpu_threads must be at least 1")
         threads = cpu_threads if cpu_threads is not None else min(4, os.cpu_count() or 1)
         if model is None:
             path = str(bundled_model_path())
@@ -431,20 +440,24 @@ class WhisperEngine:
         """Build from ``WHISPER_*`` environment variables (see README, section Engine)."""
         model = os.environ.get("WHISPER_MODEL", "").strip() or None
         default = PolicyConfig()
-        policy = PolicyConfig(
-            min_step=_env_number("WHISPER_STEP", default.min_step, float),
-            commit_silence=_env_number("WHISPER_COMMIT_SILENCE", default.commit_silence, float),
-        )
         threads = _env_number("WHISPER_CPU_THREADS", 0, int)
-        return cls(
-            model,
-            cpu_threads=threads or None,
-            max_sessions=_env_number("WHISPER_MAX_SESSIONS", 3, int),
-            language=_env("WHISPER_LANGUAGE", "en"),
-            beam_size=_env_number("WHISPER_BEAM_SIZE", 1, int),
-            policy=policy,
-            vad_threshold=_env_number("WHISPER_VAD_THRESHOLD", 0.5, float),
-        )
+        try:
+            policy = PolicyConfig(
+                min_step=_env_number("WHISPER_STEP", default.min_step, float),
+                commit_silence=_env_number("WHISPER_COMMIT_SILENCE", default.commit_silence, float),
+                confirm_span=_env_number("WHISPER_CONFIRM_SPAN", default.confirm_span, float),
+            )
+            return cls(
+                model,
+                cpu_threads=threads or None,
+                max_sessions=_env_number("WHISPER_MAX_SESSIONS", 3, int),
+                language=_env("WHISPER_LANGUAGE", "en"),
+                beam_size=_env_number("WHISPER_BEAM_SIZE", 1, int),
+                policy=policy,
+                vad_threshold=_env_number("WHISPER_VAD_THRESHOLD", 0.5, float),
+            )
+        except ValueError as exc:
+            raise EngineUnavailable(f"invalid WHISPER_* setting: {exc}") from None
 
     # ------------------------------------------------------------------ streams
 
