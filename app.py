@@ -69,6 +69,66 @@ STOP_MIC_WHEN_ENDED_JS = (
     "  return [];\n}"
 )
 
+MIC_STOP_GUARD_JS = r"""
+(() => {
+  // Gradio's recorder drops what is not yet sent when Stop is pressed: chunks still uploading,
+  // and the audio since the last chunk. This holds the click until one more chunk has been cut
+  // and every chunk has been uploaded and handed to the stream (at most 6 s), so the audio up
+  // to the moment of the click reaches the engine.
+  const s = (window.__micGuard = {
+    started: 0, uploaded: 0, inflight: 0, posted: 0, holding: false, starts: [], released: null,
+  });
+  const chunkPost = /\/gradio_api\/stream\/[^/?]+$/;
+  const upload = /\/gradio_api\/upload(\?|$)/;
+  const original = window.fetch;
+  window.fetch = async function (input, init) {
+    const url = String((input && input.url) || input);
+    const isUpload = upload.test(url);
+    if (isUpload) { s.started++; s.inflight++; s.starts.push(performance.now()); }
+    if (chunkPost.test(url)) s.posted++;
+    try {
+      return await original.apply(this, arguments);
+    } finally {
+      if (isUpload) { s.inflight--; s.uploaded++; }
+    }
+  };
+  const settled = (startedAtClick) =>
+    s.started > startedAtClick && s.inflight === 0 && s.posted + 1 >= s.uploaded;
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest && event.target.closest("#mic button");
+    if (!button) return;
+    if (button.classList.contains("record-button")) {
+      Object.assign(s, { started: 0, uploaded: 0, inflight: 0, posted: 0, starts: [] });
+      s.released = null;
+      return;
+    }
+    if (!button.classList.contains("stop-button") || s.holding === "release") return;
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    if (s.holding) return;
+    s.holding = true;
+    const startedAtClick = s.started, deadline = performance.now() + 6000;
+    let calm = false;
+    const wait = () => {
+      // Settled twice, 30 ms apart (the last chunk's dispatch needs a moment), then the click
+      // goes through at once: a chunk cut after that holds only audio from after the click.
+      const ready = settled(startedAtClick);
+      if (performance.now() < deadline && !(ready && calm)) {
+        calm = ready;
+        setTimeout(wait, ready ? 30 : 20);
+        return;
+      }
+      s.holding = "release";
+      s.released = performance.now();
+      const stop = document.querySelector("#mic .stop-button");
+      if (stop) stop.click();
+      s.holding = false;
+    };
+    wait();
+  }, true);
+})();
+"""
+
 CSS = """
 #captions .captions-box { min-height: 9em; max-height: 45vh; overflow-y: auto; display: flex;
   flex-direction: column-reverse; font-size: 1.35em; line-height: 1.5; padding: 0.6em 0.8em;
@@ -255,15 +315,22 @@ class StreamGate:
         return event is not None and not event.closed
 
     async def _turn(self, tab: _Tab, event_id: str) -> None:
-        """Wait until the tab's previous chunk was taken (or its stream is gone)."""
+        """Wait until the stream's previous chunk was taken (or the stream is gone).
+
+        The first chunk travels with the stream's start (``/queue/join``), not through here:
+        until Gradio has run the stream's first call (``run_time`` still 0), that chunk is
+        still waiting to be taken too.
+        """
         deadline = time.monotonic() + self.MAX_WAIT
-        while tab.taken < tab.forwarded and self._alive(event_id):
+        while self._alive(event_id) and (
+            tab.taken < tab.forwarded or self._events[event_id].run_time == 0
+        ):
             left = deadline - time.monotonic()
             if left <= 0:
                 log.warning("stream %s: chunk still not taken after %g s", event_id, self.MAX_WAIT)
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tab.progress.wait(), min(left, 0.1))
+                await asyncio.wait_for(tab.progress.wait(), min(left, 0.05))
 
     def _wrap(self, inner: Any) -> Any:
         async def gated(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -611,7 +678,12 @@ def main() -> None:
     gate = StreamGate()
     demo = build_demo(manager, gate)
     try:
-        demo.launch(css=CSS, show_error=False, prevent_thread_lock=True)
+        demo.launch(
+            css=CSS,
+            head=f"<script>{MIC_STOP_GUARD_JS}</script>",
+            show_error=False,
+            prevent_thread_lock=True,
+        )
         gate.install(demo)
         demo.block_thread()
     finally:
