@@ -47,7 +47,8 @@ from components.evaluation import Clip, load_clips, normalize, wer  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 SILENCE_BEFORE = 1.5
-SILENCE_AFTER = 2.0
+SILENCE_AFTER = 8.0
+"""Longer than Stop may be held (the page waits for chunks in flight), so no clip plays twice."""
 AFTER_SPEECH = 2.0
 """Recording goes on this long after the clip's speech, so late captions are still measured."""
 DEFAULT_CLIPS = (

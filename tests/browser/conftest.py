@@ -2,8 +2,8 @@
 
 Chromium plays a WAV file as its microphone (``--use-file-for-fake-audio-capture``), one file
 per browser process, from the moment the page opens the microphone. Clips are padded with
-silence before (the recorder needs a moment to start) and after (``%noloop`` then repeats
-the last buffer, which is silence). Debian's ``/usr/bin/chromium`` is driven by PyPI
+silence before (the recorder needs a moment to start) and after: the page may hold Stop while
+chunks are in flight, and the file must not run out (and start over) before Stop. Debian's ``/usr/bin/chromium`` is driven by PyPI
 ``playwright``; no browser is downloaded. Without Chromium the tests are skipped, saying so.
 """
 
@@ -30,7 +30,7 @@ from tests.support_server import REPO_ROOT, free_port, stop_process
 CHROMIUM = Path("/usr/bin/chromium")
 START_TIMEOUT = 120.0
 SILENCE_BEFORE = 1.5
-SILENCE_AFTER = 3.0
+SILENCE_AFTER = 8.0  # longer than Stop may be held, so the clip never plays twice
 
 
 def chromium_args(wav: Path | None) -> list[str]:
