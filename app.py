@@ -9,6 +9,12 @@ the tab's session (Gradio drops audio when that handler is slow) and, on a new s
 its id into a hidden box. That box's ``.change`` starts :func:`follow`, an async generator that
 waits on the session's change signal and yields the captions as each delta arrives — not when
 the next audio chunk happens to come in.
+
+How no audio is lost on the way: Gradio's stream keeps one slot per stream (a chunk that
+arrives while the server is busy replaces the one before) and its recorder drops, at Stop,
+what it has not sent yet. :class:`StreamGate` holds each chunk's request until the handler has
+taken the previous one; ``MIC_STOP_GUARD_JS`` holds the Stop click until every chunk recorded
+before it is on its way. The session counts samples in and out, and the page shows them.
 """
 
 from __future__ import annotations
