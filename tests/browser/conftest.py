@@ -3,8 +3,9 @@
 Chromium plays a WAV file as its microphone (``--use-file-for-fake-audio-capture``), one file
 per browser process, from the moment the page opens the microphone. Clips are padded with
 silence before (the recorder needs a moment to start) and after: the page may hold Stop while
-chunks are in flight, and the file must not run out (and start over) before Stop. Debian's ``/usr/bin/chromium`` is driven by PyPI
-``playwright``; no browser is downloaded. Without Chromium the tests are skipped, saying so.
+chunks are in flight, and the file must not run out (and start over) before Stop. Debian's
+``/usr/bin/chromium`` is driven by PyPI ``playwright``; no browser is downloaded. Without
+Chromium the tests are skipped, saying so.
 """
 
 from __future__ import annotations

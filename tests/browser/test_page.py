@@ -236,7 +236,7 @@ def test_an_uploaded_recording_is_captioned_as_if_live(
 
 
 @pytest.fixture(scope="module")
-def sagemaker_page_url() -> Iterator[str]:
+def sagemaker_page_url(playwright: Any) -> Iterator[str]:
     """The page, offering only SageMaker (allowlist of one), in front of the local SageMaker
     stand-in (``container.local_sagemaker``, SigV4 + HTTP/2 + TLS) and the real container."""
     from tests.support_sagemaker import running_container, running_front
