@@ -217,7 +217,8 @@ def render_figures(view: SessionView | None, idle_backend: str) -> str:
             f'data-samples-lost="{"" if view.samples_lost is None else view.samples_lost}" '
             f'data-late-chunks="{view.late_chunks}" '
             f'data-audio-received="{view.audio_received:.3f}" '
-            f'data-first-caption="{first}"'
+            f'data-first-caption="{first}" '
+            f'data-caption-at="{"" if view.caption_at is None else f"{view.caption_at:.3f}"}"'
         )
     cells = "".join(
         f"<tr><td>{name}</td><td>{html.escape(value)}</td></tr>" for name, value in rows

@@ -8,6 +8,7 @@ over the clip (faster-whisper with word timestamps, greedy), so the figures are:
 * first caption: from the start of speech to the first caption text on screen;
 * word lag: from the end of each word's audio to the moment the word is on screen, tentative
   (grey) or confirmed, p50/p95 over all words the page and the offline run agree on;
+* push latency: from a caption change in the server's session to the change on screen;
 * samples lost (from the session's counters, must be 0) and chunks the browser uploaded
   against chunks the session received.
 
@@ -63,7 +64,8 @@ TARGETS = {"first_caption_s": 1.5, "word_lag_p50_s": 1.8}
 
 INIT_JS = """
 (() => {
-  const lc = (window.__lc = { changes: [], gumCall: null, gumDone: null });
+  const lc = (window.__lc = { changes: [], pushes: [], gumCall: null, gumDone: null });
+  let lastCaptionAt = "";
   const media = navigator.mediaDevices;
   const original = media.getUserMedia.bind(media);
   media.getUserMedia = async (constraints) => {
@@ -78,6 +80,12 @@ INIT_JS = """
     const snap = () => {
       const f = box.querySelector(".final"), p = box.querySelector(".partial");
       lc.changes.push([performance.now(), f ? f.textContent : "", p ? p.textContent : ""]);
+      // The server's time of this caption change rides along in the figures panel.
+      const at = document.querySelector("#figures .figures")?.dataset.captionAt || "";
+      if (at && at !== lastCaptionAt) {
+        lastCaptionAt = at;
+        lc.pushes.push(Date.now() / 1000 - Number(at));
+      }
     };
     const options = { subtree: true, childList: true, characterData: true };
     new MutationObserver(snap).observe(box, options);
@@ -103,6 +111,7 @@ class ClipResult:
     first_caption: float | None = None
     lags_visible: list[float] = field(default_factory=list)
     lags_confirmed: list[float] = field(default_factory=list)
+    pushes: list[float] = field(default_factory=list)
     words: int = 0
     samples_lost: int | None = None
     chunks_in: int = 0
@@ -236,6 +245,7 @@ def run_clip(playwright: Any, url: str, clip: Clip, offline: Offline, wav: Path)
     finally:
         browser.close()
 
+    result.pushes = [float(x) for x in lc["pushes"]]
     if lc["gumCall"] is None or not offline.words:
         return result
     zero = lc["gumCall"] + SILENCE_BEFORE * 1000  # page time (ms) of the clip's t = 0
@@ -324,6 +334,7 @@ def main() -> None:
     visible = [x for r in results for x in r.lags_visible]
     confirmed = [x for r in results for x in r.lags_confirmed]
     firsts = [r.first_caption for r in results if r.first_caption is not None]
+    pushes = [x for r in results for x in r.pushes]
     summary = {
         "clips": len(results),
         "first_caption_s": {
@@ -332,6 +343,7 @@ def main() -> None:
         },
         "word_lag_visible_s": {"p50": pct(visible, 50), "p95": pct(visible, 95)},
         "word_lag_confirmed_s": {"p50": pct(confirmed, 50), "p95": pct(confirmed, 95)},
+        "push_latency_s": {"p50": pct(pushes, 50), "p95": pct(pushes, 95), "n": len(pushes)},
         "words_matched": len(visible),
         "words": sum(r.words for r in results),
         "wer": statistics.fmean(wer(r.clip.text, r.final_text) for r in results),
@@ -353,6 +365,10 @@ def main() -> None:
         f"(target p50 <= {TARGETS['word_lag_p50_s']})"
     )
     print(f"word lag, confirmed: p50 {fmt(pct(confirmed, 50))} s, p95 {fmt(pct(confirmed, 95))} s")
+    print(
+        f"push latency (caption change in the session -> on screen): p50 {fmt(pct(pushes, 50))} s,"
+        f" p95 {fmt(pct(pushes, 95))} s over {len(pushes)} changes (target <= 0.25)"
+    )
     print(f"mean WER of the final text: {summary['wer']:.3f}")
     print(f"samples lost per clip: {summary['samples_lost']}")
     print(f"chunks received / uploaded per clip: {summary['chunks_in_vs_uploaded']}")

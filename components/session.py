@@ -330,6 +330,8 @@ class SessionView:
     audio_received: float
     audio_sent: float
     first_caption: float | None
+    caption_at: float | None
+    """Wall-clock time (epoch seconds) of the last change to the captions."""
     lag: float
     samples_in: int
     chunks_in: int
@@ -425,6 +427,7 @@ class CaptionSession:
         self._first_audio: float | None = None
         self._last_audio = self.created
         self._first_caption: float | None = None
+        self._caption_at: float | None = None
         self._uncaptioned_voice = 0.0
 
     # ------------------------------------------------------------------ edges (any thread)
@@ -516,6 +519,7 @@ class CaptionSession:
                 audio_received=self._seconds_in,
                 audio_sent=self._samples_sent / SAMPLE_RATE,
                 first_caption=first,
+                caption_at=self._caption_at,
                 lag=self._uncaptioned_voice,
                 samples_in=self._samples_in,
                 chunks_in=self._chunks_in,
@@ -814,6 +818,7 @@ class CaptionSession:
     def _caption_seen_locked(self) -> None:
         if self._first_caption is None:
             self._first_caption = time.monotonic()
+        self._caption_at = time.time()
         self._uncaptioned_voice = 0.0
 
 
