@@ -98,7 +98,20 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         )
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     audio_s = sum(len(r.audio) for r in streams) / SAMPLE_RATE
-    await engine.aclose()
+    stages: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    if engine is not None:
+        stages = dict(engine.decoder.seconds)
+        stages["rounds_total"] = engine.scheduler.busy_seconds
+        counts = {
+            "rounds": engine.scheduler.rounds,
+            "decodes": engine.decoder.items,
+            "generate_calls": engine.decoder.calls,
+            "forced_tokens": engine.decoder.forced_tokens,
+            "context_tokens": engine.decoder.context_tokens,
+            "generated_tokens": engine.decoder.completion_tokens,
+        }
+        await engine.aclose()
     return _report(
         args,
         refs,
@@ -109,6 +122,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         load_s=load_s,
         memory_loaded=memory_loaded,
         engine_name=engine_name,
+        stages=stages,
+        counts=counts,
     )
 
 
@@ -171,8 +186,12 @@ def _report(
         "memory_end": rss_mb(),
         "machine": machine(),
     }
-    if not args.url:
+    if info.get("stages"):
         out["process_cpu_s_per_audio_s"] = round(info["cpu"] / info["audio_s"], 3)
+        out["engine_s_per_audio_s"] = {
+            k: round(v / info["audio_s"], 3) for k, v in info["stages"].items()
+        }
+        out["engine_counts"] = info["counts"]
     if args.concat and results:
         ref, rep = results[0]
         timed = word_lags(ref, rep, pace=args.pace)

@@ -323,9 +323,17 @@ class StreamingPolicy:
             return False
         if self.finished or self._paused():
             return True
-        if self._warming_up():
+        if self._warming_up() or self._heard_all():
             return False
         return self.undecoded >= step - EPS
+
+    def _heard_all(self) -> bool:
+        """The latest decode heard all the speech so far: more silence would add nothing
+        (the pause then commits the tail, see :meth:`settle`)."""
+        return (
+            self.last_voice is not None
+            and self.decoded_until >= self.last_voice + self.config.voice_margin - EPS
+        )
 
     def _warming_up(self) -> bool:
         """Speech began in a window without context less than ``first_step`` ago."""
@@ -377,23 +385,25 @@ class StreamingPolicy:
             return self._make_request("end")
         if self._paused():
             return self._make_request("phrase")
-        if self.undecoded <= 0 or self._warming_up():
+        if self.undecoded <= 0 or self._warming_up() or self._heard_all():
             return None
         return self._make_request("step")
 
     def _make_request(self, kind: str, *, end: float | None = None) -> DecodeRequest:
         n_before = len(self.committed) - self.window_words
+        prefix = join_words(self.committed[n_before:]).lstrip()
+        room = self.config.prompt_chars
         prompt = ""
-        if self.config.prompt_chars and n_before:
-            before = join_words(self.committed[:n_before])
-            prompt = before[-self.config.prompt_chars :]
+        if room > 0 and n_before:
+            before = join_words(self.committed[max(0, n_before - room) : n_before])
+            prompt = before[-room:]
             if len(prompt) < len(before) and " " in prompt:
                 prompt = prompt.split(" ", 1)[1]  # start at a word boundary
         return DecodeRequest(
             start=self.window_start,
             end=self.audio_end if end is None else end,
             prompt=prompt,
-            prefix=join_words(self.committed[n_before:]).lstrip(),
+            prefix=prefix,
             kind=kind,
         )
 

@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -213,6 +214,10 @@ class WhisperDecoder:
         self.items = 0
         self.forced_tokens = 0
         """Forced prefix tokens decoded (each costs about as much as a generated one)."""
+        self.context_tokens = 0
+        """Prompt tokens before <|startoftranscript|> (cheaper, but they slow every step)."""
+        self.seconds = {"encode": 0.0, "generate": 0.0, "align": 0.0}
+        """Time spent in each stage (for benchmarks)."""
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
         feats = self.model.feature_extractor(audio.astype(np.float32, copy=False), padding=0)  # type: ignore[attr-defined]
@@ -243,7 +248,9 @@ class WhisperDecoder:
         """One hypothesis per item; items with prompts of a shared length decode as a batch."""
         if not items:
             return []
+        started = time.perf_counter()
         encoded = [self.encode(item.audio) for item in items]
+        self.seconds["encode"] += time.perf_counter() - started
         prompts = [self._prompt(item) for item in items]
         # The decoder needs <|startoftranscript|> at the same position across a batch:
         # shorten long contexts to a common length, group the short ones by exact length.
@@ -263,26 +270,33 @@ class WhisperDecoder:
                 batch_prompts.append(head + self.tokenizer.sot_sequence + forced)
                 seconds = len(items[i].audio) / SAMPLE_RATE
                 max_new = max(max_new, int(12 + 8 * seconds))
-            longest = max(len(p) for p in batch_prompts)
+            # CTranslate2 decodes at most min(max_length / 2, max_length - context) steps, the
+            # forced prefix included: make room for the longest prefix plus the new text.
+            context_len = size + 1 if size else 0
+            steps = max(len(prompts[i][1]) for i in members) + max_new
+            max_length = min(448, max(context_len + steps, 2 * steps) + 1)
             features = self._ct2.StorageView.from_array(
                 np.ascontiguousarray(np.stack([encoded[i] for i in members]))
             )
             self.calls += 1
             self.items += len(members)
+            started = time.perf_counter()
             results = self.model.model.generate(  # type: ignore[attr-defined]
                 features,
                 batch_prompts,
                 beam_size=self.beam_size,
-                max_length=min(448, longest + max_new),
+                max_length=max_length,
                 return_scores=True,
                 return_no_speech_prob=True,
                 suppress_blank=True,
                 suppress_tokens=self.suppress,
                 max_initial_timestamp_index=50,
             )
+            self.seconds["generate"] += time.perf_counter() - started
             for i, result in zip(members, results, strict=True):
                 forced = prompts[i][1]
                 self.forced_tokens += len(forced)
+                self.context_tokens += size
                 tokens: list[int] = list(result.sequences_ids[0])
                 if tokens[: len(forced)] == forced:
                     tokens = tokens[len(forced) :]
@@ -309,9 +323,11 @@ class WhisperDecoder:
         """End (s) of the last word of ``text`` in the window, from cross-attention alignment."""
         if not text:
             return None
+        started = time.perf_counter()
         storage = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded[None]))
         frames = max(2, samples // self.model.feature_extractor.hop_length)  # type: ignore[attr-defined]
         words = self.model.find_alignment(self.tokenizer, [text], storage, frames)[0]  # type: ignore[attr-defined]
+        self.seconds["align"] += time.perf_counter() - started
         spoken = [w for w in words if w["tokens"] and max(w["tokens"]) < self.tokenizer.eot]
         return float(spoken[-1]["end"]) if spoken else None
 
