@@ -4,12 +4,13 @@
     .venv/bin/python bench/capacity.py --seconds 90 --max-sessions 8 --all
 
 Every session replays speech at real-time pace through the in-process engine (LocalBackend over
-one WhisperEngine): the evaluation clips back to back, each session starting at a different clip
-so no two say the same thing at once. A step passes when the caption lag p95 over all sessions'
-words stays within ``--p95`` seconds (2.5 by default). The ramp stops after the first failing
-step (``--all`` runs every step). Printed as JSON: per step the lag figures, overload warnings,
-CPU use and memory; the largest passing session count; and the process memory with the model
-loaded. The machine load at the start is included: other work on the machine lowers capacity.
+one WhisperEngine): whole evaluation clips back to back, each session starting at a different
+clip so no two say the same thing at once. A step passes when the caption lag p95 over all
+sessions' words stays within ``--p95`` seconds (2.5 by default). The ramp stops after the first
+failing step (``--all`` runs every step). Printed as JSON: per step the lag figures, WER (and
+the offline WER of the same clips), overload warnings, CPU use and memory; the largest passing
+session count; and the process memory with the model loaded. The machine load at the start is
+included: other work on the machine lowers capacity.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 
 from bench.common import (
     TARGETS,
@@ -36,10 +36,11 @@ from bench.common import (
     replay,
     rss_mb,
     select_clips,
+    wer_of,
     word_lags,
 )
 from components.evaluation import Clip
-from components.protocol import SAMPLE_RATE, ErrorCode
+from components.protocol import ErrorCode
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,15 +54,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _session_audio(refs: list[Reference], index: int, seconds: float) -> Reference:
-    """The clips back to back from clip ``index`` on, cut to ``seconds`` (whole words only)."""
+    """Whole clips back to back from clip ``index`` on, at least ``seconds`` long."""
     order = refs[index % len(refs) :] + refs[: index % len(refs)]
-    long = concatenate(order)
-    while long.clip.seconds < seconds:
-        long = concatenate([long, *order])
-    cut = int(seconds * SAMPLE_RATE)
-    words = [(w, end) for w, end in long.words if end < seconds - 1.0]
-    clip = Clip(f"session-{index}", long.clip.path, "", seconds, "mixed")
-    return Reference(clip, np.ascontiguousarray(long.audio[:cut]), "", None, words)
+    chosen: list[Reference] = []
+    while sum(r.clip.seconds for r in chosen) < seconds:
+        chosen.append(order[len(chosen) % len(order)])
+    long = concatenate(chosen)
+    clip = Clip(f"session-{index}", long.clip.path, long.clip.text, long.clip.seconds, "mixed")
+    return Reference(clip, long.audio, long.offline_text, None, long.words)
 
 
 async def _step(backend: Any, engine: Any, sessions: list[Reference]) -> dict[str, Any]:
@@ -80,11 +80,15 @@ async def _step(backend: Any, engine: Any, sessions: list[Reference]) -> dict[st
     lags = [
         lag for ref, rep in zip(sessions, results, strict=True) for _, lag in word_lags(ref, rep)
     ]
+    pairs = [(ref.clip.text, rep.text) for ref, rep in zip(sessions, results, strict=True)]
+    offline = [(ref.clip.text, ref.offline_text) for ref in sessions]
     warnings = sum(1 for rep in results for e in rep.errors if e.code == str(ErrorCode.OVERLOADED))
     rounds = engine.scheduler.rounds - rounds0
     return {
         "sessions": len(sessions),
         "lag": lag_summary(lags),
+        "wer": wer_of(pairs),
+        "offline_wer": wer_of(offline),
         "overloaded_warnings": warnings,
         "other_errors": [
             e.code for rep in results for e in rep.errors if e.code != str(ErrorCode.OVERLOADED)

@@ -6,7 +6,7 @@ text and which audio the next decode should see:
 
 * **Local agreement.** Each decode yields a hypothesis; the words that all hypotheses of the
   last ``confirm_span`` seconds agree on (their common prefix: three hypotheses at half-second
-  steps, two when steps are a second apart) are *committed* and never change again. The rest
+  steps, two when steps are further apart) are *committed* and never change again. The rest
   is the revisable *tail*, shown only as a partial. Words that wait longer than ``max_wait``
   need only two agreeing hypotheses.
 * **Committed text is forced, not re-decided.** Committed words inside the window are given to
@@ -77,9 +77,10 @@ class PolicyConfig:
     prompt_chars: int = 200
     """Committed text (characters) given to the decoder as context from before the window."""
     confirm_span: float = 1.0
-    """A word is committed when all hypotheses over this much audio (at least two) agree on
-    it: three at half-second steps (more accurate than two at one-second steps, at the same
-    lag), two when a busy engine takes steps of a second or more."""
+    """A word is committed when every hypothesis of the last ``confirm_span`` seconds (at
+    least the previous one) agrees on it: three at half-second steps (more accurate than two
+    at one-second steps, at the same lag), two when a busy engine steps less often, which
+    keeps the lag bounded at some cost in accuracy."""
     max_wait: float = 1.5
     """Audio (s) unconfirmed words may wait for a full ``confirm_span`` agreement; after that,
     two agreeing hypotheses commit them (bounds the lag of hard passages)."""
@@ -538,16 +539,15 @@ class StreamingPolicy:
     def _agreement(self, words: list[str], now: float, span: float) -> int:
         """Length of the prefix ``words`` shares with the earlier tails of the last ``span`` s.
 
-        The earlier tails run back to the first one at least ``span`` older than ``now`` (at
-        least one tail); without such a tail there is no agreement yet.
+        Every earlier tail at most ``span`` older than ``now`` must agree; when steps are
+        further apart than that (a busy engine), the previous tail alone. Without any earlier
+        tail there is no agreement yet.
         """
-        earlier: list[list[str]] = []
-        for end, tail in reversed(self.history):
-            earlier.append(tail)
-            if now - end >= span - EPS:
-                break
-        else:
+        if not self.history:
             return 0
+        earlier = [tail for end, tail in self.history if now - end <= span + EPS]
+        if not earlier:
+            earlier = [self.history[-1][1]]
         agreed = 0
         for i, word in enumerate(words):
             norm = normalize_word(word)
