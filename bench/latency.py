@@ -110,6 +110,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             "forced_tokens": engine.decoder.forced_tokens,
             "context_tokens": engine.decoder.context_tokens,
             "generated_tokens": engine.decoder.completion_tokens,
+            "audio_encoded_s": round(engine.decoder.audio_encoded, 1),
         }
         await engine.aclose()
     return _report(

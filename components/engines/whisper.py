@@ -218,6 +218,8 @@ class WhisperDecoder:
         """Prompt tokens before <|startoftranscript|> (cheaper, but they slow every step)."""
         self.seconds = {"encode": 0.0, "generate": 0.0, "align": 0.0}
         """Time spent in each stage (for benchmarks)."""
+        self.audio_encoded = 0.0
+        """Seconds of audio the encoder ran on (windows are re-encoded at every step)."""
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
         feats = self.model.feature_extractor(audio.astype(np.float32, copy=False), padding=0)  # type: ignore[attr-defined]
@@ -250,6 +252,7 @@ class WhisperDecoder:
             return []
         started = time.perf_counter()
         encoded = [self.encode(item.audio) for item in items]
+        self.audio_encoded += sum(len(item.audio) for item in items) / SAMPLE_RATE
         self.seconds["encode"] += time.perf_counter() - started
         prompts = [self._prompt(item) for item in items]
         # The decoder needs <|startoftranscript|> at the same position across a batch:
