@@ -34,6 +34,7 @@ holds only times and text, so it can be tested exhaustively with made-up hypothe
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -90,7 +91,7 @@ class PolicyConfig:
     """Never commit the newest word of an open hypothesis until a later word follows it."""
     max_repeats: int = 3
     """A phrase repeated this many times in a row (one word: one time more) is a loop."""
-    echo_words: int = 5
+    echo_words: int = 8
     """A hypothesis repeating this many words of recent committed text is an echo."""
     boundary_margin: float = 0.5
     """A segment end counts as a cut point only with this much decoded audio after it."""
@@ -198,6 +199,14 @@ def cut_repetition(words: list[str], max_repeats: int = 3, max_ngram: int = 8) -
             if all(norm[i + k * n : i + (k + 1) * n] == gram for k in range(1, need)):
                 return words[: i + n]
     return words
+
+
+def is_loop(word: str) -> bool:
+    """A "word" that is one phrase over and over without spaces ("the...the...the...")."""
+    if len(word) < 24:
+        return False
+    data = word.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) > 2.0
 
 
 def cut_echo(words: list[str], context: list[str], n: int = 5) -> list[str]:
@@ -439,6 +448,7 @@ class StreamingPolicy:
             pieces.append(words)
         flat = [w for p in pieces for w in p]
         kept = cut_repetition(flat, self.config.max_repeats)
+        kept = kept[: next((i for i, w in enumerate(kept) if is_loop(w)), len(kept))]
         recent = self.committed[-40:]
         kept = cut_echo(kept, recent, self.config.echo_words)
         if len(kept) < len(flat):
@@ -617,7 +627,9 @@ class StreamingPolicy:
             self.history = [(request.end, self.tail)]
             self._move_window(time, base + n)
             return
-        # No segment end at all: commit everything decoded and restart after it.
+        if any(self.window_start + 1.0 < g for g in self.gaps):
+            return  # the next request decodes up to a pause and commits that ("cut")
+        # No segment end, no pause: commit everything decoded and restart after it.
         self._commit(self.tail)
         self.tail, self.history = [], []
         self._move_window(request.end, len(self.committed))

@@ -400,10 +400,12 @@ def test_segments_after_the_audio_and_loops_are_dropped() -> None:
     assert policy.words_of(request, late) == [["real", "words"]]
     loop = Hypothesis.of(" go on go on go on go on")
     assert policy.words_of(request, loop) == [["go", "on"]]
+    glued = Hypothesis.of(" than the" + "...the" * 40)
+    assert policy.words_of(request, glued) == [["than"]]
 
 
 def test_echo_of_committed_text_is_dropped() -> None:
-    policy = make()
+    policy = make(echo_words=5)
     policy.committed = "we are just saying some words".split()
     policy.window_words = 6
     talk(policy, 1.0)

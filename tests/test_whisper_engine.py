@@ -192,6 +192,21 @@ def test_voice_detection_is_the_same_in_pieces_and_whole(
     assert quiet.feed(np.zeros(SAMPLE_RATE * 3, np.float32)) is None
 
 
+def test_voice_detection_hears_a_new_speaker_after_a_long_recording(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    first = load_file(str(clips["mfa-acoustic-corpus"].path))
+    second = load_file(str(clips["mfa-cold-corpus"].path))[: SAMPLE_RATE * 8]
+    audio = np.concatenate([first, np.zeros(SAMPLE_RATE // 2, np.float32), second])
+    vad = VadStream(engine.vad_model)
+    for i in range(0, len(audio), SAMPLE_RATE // 2):
+        vad.feed(audio[i : i + SAMPLE_RATE // 2])
+    # The second speaker talks from about 2 s in; a state carried over from the first
+    # recording (no reset) stays deaf to them until well after these 8 s.
+    assert vad.last_voice is not None
+    assert vad.last_voice > len(first) / SAMPLE_RATE + 0.5 + 4.0
+
+
 def test_short_window_encoding_completes_whisper_context(
     engine: WhisperEngine, clips: dict[str, Clip]
 ) -> None:

@@ -121,19 +121,27 @@ class VadModel:
 class VadStream:
     """Streaming voice detection for one stream: carries the model state across chunks.
 
-    Feeding the audio in pieces gives the same speech probabilities as one call over all of
-    it. ``last_voice`` is the end (s) of the latest 32 ms window judged speech, with
-    hysteresis: once speech started, it continues until the probability falls below
-    ``threshold - 0.15``.
+    ``last_voice`` is the end (s) of the latest 32 ms window judged speech, with hysteresis:
+    once speech started, it continues until the probability falls below ``threshold - 0.15``.
+    After ``RESET`` seconds without speech the model state starts afresh: carried through a
+    long recording, Silero's state can settle into hearing nothing (seen on the evaluation set
+    played back to back: a new speaker in another room went unheard for 16 s).
+    Resets happen at fixed points, so feeding the audio in pieces of any size gives the same
+    results as one call over all of it.
     """
+
+    GAP = 0.3
+    """Silence (s) between words long enough to cut the audio at without splitting a word."""
+    RESET = 0.5
+    """Silence (s) after which the detector starts from a fresh state."""
+    BLOCK = 32
+    """Windows between the points where a reset may happen (about 1 s)."""
 
     def __init__(self, model: VadModel, threshold: float = 0.5) -> None:
         self.model = model
         self.threshold = threshold
         self.neg_threshold = max(threshold - 0.15, 0.01)
-        self._h = np.zeros((1, 1, 128), np.float32)
-        self._c = np.zeros((1, 1, 128), np.float32)
-        self._context = np.zeros(VadModel.CONTEXT, np.float32)
+        self._reset_state()
         self._rest = np.zeros(0, np.float32)
         self._samples = 0
         self._speaking = False
@@ -142,8 +150,10 @@ class VadStream:
         self.gaps: list[float] = []
         """Middles of the pauses (``GAP`` s or longer) found by the latest ``feed``."""
 
-    GAP = 0.3
-    """Silence (s) between words long enough to cut the audio at without splitting a word."""
+    def _reset_state(self) -> None:
+        self._h = np.zeros((1, 1, 128), np.float32)
+        self._c = np.zeros((1, 1, 128), np.float32)
+        self._context = np.zeros(VadModel.CONTEXT, np.float32)
 
     def feed(self, audio: np.ndarray) -> float | None:
         """Take more audio; return the end (s) of the latest speech (None before any)."""
@@ -151,9 +161,18 @@ class VadStream:
         x = np.concatenate([self._rest, audio]) if len(self._rest) else audio
         n = len(x) // VadModel.WINDOW * VadModel.WINDOW
         self._rest = x[n:].copy()
-        if not n:
-            return self.last_voice
         windows = x[:n].reshape(-1, VadModel.WINDOW)
+        first = 0
+        while first < len(windows):
+            # Blocks end at fixed window counts from the start of the stream, so that resets,
+            # and so the results, do not depend on how the audio was cut into chunks.
+            done = self._samples // VadModel.WINDOW
+            size = min(len(windows) - first, self.BLOCK - done % self.BLOCK)
+            self._block(windows[first : first + size], at_boundary=(done + size) % self.BLOCK == 0)
+            first += size
+        return self.last_voice
+
+    def _block(self, windows: np.ndarray, *, at_boundary: bool) -> None:
         context = np.concatenate([self._context[None], windows[:-1, -VadModel.CONTEXT :]])
         batch = np.ascontiguousarray(np.concatenate([context, windows], axis=1))
         probs, self._h, self._c = self.model.session.run(
@@ -172,8 +191,9 @@ class VadStream:
                 self._quiet += 1
                 if self._quiet == gap_windows and self.last_voice is not None:
                     self.gaps.append(end - self.GAP / 2)
-        self._samples += n
-        return self.last_voice
+        self._samples += len(windows) * VadModel.WINDOW
+        if at_boundary and self._quiet * VadModel.WINDOW >= self.RESET * SAMPLE_RATE:
+            self._reset_state()
 
 
 # --------------------------------------------------------------------------- decoding
@@ -237,10 +257,18 @@ class WhisperDecoder:
         return np.concatenate([head, self._silence[len(head) :]], axis=0)
 
     def _prompt(self, item: DecodeItem) -> tuple[list[int], list[int]]:
-        """(context tokens before <|startoftranscript|>, forced tokens after it)."""
+        """(context tokens before <|startoftranscript|>, forced tokens after it).
+
+        The context is the previous text between timestamps, as Whisper saw it in training:
+        after plain text, tiny.en often drops its timestamps, and with them segment ends.
+        """
         tok = self.tokenizer
-        context = tok.encode(" " + item.prompt.strip()) if item.prompt.strip() else []
-        context = context[-(448 // 2 - 1) :]
+        context: list[int] = []
+        text = item.prompt.strip()
+        if text:
+            spoken = min(ENCODER_POSITIONS, round(len(text) / 15 / 0.02))  # ~15 characters/s
+            body = tok.encode(" " + text)[-(448 // 2 - 3) :]
+            context = [tok.timestamp_begin, *body, tok.timestamp_begin + spoken]
         forced = [tok.timestamp_begin]
         if item.prefix.strip():
             forced += tok.encode(" " + item.prefix.strip())
