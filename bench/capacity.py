@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--p95", type=float, default=TARGETS["lag_p95_s"], help="lag limit (s)")
     p.add_argument("--all", action="store_true", help="run every step, even after a failure")
     p.add_argument("--clips", type=int, default=None, help="use only the first N clips")
+    p.add_argument("--only", type=int, default=None, help="run just this many sessions")
     return p
 
 
@@ -68,6 +69,7 @@ async def _step(backend: Any, engine: Any, sessions: list[Reference]) -> dict[st
     cpu0, wall0 = time.process_time(), time.monotonic()
     rounds0, busy0 = engine.scheduler.rounds, engine.scheduler.busy_seconds
     items0, calls0 = engine.decoder.items, engine.decoder.calls
+    stages0 = dict(engine.decoder.seconds)
     streams = [await backend.open() for _ in sessions]
     results = await asyncio.gather(
         *(
@@ -88,6 +90,7 @@ async def _step(backend: Any, engine: Any, sessions: list[Reference]) -> dict[st
         "sessions": len(sessions),
         "lag": lag_summary(lags),
         "wer": wer_of(pairs),
+        "wer_per_session": [wer_of([pair]) for pair in pairs],
         "offline_wer": wer_of(offline),
         "overloaded_warnings": warnings,
         "other_errors": [
@@ -99,6 +102,9 @@ async def _step(backend: Any, engine: Any, sessions: list[Reference]) -> dict[st
             (engine.decoder.items - items0) / max(1, engine.decoder.calls - calls0), 2
         ),
         "worker_busy_share": round((engine.scheduler.busy_seconds - busy0) / wall, 3),
+        "engine_s_per_wall_s": {
+            k: round((v - stages0.get(k, 0.0)) / wall, 3) for k, v in engine.decoder.seconds.items()
+        },
         "memory": rss_mb(),
         "machine_after": machine(),
     }
@@ -116,7 +122,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     backend = LocalBackend(engine)
     steps = []
     best = 0
-    for n in range(1, args.max_sessions + 1):
+    counts = [args.only] if args.only else range(1, args.max_sessions + 1)
+    for n in counts:
         sessions = [
             _session_audio(refs, i * max(1, len(refs) // n), args.seconds) for i in range(n)
         ]

@@ -19,10 +19,10 @@ from components.streaming_policy import (
 )
 
 
-def make(**overrides: object) -> StreamingPolicy:
-    """A policy with LocalAgreement-2 at half-second steps unless told otherwise."""
+def make(*, previews: bool = False, **overrides: object) -> StreamingPolicy:
+    """A policy with LocalAgreement-2 at half-second steps (no previews) unless told otherwise."""
     settings: dict[str, object] = {"confirm_span": 0.5, **overrides}
-    return StreamingPolicy(PolicyConfig(**settings))  # type: ignore[arg-type]
+    return StreamingPolicy(PolicyConfig(**settings), previews=previews)  # type: ignore[arg-type]
 
 
 def talk(policy: StreamingPolicy, seconds: float, *, voice: bool = True) -> None:
@@ -111,6 +111,50 @@ def test_first_decode_waits_for_a_second_of_speech() -> None:
     assert request.start <= 2.0 - policy.config.speech_pad + 1e-9  # the onset is inside
 
 
+def test_preview_shows_a_first_guess_half_a_second_into_speech() -> None:
+    policy = make(previews=True)
+    talk(policy, 2.0, voice=False)
+    talk(policy, 0.2)
+    assert not policy.due()  # too little speech for a guess
+    talk(policy, 0.3)
+    assert policy.due()
+    request = policy.request()
+    assert request is not None and request.kind == "preview" and not request.final
+    update = policy.apply(request, Hypothesis.of(" Hello"))
+    assert update == Update(delta="", partial="Hello")
+    assert policy.committed == [] and policy.history == []
+    assert not policy.due() and policy.request() is None  # one preview per onset
+    talk(policy, 0.5)
+    step = policy.request()
+    assert step is not None and step.kind == "step"
+    # The preview never counts as an agreeing hypothesis: the first step commits nothing.
+    assert policy.apply(step, Hypothesis.of(" Hello world")) == Update("", "Hello world")
+    talk(policy, 0.5)
+    assert decode(policy, " Hello world again").delta == "Hello world"
+
+
+def test_preview_is_never_committed_by_a_pause() -> None:
+    policy = make(previews=True)
+    talk(policy, 0.6)
+    request = policy.request()
+    assert request is not None and request.kind == "preview"
+    policy.apply(request, Hypothesis.of(" Hell"))
+    talk(policy, 1.2, voice=False)
+    assert policy.settle() is None  # the guess is not the final word on the phrase
+    phrase = policy.request()
+    assert phrase is not None and phrase.kind == "phrase"
+    assert policy.apply(phrase, Hypothesis.of(" Hello.")).delta == "Hello."
+    assert policy.tail == [] and not policy.previewing
+
+
+def test_previews_are_off_without_a_reader_of_partials() -> None:
+    policy = make(previews=False)
+    talk(policy, 0.8)
+    assert policy.request() is None
+    with pytest.raises(ValueError):
+        PolicyConfig(preview_step=-1)
+
+
 # --------------------------------------------------------------------------- agreement
 
 
@@ -181,7 +225,7 @@ def test_deltas_always_add_up_to_the_transcript() -> None:
     rng = random.Random(7)
     vocab = "the a cat sat on mat dog ran far away and then".split()
     for span in (0.5, 1.0):
-        policy = make(confirm_span=span)
+        policy = make(confirm_span=span, trim_at=10.0, max_window=15.0)
         sent = ""
         truth = [rng.choice(vocab) for _ in range(400)]
         spoken = 0
@@ -273,7 +317,7 @@ def test_end_of_audio_after_a_full_decode_needs_no_new_decode() -> None:
 
 
 def test_long_window_is_cut_at_a_committed_segment_end_keeping_context() -> None:
-    policy = make()
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     talk(policy, 3.0)
     decode(policy, " First sentence here.", " Second one", ends=(2.0, None))
     talk(policy, 0.5)
@@ -338,7 +382,7 @@ def test_window_without_any_segment_end_is_cut_by_force() -> None:
 
 
 def test_backlog_is_decoded_in_bounded_pieces() -> None:
-    policy = make()
+    policy = make(max_window=15.0)
     talk(policy, 40.0)  # the engine was busy for 40 s
     request = policy.request()
     assert request is not None and request.kind == "cut"

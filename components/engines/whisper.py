@@ -60,6 +60,8 @@ ENCODER_POSITIONS = 1500
 """Whisper's encoder output length for its 30-second input."""
 PAD_SECONDS = 1.0
 """Real silence appended to a window before encoding (then the precomputed silence follows)."""
+SHARED_PAD_SECONDS = 0.5
+"""The same while several streams share the engine: less to encode for every step."""
 MIN_SHARED_PROMPT = 16
 """Prompts at least this long are shortened to a common length so their decodes batch."""
 
@@ -206,6 +208,8 @@ class DecodeItem:
     prefix: str
     locate_end: bool = False
     """Find where an open-ended text stops in the audio (word alignment; costs a pass)."""
+    pad: float = PAD_SECONDS
+    """Real silence (s) encoded after the audio."""
 
 
 class WhisperDecoder:
@@ -250,9 +254,9 @@ class WhisperDecoder:
         storage = self._ct2.StorageView.from_array(np.ascontiguousarray(feats[None]))
         return np.asarray(self.model.model.encode(storage, to_cpu=False))  # type: ignore[attr-defined]
 
-    def encode(self, audio: np.ndarray) -> np.ndarray:
+    def encode(self, audio: np.ndarray, pad: float = PAD_SECONDS) -> np.ndarray:
         """Encoder output for ``audio`` (at most ~28 s), completed with encoded silence."""
-        padded = np.concatenate([audio, np.zeros(int(PAD_SECONDS * SAMPLE_RATE), np.float32)])
+        padded = np.concatenate([audio, np.zeros(int(pad * SAMPLE_RATE), np.float32)])
         head = self._encode_frames(self._features(padded))[0]
         return np.concatenate([head, self._silence[len(head) :]], axis=0)
 
@@ -279,7 +283,7 @@ class WhisperDecoder:
         if not items:
             return []
         started = time.perf_counter()
-        encoded = [self.encode(item.audio) for item in items]
+        encoded = [self.encode(item.audio, item.pad) for item in items]
         self.audio_encoded += sum(len(item.audio) for item in items) / SAMPLE_RATE
         self.seconds["encode"] += time.perf_counter() - started
         prompts = [self._prompt(item) for item in items]
@@ -461,6 +465,8 @@ class WhisperEngine:
         self.name = f"whisper {label} (CPU, embedded)"
         self.max_sessions = max_sessions
         self.policy = policy or PolicyConfig()
+        self.shared_policy = self.policy.shared()
+        """What streams follow while others share the engine (see ``PolicyConfig.shared``)."""
         self.vad_threshold = vad_threshold
         try:
             whisper = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads)
@@ -493,6 +499,7 @@ class WhisperEngine:
                 min_step=_env_number("WHISPER_STEP", default.min_step, float),
                 commit_silence=_env_number("WHISPER_COMMIT_SILENCE", default.commit_silence, float),
                 confirm_span=_env_number("WHISPER_CONFIRM_SPAN", default.confirm_span, float),
+                preview_step=_env_number("WHISPER_PREVIEW_STEP", default.preview_step, float),
             )
             return cls(
                 model,
@@ -517,7 +524,7 @@ class WhisperEngine:
         captions lag because the machine cannot keep every stream real time.
         """
         state = _StreamState(
-            policy=StreamingPolicy(self.policy),
+            policy=StreamingPolicy(self.policy, previews=partials),
             vad=VadStream(self.vad_model, self.vad_threshold),
             window=_AudioWindow(),
         )
@@ -568,11 +575,14 @@ class WhisperEngine:
     def _round(self, work: list[Work]) -> list[Outcome]:
         """One round on the worker thread: take audio, decide, decode together, commit."""
         outcomes = [Outcome() for _ in work]
+        shared = self.scheduler.active > 1
+        config = self.shared_policy if shared else self.policy
         jobs: list[tuple[int, DecodeRequest]] = []
         items: list[DecodeItem] = []
         for i, w in enumerate(work):
             state: _StreamState = w.slot.state
             policy = state.policy
+            policy.config = config
             if len(w.audio):
                 last_voice = state.vad.feed(w.audio)
                 state.window.append(w.audio)
@@ -595,6 +605,7 @@ class WhisperEngine:
                     request.prompt,
                     request.prefix,
                     locate_end=request.final,
+                    pad=SHARED_PAD_SECONDS if shared else PAD_SECONDS,
                 )
             )
         hypotheses = self.decoder.decode(items)
