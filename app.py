@@ -462,6 +462,9 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
                     streaming=True,
                     label="Microphone",
                     elem_id="mic",
+                    # The live waveform redraws on every frame: a full CPU core in Chromium
+                    # without a GPU, taken from the speech engine when both share a machine.
+                    waveform_options=gr.WaveformOptions(show_recording_waveform=False),
                 )
             with gr.Column():
                 upload = gr.Audio(

@@ -295,8 +295,9 @@ class StreamingPolicy:
     """Committed segment ends of the latest hypothesis: (time, committed words before it)."""
     previewing: bool = False
     """The tail comes from a preview decode (not a hypothesis agreement may use)."""
-    preview_onset: float | None = None
-    """Onset of the speech the latest preview was made for (one preview per onset)."""
+    preview_end: float = -1.0
+    """Audio end of the latest preview (another comes only with new audio, if that one
+    showed no words)."""
 
     # ------------------------------------------------------------------ input
 
@@ -361,6 +362,12 @@ class StreamingPolicy:
         """Finished, and nothing is left to decode."""
         return self.finished and not self.pending_voice and not self.tail
 
+    @property
+    def listening(self) -> bool:
+        """Nothing is on screen unconfirmed and no decode is running ahead: the stream is
+        silent or its speech has only just begun (worth looking at its audio often)."""
+        return not self.tail and (not self.pending_voice or self._warming_up())
+
     def due(self, min_new: float | None = None) -> bool:
         """Whether a decode should run now, given ``min_new`` s of new audio (default step)."""
         step = self.config.min_step if min_new is None else min_new
@@ -389,16 +396,18 @@ class StreamingPolicy:
         return self.window_words == 0 and self.audio_end - self.onset < self.config.first_step - EPS
 
     def _preview_due(self) -> bool:
-        """Speech began less than ``first_step`` ago, long enough ago for a first guess."""
+        """Speech began less than ``first_step`` ago, long enough ago for a first guess
+        (``preview_step`` from the onset, which lies a voice margin before the speech)."""
         return (
             self.previews
             and self.config.preview_step > 0
             and self.pending_voice
             and not self.finished
             and not self.tail
-            and self.preview_onset != self.onset
+            and self.audio_end > self.preview_end + EPS
             and self._warming_up()
-            and self.audio_end - self.onset >= self.config.preview_step - EPS
+            and self.last_voice is not None
+            and self.last_voice - self.onset >= self.config.preview_step - EPS
         )
 
     def _too_long(self) -> bool:
@@ -448,7 +457,7 @@ class StreamingPolicy:
         if self._paused():
             return self._make_request("phrase")
         if self._preview_due():
-            self.preview_onset = self.onset
+            self.preview_end = self.audio_end
             return self._make_request("preview")
         if self.undecoded <= 0 or self._warming_up() or self._heard_all():
             return None

@@ -147,6 +147,20 @@ def test_preview_is_never_committed_by_a_pause() -> None:
     assert policy.tail == [] and not policy.previewing
 
 
+def test_a_preview_without_words_is_tried_again_with_more_audio() -> None:
+    policy = make(previews=True)
+    talk(policy, 0.6)
+    first = policy.request()
+    assert first is not None and first.kind == "preview"
+    assert policy.apply(first, Hypothesis.of("")) == Update(delta="", partial=None)
+    assert policy.request() is None  # no new audio yet
+    talk(policy, 0.2)
+    again = policy.request()
+    assert again is not None and again.kind == "preview" and again.end > first.end
+    policy.apply(again, Hypothesis.of(" Good"))
+    assert policy.tail == ["Good"]
+
+
 def test_previews_are_off_without_a_reader_of_partials() -> None:
     policy = make(previews=False)
     talk(policy, 0.8)

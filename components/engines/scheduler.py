@@ -56,6 +56,9 @@ class Outcome:
     error: EngineError | None = None
     again: bool = False
     """More work is ready without new audio (e.g. a long backlog to cut through)."""
+    eager: bool = False
+    """The stream is listening for speech: look at its audio every half step (cheap rounds,
+    and the first words of new speech are found a quarter second sooner on average)."""
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Slot:
     eof_taken: bool = False
     in_flight: bool = False
     again: bool = False
+    eager: bool = False
     closed: bool = False
     # What the reader has not taken yet (coalesced, so this stays small however slow it is).
     out_delta: list[str] = field(default_factory=list)
@@ -207,7 +211,7 @@ class Scheduler:
             slot.oldest = time.monotonic()
         slot.pending.append(chunk)
         slot.pending_samples += len(chunk)
-        if slot.pending_seconds >= self.min_step:
+        if slot.pending_seconds >= (self.min_step / 2 if slot.eager else self.min_step):
             self._poke()
 
     def end_audio(self, slot: Slot) -> None:
@@ -221,10 +225,14 @@ class Scheduler:
     # ------------------------------------------------------------------ rounds
 
     def _pick(self) -> list[Slot]:
-        ready = [s for s in self._slots.values() if s.due(self.min_step)]
+        half = self.min_step / 2
+        ready = [s for s in self._slots.values() if s.due(half if s.eager else self.min_step)]
         if not ready:
             return []
-        joining = [s for s in self._slots.values() if s not in ready and s.due(self.min_step / 2)]
+        joining: list[Slot] = []
+        if not all(s.eager for s in ready):
+            # A decoding round: streams half a step from due join it, so decodes batch.
+            joining = [s for s in self._slots.values() if s not in ready and s.due(half)]
         chosen = ready + joining
         chosen.sort(key=lambda s: s.oldest if s.oldest is not None else float("-inf"))
         return chosen[: self.max_batch]
@@ -278,6 +286,7 @@ class Scheduler:
         if outcome.error is not None:
             slot.out_error = outcome.error
         slot.again = outcome.again
+        slot.eager = outcome.eager
         self._check_lag(slot, lag)
         slot.changed.set()
         if slot.again:

@@ -619,6 +619,8 @@ class WhisperEngine:
             self._close_if_done(state, outcomes[i])
             if outcomes[i].done is None:
                 outcomes[i].again = state.policy.finished or state.policy.due(float("inf"))
+        for w, outcome in zip(work, outcomes, strict=True):
+            outcome.eager = w.slot.state.policy.listening
         return outcomes
 
     def _close_if_done(self, state: _StreamState, outcome: Outcome) -> None:
