@@ -7,6 +7,8 @@ engine's round function on one worker thread, off the event loop. A round theref
 streams together (their decodes can be batched), and a stream that had to wait simply gets a
 longer step next time: lag stays bounded instead of steps queueing up. When even that cannot
 keep up, the slot's reader gets an ``overloaded`` warning (non-fatal, rate-limited).
+A stream that is only listening for speech (the engine says so after each round) is looked at
+every half step: those rounds cost only the voice detector, and new speech is found sooner.
 
 Audio waiting for a round is bounded per slot: past ``max_pending_seconds`` the producer waits
 (back-pressure), so memory stays bounded even if the worker stalls.
