@@ -482,8 +482,15 @@ class StreamingPolicy:
         )
 
     def _drop_silence(self) -> None:
-        """All speech is committed: a long window keeps only a pad before the present."""
-        if self.window <= self.config.trim_at:
+        """All speech is committed: a long window keeps only a pad before the present.
+
+        A window holding no committed words (the silence before anyone spoke) is cut back at
+        once: silence is no context, and the first decode of new speech should not pay for
+        seconds of it (nor be tempted to fill it with words).
+        """
+        if self.window <= (
+            self.config.speech_pad if not self.window_words else self.config.trim_at
+        ):
             return
         new_start = self.audio_end - self.config.speech_pad
         if self.last_voice is not None:

@@ -97,6 +97,16 @@ def test_silence_is_never_decoded_and_the_window_stays_short() -> None:
     assert policy.done and policy.transcript == ""
 
 
+def test_silence_before_the_first_words_is_not_kept_in_the_window() -> None:
+    policy = make()
+    talk(policy, 6.0, voice=False)
+    assert policy.request() is None
+    assert policy.window <= policy.config.speech_pad + 0.1 + 1e-9
+    talk(policy, 1.0)
+    request = policy.request()
+    assert request is not None and request.duration <= 1.0 + policy.config.speech_pad + 0.1
+
+
 def test_first_decode_waits_for_a_second_of_speech() -> None:
     policy = make()
     talk(policy, 2.0, voice=False)
