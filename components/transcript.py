@@ -43,6 +43,12 @@ MIN_CUE_SECONDS = 0.8
 
 _WORD = re.compile(r"\S+")
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*$")
+_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "jr.", "sr.", "prof.", "mt."})
+"""Titles whose full stop does not end a sentence ("Mr. Quilter" is one cue, not two)."""
+
+
+def ends_sentence(word: str) -> bool:
+    return bool(_SENTENCE_END.search(word)) and word.lower() not in _ABBREVIATIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +188,7 @@ def split_cues(
                 groups.append(current)
                 current = []
         current.append(word)
-        if _SENTENCE_END.search(word.text):
+        if ends_sentence(word.text):
             groups.append(current)
             current = []
     if current:

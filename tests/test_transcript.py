@@ -131,6 +131,14 @@ def test_cues_split_at_sentence_ends() -> None:
     ]
 
 
+def test_a_title_is_not_a_sentence_end() -> None:
+    t = Transcript()
+    t.add_delta(" Mr.", 1.4)
+    t.add_delta(" Quilter is the apostle.", 3.0)
+    t.add_delta(" Dr. Who?", 4.5)
+    assert [c.text for c in t.cues()] == ["Mr. Quilter is the apostle.", "Dr. Who?"]
+
+
 def test_cues_split_at_max_length() -> None:
     words = [Word(f"word{i:02d}", i * 0.3, i * 0.3 + 0.3) for i in range(40)]
     cues = split_cues(words)
