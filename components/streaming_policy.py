@@ -49,6 +49,8 @@ SHARED_TRIM_AT = 3.0
 SHARED_KEEP_AUDIO = 1.0
 SHARED_MAX_WINDOW = 10.0
 """Window limits (s) of :meth:`PolicyConfig.shared`."""
+SHARED_CONFIRM_SPAN = 0.5
+"""Agreement span (s) of :meth:`PolicyConfig.shared`: two hypotheses in a row."""
 GLUE = "\u2060"
 """Marks a word that continues the previous one (the decoder went on without a space)."""
 
@@ -115,6 +117,12 @@ class PolicyConfig:
         already-transcribed audio as acoustic context (slightly more accurate); shared, short
         windows cost less per step (measured at three streams on two cores: lag p95 about a
         third lower than with long windows, WER within the run-to-run spread).
+
+        Shared, a word is also confirmed by two hypotheses in a row rather than all those of
+        the last second. Replayed with a fixed schedule (three streams, a round every half
+        second, the same audio, so both runs see identical input), that gave WER 0.069
+        against 0.088 and a sixth fewer generated tokens: with steps this short, a busy
+        engine's third hypothesis adds lag more than it adds certainty.
         """
         trim_at = min(self.trim_at, SHARED_TRIM_AT)
         return dataclasses.replace(
@@ -122,6 +130,7 @@ class PolicyConfig:
             trim_at=trim_at,
             keep_audio=min(self.keep_audio, SHARED_KEEP_AUDIO, trim_at / 2),
             max_window=max(trim_at, min(self.max_window, SHARED_MAX_WINDOW)),
+            confirm_span=min(self.confirm_span, SHARED_CONFIRM_SPAN),
         )
 
     def __post_init__(self) -> None:

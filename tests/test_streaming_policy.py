@@ -182,6 +182,24 @@ def test_previews_are_off_without_a_reader_of_partials() -> None:
 # --------------------------------------------------------------------------- agreement
 
 
+def test_shared_policy_has_short_windows_and_two_hypothesis_agreement() -> None:
+    alone = PolicyConfig()
+    shared = alone.shared()
+    assert shared.trim_at < alone.trim_at and shared.max_window < alone.max_window
+    assert shared.confirm_span == 0.5 < alone.confirm_span
+    transcripts = []
+    for config in (shared, alone):
+        policy = StreamingPolicy(config, previews=False)
+        talk(policy, 1.0)
+        for text in (" ask not", " ask what", " what"):  # each continues the confirmed text
+            decode(policy, text)
+            talk(policy, 0.5)
+        transcripts.append(policy.transcript)
+    # "what" follows "not" in the hypothesis of a second ago: only the shared policy, which
+    # needs just the two latest to agree, confirms it.
+    assert transcripts == ["ask what", "ask"]
+
+
 def test_two_agreeing_hypotheses_commit_their_common_prefix() -> None:
     policy = make()
     talk(policy, 1.0)
