@@ -1,0 +1,133 @@
+"""Policy changes compared on identical input: concurrent streams decoded on a fixed schedule.
+
+    .venv/bin/python bench/fixed_schedule.py                      # 3 streams, 40 s, 0.5 s rounds
+    .venv/bin/python bench/fixed_schedule.py --confirm-span 1.0   # the same with another span
+
+In real time, how often a stream is decoded depends on how fast the machine is at that moment
+(on a shared machine, the same work can take a quarter longer from one minute to the next), so
+two real-time runs never decode the same audio the same way and their WER differs by more than
+most policy changes. Here every round hands each stream exactly ``--step`` seconds of new audio,
+however long the round took, so a run's transcripts depend only on the policy and the audio:
+two configurations can be compared word for word. The streams are those of
+``bench/capacity.py`` (whole evaluation clips back to back, each stream starting at another
+clip), run through the engine's own round function with the shared-engine policy.
+
+Printed as JSON: WER (overall and per stream), the work done (decodes, generated and forced
+tokens, seconds of audio encoded) and round times. Round times are the machine's, so they vary
+between runs; the work counts and the WER do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.capacity import _session_audio
+from bench.common import references_apart, select_clips, wer_of
+from components.engines.scheduler import Work
+from components.engines.whisper import VadStream, WhisperEngine, _AudioWindow, _StreamState
+from components.protocol import SAMPLE_RATE
+from components.streaming_policy import StreamingPolicy
+
+
+class _Slot:
+    """What a round reads of a scheduler slot: the engine's per-stream state."""
+
+    def __init__(self, state: _StreamState) -> None:
+        self.state = state
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sessions", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=40.0, help="audio per stream")
+    p.add_argument("--step", type=float, default=0.5, help="new audio per stream and round (s)")
+    p.add_argument("--confirm-span", type=float, help="agreement span of the shared policy")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    refs = references_apart(select_clips(None), beam5=False)
+    engine = WhisperEngine.from_env()
+    if args.confirm_span is not None:
+        engine.shared_policy = dataclasses.replace(
+            engine.shared_policy, confirm_span=args.confirm_span
+        )
+    # The round function picks the shared policy when the scheduler has several streams.
+    engine.scheduler._slots = {str(i): None for i in range(args.sessions)}  # type: ignore[misc]
+    n = args.sessions
+    streams = [_session_audio(refs, i * max(1, len(refs) // n), args.seconds) for i in range(n)]
+    slots = [
+        _Slot(
+            _StreamState(
+                StreamingPolicy(engine.policy, previews=False),
+                VadStream(engine.vad_model, engine.vad_threshold),
+                _AudioWindow(),
+            )
+        )
+        for _ in streams
+    ]
+    texts = [""] * n
+    done = [False] * n
+    step = int(args.step * SAMPLE_RATE)
+    rounds: list[float] = []
+    position = 0
+    limit = max(len(s.audio) for s in streams) + 60 * SAMPLE_RATE
+    while not all(done) and position < limit:
+        work = [
+            Work(slot, ref.audio[position : position + step], position + step >= len(ref.audio))
+            for slot, ref, finished in zip(slots, streams, done, strict=True)
+            if not finished
+        ]
+        started = time.perf_counter()
+        outcomes = engine._round(work)
+        rounds.append(time.perf_counter() - started)
+        for w, outcome in zip(work, outcomes, strict=True):
+            i = slots.index(w.slot)  # type: ignore[arg-type]
+            texts[i] += outcome.delta
+            done[i] = done[i] or outcome.done is not None
+        position += step
+    decoder = engine.decoder
+    pairs = [(ref.clip.text, text) for ref, text in zip(streams, texts, strict=True)]
+    live = rounds[: int(args.seconds / args.step)]
+    return {
+        "bench": "fixed_schedule",
+        "sessions": n,
+        "seconds": args.seconds,
+        "step_s": args.step,
+        "shared_policy": dataclasses.asdict(engine.shared_policy),
+        "wer": wer_of(pairs),
+        "wer_per_stream": [wer_of([pair]) for pair in pairs],
+        "offline_wer": wer_of([(ref.clip.text, ref.offline_text) for ref in streams]),
+        "work": {
+            "decodes": decoder.items,
+            "generate_calls": decoder.calls,
+            "generated_tokens": decoder.completion_tokens,
+            "forced_tokens": decoder.forced_tokens,
+            "audio_encoded_s": round(decoder.audio_encoded, 1),
+            "forced_cuts": sum(s.state.policy.forced_cuts for s in slots),
+        },
+        "round_s": {
+            "mean": round(float(np.mean(live)), 3),
+            "p90": round(float(np.percentile(live, 90)), 3),
+            "engine_s_per_audio_s": round(float(np.sum(live)) / (len(live) * args.step), 3),
+        },
+        "transcripts": texts,
+    }
+
+
+def main() -> None:
+    print(json.dumps(run(_parser().parse_args()), indent=2))
+
+
+if __name__ == "__main__":
+    main()
