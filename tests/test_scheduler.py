@@ -42,22 +42,23 @@ async def feed(scheduler: Scheduler, slot_id: str, seconds: float, *, eager: boo
     return [s for i, s in recorder.handed if i == slot_id]  # type: ignore[attr-defined]
 
 
-async def test_a_listening_stream_is_looked_at_every_half_step() -> None:
-    scheduler = Scheduler(Recorder(eager=True), min_step=0.5)
+async def alone(*, eager: bool, seconds: float = 1.5) -> list[float]:
+    """Audio (s) handed to each round of a stream fed alone to a fresh scheduler."""
+    scheduler = Scheduler(Recorder(eager=eager), min_step=0.5)
     try:
-        handed = await feed(scheduler, "listening", 1.5, eager=True)
+        return await feed(scheduler, "stream", seconds, eager=eager)
     finally:
         await scheduler.aclose()
+
+
+async def test_a_listening_stream_is_looked_at_every_half_step() -> None:
+    handed = await alone(eager=True)
     assert len(handed) >= 5
     assert max(handed) <= 0.25 + 1e-9
 
 
 async def test_a_speaking_stream_waits_for_a_whole_step() -> None:
-    scheduler = Scheduler(Recorder(eager=False), min_step=0.5)
-    try:
-        handed = await feed(scheduler, "speaking", 1.5, eager=False)
-    finally:
-        await scheduler.aclose()
+    handed = await alone(eager=False)
     assert handed and min(handed) >= 0.5 - 1e-9
     assert sum(handed) <= 1.5 + 1e-9
 
