@@ -12,9 +12,11 @@ two configurations can be compared word for word. The streams are those of
 ``bench/capacity.py`` (whole evaluation clips back to back, each stream starting at another
 clip), run through the engine's own round function with the shared-engine policy.
 
-Printed as JSON: WER (overall and per stream), the work done (decodes, generated and forced
-tokens, seconds of audio encoded) and round times. Round times are the machine's, so they vary
-between runs; the work counts and the WER do not.
+Printed as JSON: WER (overall and per stream), the caption lag a saturated engine would give
+(every round lasting one step: a round's text arrives one step after its audio), the work done
+(decodes, generated and forced tokens, tokens generated past a decode's own limit because a
+batch companion was allowed more, seconds of audio encoded) and round times. Round times are
+the machine's, so they vary between runs; the work counts, the lag and the WER do not.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.capacity import _session_audio
-from bench.common import references_apart, select_clips, wer_of
+from bench.common import Replay, lag_summary, references_apart, select_clips, wer_of, word_lags
 from components.engines.scheduler import Work
 from components.engines.whisper import VadStream, WhisperEngine, _AudioWindow, _StreamState
 from components.protocol import SAMPLE_RATE
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in streams
     ]
     texts = [""] * n
+    replays = [Replay(start=0.0) for _ in streams]
     done = [False] * n
     step = int(args.step * SAMPLE_RATE)
     rounds: list[float] = []
@@ -94,11 +97,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for w, outcome in zip(work, outcomes, strict=True):
             i = slots.index(w.slot)  # type: ignore[arg-type]
             texts[i] += outcome.delta
+            if outcome.delta:
+                # A saturated engine: the round took as long as the audio it was given.
+                replays[i].deltas.append(((position + 2 * step) / SAMPLE_RATE, outcome.delta))
             done[i] = done[i] or outcome.done is not None
         position += step
     decoder = engine.decoder
     pairs = [(ref.clip.text, text) for ref, text in zip(streams, texts, strict=True)]
     live = rounds[: int(args.seconds / args.step)]
+    chunk = 0.1
+    lags: list[float] = []
+    for ref, rep in zip(streams, replays, strict=True):
+        ends = np.arange(chunk, len(ref.audio) / SAMPLE_RATE + chunk, chunk)
+        rep.sent = [(round(float(e), 3), round(float(e), 3)) for e in ends]
+        lags += [lag for _, lag in word_lags(ref, rep)]
     return {
         "bench": "fixed_schedule",
         "sessions": n,
@@ -107,12 +119,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "shared_policy": dataclasses.asdict(engine.shared_policy),
         "wer": wer_of(pairs),
         "wer_per_stream": [wer_of([pair]) for pair in pairs],
+        "lag_if_saturated": lag_summary(lags),
         "offline_wer": wer_of([(ref.clip.text, ref.offline_text) for ref in streams]),
         "work": {
             "decodes": decoder.items,
             "generate_calls": decoder.calls,
             "generated_tokens": decoder.completion_tokens,
             "forced_tokens": decoder.forced_tokens,
+            "excess_tokens": decoder.excess_tokens,
             "audio_encoded_s": round(decoder.audio_encoded, 1),
             "forced_cuts": sum(s.state.policy.forced_cuts for s in slots),
         },

@@ -37,6 +37,7 @@ holds only times and text, so it can be tested exhaustively with made-up hypothe
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import zlib
 from collections.abc import Sequence
@@ -51,6 +52,11 @@ SHARED_MAX_WINDOW = 10.0
 """Window limits (s) of :meth:`PolicyConfig.shared`."""
 SHARED_CONFIRM_SPAN = 0.5
 """Agreement span (s) of :meth:`PolicyConfig.shared`: two hypotheses in a row."""
+WORDS_PER_SECOND = 6.0
+"""Faster than anyone speaks: bounds the words new audio can add to a hypothesis."""
+EDGE_WORDS = 4
+"""Words a hypothesis may hold beyond its estimate (the last decode may have left words at
+the edge of its audio unsaid, and a word can split into two)."""
 GLUE = "\u2060"
 """Marks a word that continues the previous one (the decoder went on without a space)."""
 
@@ -165,6 +171,9 @@ class DecodeRequest:
     a final kind, which commits without agreement:
     ``phrase`` (the speaker paused), ``end`` (the audio ended), ``cut`` (the window grew too
     long while the engine was busy: decode its oldest part)."""
+    max_words: int | None = None
+    """Most words the continuation can hold (the unconfirmed words plus what the new audio
+    can add), None if unknown. Text past it is a loop: a decoder may stop there."""
 
     @property
     def duration(self) -> float:
@@ -291,6 +300,9 @@ class StreamingPolicy:
     settled_until: float = 0.0
     """Everything said before this time is committed."""
     decoded_until: float = 0.0
+    covered_until: float = 0.0
+    """The speech before this time is in the committed words or the tail (a decode that
+    stopped early, at a segment end, leaves the speech after that end uncovered)."""
     onset: float = 0.0
     """Where the current run of uncommitted speech began (approximately)."""
     waiting_since: float = 0.0
@@ -481,12 +493,18 @@ class StreamingPolicy:
             prompt = before[-room:]
             if len(prompt) < len(before) and " " in prompt:
                 prompt = prompt.split(" ", 1)[1]  # start at a word boundary
+        end = self.audio_end if end is None else end
+        max_words = None
+        if kind in ("step", "phrase", "end"):
+            new = max(0.0, end - max(self.covered_until, self.window_start))
+            max_words = len(self.tail) + math.ceil(WORDS_PER_SECOND * new - EPS) + EDGE_WORDS
         return DecodeRequest(
             start=self.window_start,
-            end=self.audio_end if end is None else end,
+            end=end,
             prompt=prompt,
             prefix=prefix,
             kind=kind,
+            max_words=max_words,
         )
 
     def _drop_silence(self) -> None:
@@ -552,6 +570,7 @@ class StreamingPolicy:
             # A preview's guess is only on screen; decisions start from a clean tail.
             self.tail, self.previewing = [], False
         self.decoded_until = max(self.decoded_until, request.end)
+        self.covered_until = max(self.covered_until, request.end)
         pieces = self.words_of(request, hypothesis)
         words = [w for p in pieces for w in p]
         boundaries = self._boundaries(request, hypothesis, pieces)
@@ -591,10 +610,12 @@ class StreamingPolicy:
             else:
                 self._move_window(request.end, len(self.committed))
                 self.forced_cuts += 1
+            self.covered_until = self.window_start  # the words after the cut were dropped
         elif stop is not None:
             # The decoder ended its text at a segment end although speech goes on long
             # after it: like Whisper's own seek, decode again from there.
             self._move_window(stop, len(self.committed))
+            self.covered_until = stop
         elif request.final:
             self.settled_until = max(self.settled_until, request.end)
         else:

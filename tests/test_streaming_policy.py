@@ -218,6 +218,31 @@ def test_two_agreeing_hypotheses_commit_their_common_prefix() -> None:
     assert policy.tail == ["are"]
 
 
+def test_a_request_bounds_its_new_words_by_the_tail_and_the_new_audio() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    first = policy.request()
+    assert first is not None and first.max_words == 6 + 4  # 1 s at 6 words/s, + 4 spare
+    policy.apply(first, Hypothesis.of(" We are just"))
+    talk(policy, 0.5)
+    second = policy.request()
+    assert second is not None and second.max_words == 3 + 3 + 4  # the tail, 0.5 s, spare
+
+
+def test_a_decode_that_stopped_early_leaves_its_later_speech_to_count() -> None:
+    policy = make()
+    talk(policy, 1.5)
+    decode(policy, " Hello.", ends=(0.6,))
+    talk(policy, 0.5)
+    decode(policy, " Hello.", ends=(0.6,))
+    # All committed, and the text stopped at 0.6 s with speech going on: restart there.
+    assert policy.transcript == "Hello." and policy.window_start == pytest.approx(0.6)
+    talk(policy, 0.5)
+    request = policy.request()
+    # 1.9 s of speech since 0.6 s, not just the 0.5 s since the last decode.
+    assert request is not None and request.max_words == 12 + 4
+
+
 def test_every_hypothesis_of_the_last_second_must_agree() -> None:
     policy = make(confirm_span=1.0, max_wait=10.0)
     talk(policy, 1.0)

@@ -10,7 +10,7 @@ import pytest
 
 from components.audio import load_file
 from components.engines.base import Engine, EngineError, EngineUnavailable
-from components.engines.whisper import VadStream, WhisperEngine
+from components.engines.whisper import DecodeItem, VadStream, WhisperEngine
 from components.evaluation import Clip, wer
 from components.protocol import (
     SAMPLE_RATE,
@@ -215,6 +215,23 @@ def test_short_window_encoding_completes_whisper_context(
     assert encoded.shape == (1500, engine.decoder._silence.shape[1])
     # Past the window (4 s + 1 s of padding = 250 positions) sits the encoded silence.
     np.testing.assert_array_equal(encoded[300:], engine.decoder._silence[300:])
+
+
+def test_new_text_is_bounded_by_the_expected_words_whatever_the_batch(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    audio = load_file(str(clips["jfk"].path))[: SAMPLE_RATE * 6]
+    free = DecodeItem(audio, "", "")
+    bounded = DecodeItem(audio, "", "", max_words=2)
+    assert bounded.max_new_tokens == 2 * 2 + 4 < free.max_new_tokens
+    (alone,) = engine.decoder.decode([bounded])
+    whole, batched = engine.decoder.decode([free, bounded])
+    words = lambda h: " ".join(p.text for p in h.pieces).split()  # noqa: E731
+    # Every word costs a token at least; six seconds of Kennedy hold more than eight words.
+    assert 0 < len(words(alone)) <= bounded.max_new_tokens < len(words(whole))
+    # Batched with a decode that may go on, it still stops at its own limit.
+    assert words(batched) == words(alone)
+    assert words(whole)[: len(words(alone))] == words(alone)
 
 
 def test_timestamp_tokens_split_pieces(engine: WhisperEngine) -> None:

@@ -64,6 +64,8 @@ SHARED_PAD_SECONDS = 0.5
 """The same while several streams share the engine: less to encode for every step."""
 MIN_SHARED_PROMPT = 16
 """Prompts at least this long are shortened to a common length so their decodes batch."""
+TOKENS_PER_WORD = 2
+"""Tokens allowed per expected word (English averages about 1.3 with tiny.en's vocabulary)."""
 
 
 def _env(name: str, default: str) -> str:
@@ -210,6 +212,21 @@ class DecodeItem:
     """Find where an open-ended text stops in the audio (word alignment; costs a pass)."""
     pad: float = PAD_SECONDS
     """Real silence (s) encoded after the audio."""
+    max_words: int | None = None
+    """Most words the new text can hold (see ``DecodeRequest.max_words``)."""
+
+    @property
+    def max_new_tokens(self) -> int:
+        """How many tokens the decoder may generate after the forced prefix.
+
+        A small model sometimes loops ("to consider how to consider how ..."); left alone, it
+        generates until the length limit, and one such decode made a whole round of three
+        streams twice as long. Text past the expected words is dropped anyway.
+        """
+        limit = int(12 + 8 * len(self.audio) / SAMPLE_RATE)
+        if self.max_words is not None:
+            limit = min(limit, TOKENS_PER_WORD * self.max_words + 4)  # + timestamps, end
+        return limit
 
 
 class WhisperDecoder:
@@ -244,6 +261,8 @@ class WhisperDecoder:
         """Time spent in each stage (for benchmarks)."""
         self.audio_encoded = 0.0
         """Seconds of audio the encoder ran on (windows are re-encoded at every step)."""
+        self.excess_tokens = 0
+        """Tokens generated past a decode's own limit (batched with a decode allowed more)."""
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
         feats = self.model.feature_extractor(audio.astype(np.float32, copy=False), padding=0)  # type: ignore[attr-defined]
@@ -298,17 +317,14 @@ class WhisperDecoder:
         out: list[Hypothesis | None] = [None] * len(items)
         for size, members in groups.items():
             batch_prompts = []
-            max_new = 0
             for i in members:
                 context, forced = prompts[i]
                 head = [self.tokenizer.sot_prev, *context[len(context) - size :]] if size else []
                 batch_prompts.append(head + self.tokenizer.sot_sequence + forced)
-                seconds = len(items[i].audio) / SAMPLE_RATE
-                max_new = max(max_new, int(12 + 8 * seconds))
             # CTranslate2 decodes at most min(max_length / 2, max_length - context) steps, the
             # forced prefix included: make room for the longest prefix plus the new text.
             context_len = size + 1 if size else 0
-            steps = max(len(prompts[i][1]) for i in members) + max_new
+            steps = max(len(prompts[i][1]) + items[i].max_new_tokens for i in members)
             max_length = min(448, max(context_len + steps, 2 * steps) + 1)
             features = self._ct2.StorageView.from_array(
                 np.ascontiguousarray(np.stack([encoded[i] for i in members]))
@@ -335,6 +351,11 @@ class WhisperDecoder:
                 tokens: list[int] = list(result.sequences_ids[0])
                 if tokens[: len(forced)] == forced:
                     tokens = tokens[len(forced) :]
+                limit = items[i].max_new_tokens
+                if len(tokens) > limit:
+                    # The same hypothesis whatever the decode was batched with.
+                    self.excess_tokens += len(tokens) - limit
+                    tokens = tokens[:limit]
                 hypothesis = self._hypothesis(result, tokens)
                 if items[i].locate_end and hypothesis.pieces and hypothesis.pieces[-1].end is None:
                     text = [t for t in forced[1:] + tokens if t < self.tokenizer.eot]
@@ -605,6 +626,7 @@ class WhisperEngine:
                     request.prompt,
                     request.prefix,
                     locate_end=request.final,
+                    max_words=request.max_words,
                     pad=SHARED_PAD_SECONDS if shared else PAD_SECONDS,
                 )
             )
