@@ -38,7 +38,7 @@ from bench.common import Replay, lag_summary, references_apart, select_clips, we
 from components.engines.scheduler import Work
 from components.engines.whisper import VadStream, WhisperEngine, _AudioWindow, _StreamState
 from components.protocol import SAMPLE_RATE
-from components.streaming_policy import StreamingPolicy
+from components.streaming_policy import PolicyConfig, StreamingPolicy
 
 
 class _Slot:
@@ -54,7 +54,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=40.0, help="audio per stream")
     p.add_argument("--step", type=float, default=0.5, help="new audio per stream and round (s)")
     p.add_argument("--confirm-span", type=float, help="agreement span of the shared policy")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another setting of the policy in use (PolicyConfig field), e.g. trim_at=2.0",
+    )
     return p
+
+
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    defaults = dataclasses.asdict(PolicyConfig())
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in defaults or not value:
+            raise SystemExit(f"--set {pair}: expected NAME=VALUE, NAME one of {sorted(defaults)}")
+        kind = type(defaults[name])
+        try:
+            out[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise SystemExit(f"--set {pair}: {name} takes a {kind.__name__}") from None
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -64,6 +86,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         engine.shared_policy = dataclasses.replace(
             engine.shared_policy, confirm_span=args.confirm_span
         )
+    if args.set:
+        # One stream runs the lone policy, several the shared one: change the one in use.
+        if args.sessions > 1:
+            engine.shared_policy = dataclasses.replace(engine.shared_policy, **_overrides(args.set))
+        else:
+            engine.policy = dataclasses.replace(engine.policy, **_overrides(args.set))
     # The round function picks the shared policy when the scheduler has several streams.
     engine.scheduler._slots = {str(i): None for i in range(args.sessions)}  # type: ignore[misc]
     n = args.sessions
@@ -116,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sessions": n,
         "seconds": args.seconds,
         "step_s": args.step,
-        "shared_policy": dataclasses.asdict(engine.shared_policy),
+        "policy": dataclasses.asdict(engine.shared_policy if n > 1 else engine.policy),
         "wer": wer_of(pairs),
         "wer_per_stream": [wer_of([pair]) for pair in pairs],
         "lag_if_saturated": lag_summary(lags),
