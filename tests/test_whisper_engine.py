@@ -234,6 +234,14 @@ def test_new_text_is_bounded_by_the_expected_words_whatever_the_batch(
     assert words(whole)[: len(words(alone))] == words(alone)
 
 
+def test_numpy_blas_leaves_the_cores_to_the_decoder(engine: WhisperEngine) -> None:
+    from threadpoolctl import threadpool_info
+
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas, "numpy links a BLAS library"
+    assert all(pool["num_threads"] == 1 for pool in blas)
+
+
 def test_timestamp_tokens_split_pieces(engine: WhisperEngine) -> None:
     tok = engine.decoder.tokenizer
 
