@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=int, default=3)
     p.add_argument("--seconds", type=float, default=40.0, help="audio per stream")
     p.add_argument("--step", type=float, default=0.5, help="new audio per stream and round (s)")
-    p.add_argument("--confirm-span", type=float, help="agreement span of the shared policy")
+    p.add_argument("--confirm-span", type=float, help="agreement span (same as --set)")
     p.add_argument(
         "--set",
         action="append",
@@ -82,16 +82,14 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     refs = references_apart(select_clips(None), beam5=False)
     engine = WhisperEngine.from_env()
+    settings = _overrides(args.set)
     if args.confirm_span is not None:
-        engine.shared_policy = dataclasses.replace(
-            engine.shared_policy, confirm_span=args.confirm_span
-        )
-    if args.set:
-        # One stream runs the lone policy, several the shared one: change the one in use.
-        if args.sessions > 1:
-            engine.shared_policy = dataclasses.replace(engine.shared_policy, **_overrides(args.set))
-        else:
-            engine.policy = dataclasses.replace(engine.policy, **_overrides(args.set))
+        settings["confirm_span"] = args.confirm_span
+    # One stream runs the lone policy, several the shared one: change the one in use.
+    if args.sessions > 1:
+        engine.shared_policy = dataclasses.replace(engine.shared_policy, **settings)
+    else:
+        engine.policy = dataclasses.replace(engine.policy, **settings)
     # The round function picks the shared policy when the scheduler has several streams.
     engine.scheduler._slots = {str(i): None for i in range(args.sessions)}  # type: ignore[misc]
     n = args.sessions
