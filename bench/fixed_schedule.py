@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fixed_schedule.py                      # 3 streams, 40 s, 0.5 s rounds
     .venv/bin/python bench/fixed_schedule.py --confirm-span 1.0   # the same with another span
+    .venv/bin/python bench/fixed_schedule.py --per-clip            # each clip alone, one stream
 
 In real time, how often a stream is decoded depends on how fast the machine is at that moment
 (on a shared machine, the same work can take a quarter longer from one minute to the next), so
@@ -34,9 +35,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.capacity import _session_audio
-from bench.common import Replay, lag_summary, references_apart, select_clips, wer_of, word_lags
+from bench.common import (
+    Reference,
+    Replay,
+    lag_summary,
+    ratio,
+    references_apart,
+    select_clips,
+    wer_of,
+    word_lags,
+)
 from components.engines.scheduler import Work
 from components.engines.whisper import VadStream, WhisperEngine, _AudioWindow, _StreamState
+from components.evaluation import edit_distance, normalize
 from components.protocol import SAMPLE_RATE
 from components.streaming_policy import PolicyConfig, StreamingPolicy
 
@@ -53,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=int, default=3)
     p.add_argument("--seconds", type=float, default=40.0, help="audio per stream")
     p.add_argument("--step", type=float, default=0.5, help="new audio per stream and round (s)")
+    p.add_argument(
+        "--per-clip",
+        action="store_true",
+        help="each evaluation clip as its own one-stream session (as bench/latency.py does)",
+    )
     p.add_argument("--confirm-span", type=float, help="agreement span (same as --set)")
     p.add_argument(
         "--set",
@@ -79,21 +95,27 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    refs = references_apart(select_clips(None), beam5=False)
+def _engine(args: argparse.Namespace, sessions: int) -> WhisperEngine:
+    """The engine with the settings asked for, in the policy ``sessions`` streams follow."""
     engine = WhisperEngine.from_env()
     settings = _overrides(args.set)
     if args.confirm_span is not None:
         settings["confirm_span"] = args.confirm_span
     # One stream runs the lone policy, several the shared one: change the one in use.
-    if args.sessions > 1:
+    if sessions > 1:
         engine.shared_policy = dataclasses.replace(engine.shared_policy, **settings)
     else:
         engine.policy = dataclasses.replace(engine.policy, **settings)
     # The round function picks the shared policy when the scheduler has several streams.
-    engine.scheduler._slots = {str(i): None for i in range(args.sessions)}  # type: ignore[misc]
-    n = args.sessions
-    streams = [_session_audio(refs, i * max(1, len(refs) // n), args.seconds) for i in range(n)]
+    engine.scheduler._slots = {str(i): None for i in range(sessions)}  # type: ignore[misc]
+    return engine
+
+
+def _replay(
+    engine: WhisperEngine, streams: list[Reference], step_s: float
+) -> tuple[list[str], list[Replay], list[float], list[_Slot]]:
+    """Every stream decoded in rounds of ``step_s`` new audio each: texts, deltas, round times."""
+    n = len(streams)
     slots = [
         _Slot(
             _StreamState(
@@ -107,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     texts = [""] * n
     replays = [Replay(start=0.0) for _ in streams]
     done = [False] * n
-    step = int(args.step * SAMPLE_RATE)
+    step = int(step_s * SAMPLE_RATE)
     rounds: list[float] = []
     position = 0
     limit = max(len(s.audio) for s in streams) + 60 * SAMPLE_RATE
@@ -128,15 +150,81 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 replays[i].deltas.append(((position + 2 * step) / SAMPLE_RATE, outcome.delta))
             done[i] = done[i] or outcome.done is not None
         position += step
-    decoder = engine.decoder
-    pairs = [(ref.clip.text, text) for ref, text in zip(streams, texts, strict=True)]
-    live = rounds[: int(args.seconds / args.step)]
+    return texts, replays, rounds, slots
+
+
+def _lags(streams: list[Reference], replays: list[Replay]) -> list[float]:
     chunk = 0.1
     lags: list[float] = []
     for ref, rep in zip(streams, replays, strict=True):
         ends = np.arange(chunk, len(ref.audio) / SAMPLE_RATE + chunk, chunk)
         rep.sent = [(round(float(e), 3), round(float(e), 3)) for e in ends]
         lags += [lag for _, lag in word_lags(ref, rep)]
+    return lags
+
+
+def _work(engine: WhisperEngine, slots: list[_Slot]) -> dict[str, Any]:
+    decoder = engine.decoder
+    return {
+        "decodes": decoder.items,
+        "generate_calls": decoder.calls,
+        "generated_tokens": decoder.completion_tokens,
+        "forced_tokens": decoder.forced_tokens,
+        "excess_tokens": decoder.excess_tokens,
+        "audio_encoded_s": round(decoder.audio_encoded, 1),
+        "forced_cuts": sum(s.state.policy.forced_cuts for s in slots),
+    }
+
+
+def run_per_clip(args: argparse.Namespace) -> dict[str, Any]:
+    """Each clip alone, one after the other, as ``bench/latency.py`` streams them."""
+    refs = references_apart(select_clips(None), beam5=False)
+    engine = _engine(args, 1)
+    texts: list[str] = []
+    replays: list[Replay] = []
+    slots: list[_Slot] = []
+    for ref in refs:
+        text, replay, _, slot = _replay(engine, [ref], args.step)
+        texts += text
+        replays += replay
+        slots += slot
+    pairs = [(ref.clip.text, text) for ref, text in zip(refs, texts, strict=True)]
+    offline = [(ref.clip.text, ref.offline_text) for ref in refs]
+    streamed, offline_wer = wer_of(pairs), wer_of(offline)
+    return {
+        "bench": "fixed_schedule",
+        "per_clip": True,
+        "step_s": args.step,
+        "policy": dataclasses.asdict(engine.policy),
+        "wer": streamed,
+        "offline_wer": offline_wer,
+        "ratio_vs_offline": ratio(streamed, offline_wer),
+        "lag_if_saturated": lag_summary(_lags(refs, replays)),
+        "work": _work(engine, slots),
+        "clips": [
+            {
+                "id": ref.clip.id,
+                "errors": edit_distance(normalize(ref.clip.text), normalize(text)),
+                "offline_errors": edit_distance(
+                    normalize(ref.clip.text), normalize(ref.offline_text)
+                ),
+                "text": text,
+            }
+            for ref, text in zip(refs, texts, strict=True)
+        ],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.per_clip:
+        return run_per_clip(args)
+    refs = references_apart(select_clips(None), beam5=False)
+    n = args.sessions
+    engine = _engine(args, n)
+    streams = [_session_audio(refs, i * max(1, len(refs) // n), args.seconds) for i in range(n)]
+    texts, replays, rounds, slots = _replay(engine, streams, args.step)
+    pairs = [(ref.clip.text, text) for ref, text in zip(streams, texts, strict=True)]
+    live = rounds[: int(args.seconds / args.step)]
     return {
         "bench": "fixed_schedule",
         "sessions": n,
@@ -145,17 +233,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "policy": dataclasses.asdict(engine.shared_policy if n > 1 else engine.policy),
         "wer": wer_of(pairs),
         "wer_per_stream": [wer_of([pair]) for pair in pairs],
-        "lag_if_saturated": lag_summary(lags),
+        "lag_if_saturated": lag_summary(_lags(streams, replays)),
         "offline_wer": wer_of([(ref.clip.text, ref.offline_text) for ref in streams]),
-        "work": {
-            "decodes": decoder.items,
-            "generate_calls": decoder.calls,
-            "generated_tokens": decoder.completion_tokens,
-            "forced_tokens": decoder.forced_tokens,
-            "excess_tokens": decoder.excess_tokens,
-            "audio_encoded_s": round(decoder.audio_encoded, 1),
-            "forced_cuts": sum(s.state.policy.forced_cuts for s in slots),
-        },
+        "work": _work(engine, slots),
         "round_s": {
             "mean": round(float(np.mean(live)), 3),
             "p90": round(float(np.percentile(live, 90)), 3),
