@@ -367,17 +367,14 @@ class StreamingPolicy:
         self.gaps += [g for g in gaps if self.window_start < g <= self.audio_end]
         if self.pending_voice and not was_pending:
             # Speech started in this audio, or up to the voice margin before it.
-            began = min(starts, default=None)
-            if began is None:
-                self.onset = max(self.settled_until, before - self.config.voice_margin)
-            else:
-                self.onset = max(self.settled_until, began - self.config.voice_margin)
-                start = began - self.config.speech_pad
-                if self.window_words == 0 and start > self.window_start:
-                    # A fresh window starts ``speech_pad`` before the speech, however much
-                    # silence the last round left in it: the pad must not depend on how
-                    # the audio was cut into rounds.
-                    self._move_window(start, len(self.committed))
+            began = min(starts, default=before)
+            self.onset = max(self.settled_until, began - self.config.voice_margin)
+            start = began - self.config.speech_pad
+            if starts and self.window_words == 0 and start > self.window_start:
+                # A fresh window starts ``speech_pad`` before the speech, however much
+                # silence the last round left in it: the pad must not depend on how the
+                # audio was cut into rounds.
+                self._move_window(start, len(self.committed))
 
     def finish(self) -> None:
         """The audio has ended: the next request commits whatever is left."""
@@ -572,7 +569,10 @@ class StreamingPolicy:
         self.cuts = [c for c in self.cuts if c[0] > start]
 
     def words_of(self, request: DecodeRequest, hypothesis: Hypothesis) -> list[list[str]]:
-        """The hypothesis as words per piece, without loops, echoes or text past the audio."""
+        """The hypothesis as words per piece, without loops, echoes or text past the audio.
+
+        A loop also turns the text prompt off for the rest of the phrase (``unprompted``).
+        """
         if hypothesis.no_speech_prob > 0.6 and hypothesis.avg_logprob < -1.0:
             return []
         pieces: list[list[str]] = []
@@ -719,10 +719,7 @@ class StreamingPolicy:
                 if best is None or score > best:
                     best, cut = score, (at, groups[k])
         if cut is None:
-            self._commit(self.tail)
-            self.tail, self.history = [], []
-            self._move_window(self.decoded_until, len(self.committed))
-            self.forced_cuts += 1
+            self._force_cut(self.decoded_until)
             return
         at, words_before = cut
         self._move_window(at, len(self.committed) - self.window_words + words_before)
@@ -838,7 +835,11 @@ class StreamingPolicy:
             # up to a pause and commits that ("cut").
             return
         # No segment end, no pause: commit everything decoded and restart after it.
+        self._force_cut(request.end)
+
+    def _force_cut(self, at: float) -> None:
+        """Commit the tail and restart the window at ``at`` (a word there may be split)."""
         self._commit(self.tail)
         self.tail, self.history = [], []
-        self._move_window(request.end, len(self.committed))
+        self._move_window(at, len(self.committed))
         self.forced_cuts += 1

@@ -419,23 +419,15 @@ class WhisperDecoder:
     ) -> tuple[tuple[float, float], ...] | None:
         """(start, end) in the window (s) of each space-separated word of ``item.prefix``.
 
-        From cross-attention alignment of the forced text, as faster-whisper finds word
-        timestamps; its words split off punctuation, so they are merged back into words as
-        spaces separate them. None where the two do not match up.
+        The aligned words split off punctuation, so they are merged back into words as spaces
+        separate them. None where the two do not match up.
         """
         text = item.prefix.strip()
         if not text:
             return None
-        started = time.perf_counter()
         tokens = self.tokenizer.encode(" " + text)
-        storage = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded[None]))
-        frames = max(2, len(item.audio) // self.model.feature_extractor.hop_length)  # type: ignore[attr-defined]
-        aligned = self.model.find_alignment(self.tokenizer, [tokens], storage, frames)[0]  # type: ignore[attr-defined]
-        self.seconds["align"] += time.perf_counter() - started
         spans: list[list[float]] = []
-        for word in aligned:
-            if not word["tokens"] or max(word["tokens"]) >= self.tokenizer.eot:
-                continue
+        for word in self._aligned_words(encoded, tokens, len(item.audio)):
             if word["word"].startswith(" ") or not spans:
                 spans.append([float(word["start"]), float(word["end"])])
             else:
@@ -455,16 +447,19 @@ class WhisperDecoder:
             avg_logprob=avg_logprob,
         )
 
-    def _text_end(self, encoded: np.ndarray, text: list[int], samples: int) -> float | None:
-        """End (s) of the last word of ``text`` in the window, from cross-attention alignment."""
-        if not text:
-            return None
+    def _aligned_words(self, encoded: np.ndarray, text: list[int], samples: int) -> list[dict]:
+        """The spoken words of ``text`` with their times (s) in the window, from
+        cross-attention alignment (as faster-whisper finds word timestamps)."""
         started = time.perf_counter()
         storage = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded[None]))
         frames = max(2, samples // self.model.feature_extractor.hop_length)  # type: ignore[attr-defined]
         words = self.model.find_alignment(self.tokenizer, [text], storage, frames)[0]  # type: ignore[attr-defined]
         self.seconds["align"] += time.perf_counter() - started
-        spoken = [w for w in words if w["tokens"] and max(w["tokens"]) < self.tokenizer.eot]
+        return [w for w in words if w["tokens"] and max(w["tokens"]) < self.tokenizer.eot]
+
+    def _text_end(self, encoded: np.ndarray, text: list[int], samples: int) -> float | None:
+        """End (s) of the last word of ``text`` in the window."""
+        spoken = self._aligned_words(encoded, text, samples) if text else []
         return float(spoken[-1]["end"]) if spoken else None
 
     def pieces(self, tokens: list[int]) -> tuple[Piece, ...]:
