@@ -71,8 +71,22 @@ AUDIO = {
     "window_size": 400,
 }
 
-DECODER = {"dim": 128, "n_layers": 2, "head_dim": 32, "hidden_dim": 256, "n_heads": 4, "n_kv_heads": 2}
-ENCODER = {"dim": 64, "n_layers": 2, "head_dim": 32, "hidden_dim": 128, "n_heads": 2, "n_kv_heads": 2}
+DECODER = {
+    "dim": 128,
+    "n_layers": 2,
+    "head_dim": 32,
+    "hidden_dim": 256,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+}
+ENCODER = {
+    "dim": 64,
+    "n_layers": 2,
+    "head_dim": 32,
+    "hidden_dim": 128,
+    "n_heads": 2,
+    "n_kv_heads": 2,
+}
 T_COND_DIM = 32
 DOWNSAMPLE = 4
 VISIBLE = "abcdefghijklmnopqrstuvwxyz "

@@ -69,7 +69,7 @@ COMPILATION_CONFIG = {"cudagraph_mode": "PIECEWISE"}
 """Voxtral Realtime refuses full CUDA graphs in vLLM; piecewise graphs keep decode fast."""
 DEVICES = ("cuda", "cpu")
 CPU_KVCACHE_GIB = "1"
-"""``VLLM_CPU_KVCACHE_SPACE`` when unset: vLLM's CPU build reserves this many GiB for the KV cache."""
+"""``VLLM_CPU_KVCACHE_SPACE`` when unset: the GiB vLLM's CPU build reserves for the KV cache."""
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -126,7 +126,8 @@ class VllmSettings:
             idle_timeout=idle or None,
             enforce_eager=on_cpu or _flag(env, "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER"),
             device=device,
-            dtype=env.get("LIVE_CAPTIONS_VLLM_DTYPE", "").strip() or ("float32" if on_cpu else "auto"),
+            dtype=env.get("LIVE_CAPTIONS_VLLM_DTYPE", "").strip()
+            or ("float32" if on_cpu else "auto"),
         )
 
 
@@ -491,8 +492,8 @@ class VllmEngine:
             )
 
         log.info(
-            "vLLM engine ready on the %s: %s, max_model_len %d (about %.0f min of audio per session), "
-            "%d sessions",
+            "vLLM engine ready on the %s: %s, max_model_len %d (about %.0f min of audio per "
+            "session), %d sessions",
             settings.device.upper(),
             settings.model,
             max_model_len,
