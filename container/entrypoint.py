@@ -162,13 +162,18 @@ def holds_weights(model_dir: Path) -> bool:
 
 
 def vllm_command(config: ServeConfig, env: Mapping[str, str]) -> list[str]:
-    """``vllm serve`` on loopback: weights from the model directory when present, else by name."""
+    """vLLM's OpenAI server on loopback: weights from the model directory if there, else by name.
+
+    ``VLLM_COMMAND`` replaces ``vllm serve`` where the console script cannot start vLLM (its CPU
+    build, a venv of its own): e.g. ``/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server``.
+    Such a command is given the model as ``--model``, which both accept.
+    """
     named = env.get("SM_VLLM_MODEL", "").strip() or DEFAULT_VLLM_MODEL
     model = str(config.model_dir) if holds_weights(config.model_dir) else named
+    custom = env.get("VLLM_COMMAND", "").strip()
+    start = [*shlex.split(custom), "--model", model] if custom else ["vllm", "serve", model]
     return [
-        "vllm",
-        "serve",
-        model,
+        *start,
         "--host",
         "127.0.0.1",
         "--port",
@@ -387,12 +392,16 @@ class Supervisor:
 def engine_command(config: ServeConfig, env: Mapping[str, str]) -> list[str]:
     if config.engine == "whisper":
         return whisper_command(config)
-    if shutil.which("vllm", path=env.get("PATH")) is None:
+    command = vllm_command(config, env)
+    if shutil.which(command[0], path=env.get("PATH")) is None:
+        if env.get("VLLM_COMMAND", "").strip():
+            raise SetupError(f"VLLM_COMMAND: {command[0]} is not an executable here")
         raise SetupError(
             "ENGINE=vllm but the vllm command is not installed here; use the GPU image, "
-            "or ENGINE=whisper for the embedded CPU engine"
+            "set VLLM_COMMAND to a command that starts vLLM's OpenAI server, "
+            "or use ENGINE=whisper for the embedded CPU engine"
         )
-    return vllm_command(config, env)
+    return command
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -24,6 +24,7 @@ goes to a log file whose tail is shown if it fails to start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -117,11 +118,15 @@ def running_server(
     *args: str,
     env: Mapping[str, str] | None = None,
     timeout: float = START_TIMEOUT,
+    python: str | os.PathLike[str] = sys.executable,
 ) -> Iterator[ServerURL]:
-    """Start ``python -m components serve ARGS`` on a free port; yield its URL; stop it."""
+    """Start ``python -m components serve ARGS`` on a free port; yield its URL; stop it.
+
+    ``python`` is the interpreter to run it with (the real-vLLM tests use ``.venv-vllm``'s).
+    """
     port = free_port()
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    command = [sys.executable, "-m", "components", "serve", "--host", "127.0.0.1"]
+    command = [str(python), "-m", "components", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), *args]
     fd, name = tempfile.mkstemp(prefix="live-captions-server-", suffix=".log")
     log_path = Path(name)
@@ -135,6 +140,7 @@ def running_server(
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: helpers it forks go with it
             )
         url = ServerURL(port, process, log_path)
         _wait_healthy(url, process, log_path, timeout)
@@ -142,6 +148,8 @@ def running_server(
     finally:
         if process is not None:
             stop_process(process)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # whatever outlived it
         log_path.unlink(missing_ok=True)
 
 

@@ -47,6 +47,7 @@ from container.entrypoint import (
     DEFAULT_VLLM_MODEL,
     ServeConfig,
     SetupError,
+    engine_command,
     main,
     sm_vllm_flags,
     vllm_command,
@@ -599,3 +600,27 @@ async def test_an_engine_killed_mid_stream_gives_an_error_and_a_close(
         await ws.close()
     assert serve.wait_exit() != 0
     await wait_gone(serve.bridge_pid, engine_pid)
+
+
+def test_vllm_command_replaces_vllm_serve(tmp_path: Path) -> None:
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    env = {
+        "SM_MODEL_DIR": str(tmp_path / "none"),
+        "VLLM_COMMAND": f"{python} -m vllm.entrypoints.openai.api_server",
+        "SM_VLLM_ENFORCE_EAGER": "true",
+    }
+    command = engine_command(ServeConfig.from_env(env), env)
+    assert command[:5] == [
+        str(python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        DEFAULT_VLLM_MODEL,
+    ]
+    assert command[5:9] == ["--host", "127.0.0.1", "--port", "8081"]
+    assert command[-1] == "--enforce-eager"
+    env["VLLM_COMMAND"] = str(tmp_path / "missing") + " -m vllm"
+    with pytest.raises(SetupError, match="VLLM_COMMAND"):
+        engine_command(ServeConfig.from_env(env), env)
