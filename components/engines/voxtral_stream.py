@@ -6,7 +6,7 @@ go with it. This module decides what every chunk holds; :mod:`components.engines
 renders the chunks and talks to the engine. Keeping it free of vLLM, torch and asyncio-heavy
 machinery lets the framing be tested here, on real speech, exactly.
 
-How vLLM 0.33 frames audio for this model (``VoxtralRealtimeBuffer`` and
+How vLLM 0.32 and 0.33 frame audio for this model (``VoxtralRealtimeBuffer`` and
 ``VoxtralRealtimeGeneration.buffer_realtime_audio`` in
 ``vllm/model_executor/models/voxtral_realtime.py``; the padding and prompt come from
 mistral_common's ``AudioEncoder.get_padding_audio`` and ``encode_streaming_tokens``):
