@@ -33,6 +33,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -53,6 +54,9 @@ from components.streaming_policy import (
     PolicyConfig,
     StreamingPolicy,
 )
+
+_Number = TypeVar("_Number", int, float)
+"""A TypeVar, not PEP 695 syntax: the engines also import under Python 3.11 (vLLM's CPU build)."""
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
-def _env_number[T: (int, float)](name: str, default: T, kind: type[T]) -> T:
+def _env_number(name: str, default: _Number, kind: type[_Number]) -> _Number:  # noqa: UP047
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
