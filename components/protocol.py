@@ -204,6 +204,7 @@ def to_dict(event: Event) -> dict[str, Any]:
                     "total_tokens": usage.total_tokens,
                     "completion_tokens": usage.completion_tokens,
                     "prompt_tokens_details": None,
+                    "completion_tokens_details": None,
                 }
             return {"type": event.type, "text": text, "usage": usage_dict}
         case ErrorEvent(error=error, code=code):

@@ -42,6 +42,7 @@ def test_wire_shapes_match_vllm() -> None:
             "total_tokens": 3,
             "completion_tokens": 1,
             "prompt_tokens_details": None,
+            "completion_tokens_details": None,
         },
     }
     assert list(json.loads(p.serialize(p.SessionCreated()))) == ["type", "id", "created"]
