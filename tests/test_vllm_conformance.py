@@ -28,7 +28,7 @@ from components.evaluation import Clip
 from tests.support_server import ServerURL
 from tests.support_vllm import SERVED_MODEL, VllmServer, metric
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]  # the first test starts vLLM
 
 CLIP = "librispeech-1089-134691-0000"  # 2.1 s
 CHUNK = 3200  # 100 ms of PCM16

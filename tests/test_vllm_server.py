@@ -43,7 +43,7 @@ from tests.support_vllm import (
     skip_unless_ready,
 )
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]  # the first test starts vLLM
 
 CLIP = "librispeech-1089-134686-0001"  # 3.3 s
 CHUNK = 3200

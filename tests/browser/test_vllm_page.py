@@ -20,7 +20,7 @@ from tests.browser.conftest import padded_wav, start_app, stop_app
 from tests.browser.test_page import OTHER, CaptionPage, _speech_seconds
 from tests.support_vllm import VllmServer
 
-pytestmark = [pytest.mark.browser, pytest.mark.vllm]
+pytestmark = [pytest.mark.browser, pytest.mark.vllm, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

@@ -109,3 +109,10 @@ def observed(engine: Any) -> Iterator[Observed]:
 def unfinished(engine: Any) -> int:
     """Requests vLLM's engine still holds (its own count, not the project's)."""
     return int(engine.llm.get_num_unfinished_requests())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The first test here starts vLLM (40 s quiet, minutes on a loaded machine)."""
+    for item in items:
+        if "vllm_cpu" in item.nodeid:
+            item.add_marker(pytest.mark.timeout(900))
