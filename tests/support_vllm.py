@@ -14,7 +14,8 @@ the same reason fails the test instead.
 :func:`running_vllm_server` starts vLLM's own OpenAI-compatible server
 (``python -m vllm.entrypoints.openai.api_server``; the ``vllm`` console script does not work
 under the CPU build) from the venv, on a free loopback port, and waits for ``/health``.
-This module imports only the standard library and pytest: it serves both Pythons.
+It imports only what both Pythons have (the standard library, pytest, httpx through
+:mod:`tests.support_server`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support_server import _tail, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("LIVE_CAPTIONS_VLLM_VENV", REPO_ROOT / ".venv-vllm"))
@@ -112,19 +114,6 @@ def skip_unless_ready(*, in_process: bool = False) -> None:
     if required():
         pytest.fail(f"real vLLM is required here (LIVE_CAPTIONS_REQUIRE_VLLM=1): {reason}")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def healthy(url: str) -> bool:
@@ -212,12 +201,12 @@ def running_vllm_server(
         while not healthy(server.url):
             if process.poll() is not None:
                 raise RuntimeError(
-                    f"the vLLM server exited with {process.returncode}:\n" + tail(log_path)
+                    f"the vLLM server exited with {process.returncode}:\n" + _tail(log_path)
                 )
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"the vLLM server was not healthy within {START_TIMEOUT:g} s:\n"
-                    + tail(log_path)
+                    + _tail(log_path)
                 )
             time.sleep(0.5)
         yield server

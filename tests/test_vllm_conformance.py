@@ -19,6 +19,7 @@ event type) and its ``unknown_event`` reply, which both servers send in order fr
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import contextlib
@@ -218,11 +219,11 @@ class Player:
 # --------------------------------------------------------------------------- steps
 
 
-class Step:
+class Step(abc.ABC):
     """One thing the client does in a session."""
 
-    async def play(self, player: Player) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def play(self, player: Player) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -27,11 +26,10 @@ from websockets.exceptions import ConnectionClosed
 from components.audio import float_to_pcm16
 from components.evaluation import Clip
 from components.protocol import InputAudioBufferAppend, InputAudioBufferCommit, serialize
-from components.server import ServerSettings, create_app
-from tests.support_server import serve_app
 from tests.test_server import (
     CHUNK,
     Server,
+    _server,
     collect,
     deltas,
     open_session,
@@ -44,13 +42,6 @@ from tests.vllm_cpu.conftest import MAX_MODEL_LEN, unfinished
 
 CLIP = "librispeech-1089-134686-0001"  # 3.3 s
 OTHER = "librispeech-1089-134691-0000"  # 2.1 s
-
-
-@contextmanager
-def _server(bg: Any, engine: Any, **settings: Any) -> Iterator[Server]:
-    app = create_app(engine, ServerSettings(**settings), close_engine=False)
-    with serve_app(bg, app) as url:
-        yield Server(url, app.state.realtime)
 
 
 @pytest.fixture(scope="module")
