@@ -40,3 +40,8 @@ class ConnectionLost(BackendError):
 
 class RemoteError(BackendError):
     """The remote side reported a failure of its own (a model error, a container close)."""
+
+
+class StreamExpired(ConnectionLost):
+    """The stream reached its backend's maximum duration (SageMaker's 30 minutes, a server's
+    session length): a new stream continues the session."""

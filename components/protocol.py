@@ -120,6 +120,9 @@ ClientEvent = SessionUpdate | InputAudioBufferAppend | InputAudioBufferCommit
 class SessionCreated:
     id: str = field(default_factory=lambda: f"sess-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
+    expires_at: int | None = None
+    """Extension (named as in OpenAI's Realtime API): when the server will end this session
+    (unix seconds), so that a client can hand over to a new one before; vLLM sends none."""
     type: str = field(default="session.created", init=False)
 
 
@@ -190,8 +193,11 @@ def to_dict(event: Event) -> dict[str, Any]:
             return {"type": event.type, "audio": base64.b64encode(audio).decode("ascii")}
         case InputAudioBufferCommit(final=final):
             return {"type": event.type, "final": final}
-        case SessionCreated(id=sid, created=created):
-            return {"type": event.type, "id": sid, "created": created}
+        case SessionCreated(id=sid, created=created, expires_at=expires_at):
+            out = {"type": event.type, "id": sid, "created": created}
+            if expires_at is not None:
+                out["expires_at"] = expires_at
+            return out
         case TranscriptionDelta(delta=delta):
             return {"type": event.type, "delta": delta}
         case TranscriptionPartial(text=text):
@@ -304,7 +310,12 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
                 error=str(obj.get("error", "")), code=None if code is None else str(code)
             )
         if kind == "session.created":
-            return SessionCreated(id=_str(obj.get("id", "")), created=int(obj.get("created", 0)))
+            expires = obj.get("expires_at")
+            return SessionCreated(
+                id=_str(obj.get("id", "")),
+                created=int(obj.get("created", 0)),
+                expires_at=int(expires) if isinstance(expires, int | float) else None,
+            )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(ErrorCode.INVALID_EVENT, f"Malformed {kind} event: {exc}") from None
     raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"Unknown event type: {kind}")

@@ -113,7 +113,10 @@ class RealtimeSession:
         self.state = state
         self.settings = state.settings
         self.models = tuple(models)
-        created = SessionCreated()
+        now = int(time.time())
+        created = SessionCreated(
+            created=now, expires_at=now + int(state.settings.max_session_seconds)
+        )
         self._created = created
         self.id = created.id
         self.log = SessionLog(logger, {"session": self.id})

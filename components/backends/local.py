@@ -215,6 +215,9 @@ class LocalBackend:
         self.engine = engine
         self.max_buffer_seconds = max_buffer_seconds
         self.name = f"{engine.name}, in-process"
+        limit = getattr(engine, "max_stream_seconds", None)
+        self.max_stream_seconds: float | None = float(limit) if limit else None
+        """The engine's longest request (a model's maximum length), if it has one."""
 
     async def open(self, *, partials: bool = False) -> LocalStream:
         """Start a request on the engine; audio may be sent at once."""

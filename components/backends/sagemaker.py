@@ -48,6 +48,9 @@ ENDPOINT_URL_ENV = "SAGEMAKER_ENDPOINT_URL"
 MODEL_ENV = "SAGEMAKER_MODEL"
 CA_BUNDLE_ENV = "AWS_CA_BUNDLE"
 DEFAULT_MODEL = "live-captions"
+MAX_STREAM_ENV = "SAGEMAKER_MAX_STREAM_SECONDS"
+DEFAULT_MAX_STREAM_SECONDS = 1800.0
+"""SageMaker's limit on one bidirectional stream (30 minutes; see SAGEMAKER.md)."""
 """Model named in ``session.update`` when neither ``model`` nor ``SAGEMAKER_MODEL`` is set.
 
 A client cannot ask a SageMaker endpoint which models it serves, so the name is agreed instead:
@@ -119,6 +122,19 @@ class Boto3CredentialsResolver:
         self._frozen = None
 
 
+def _max_stream_seconds() -> float:
+    value = os.environ.get(MAX_STREAM_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_STREAM_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{MAX_STREAM_ENV}={value!r} is not a number of seconds") from None
+    if seconds < 10:
+        raise ValueError(f"{MAX_STREAM_ENV} must be at least 10 seconds, got {value!r}")
+    return seconds
+
+
 class SageMakerBackend:
     """Opens live transcription streams on a SageMaker AI endpoint (see module docstring)."""
 
@@ -147,6 +163,8 @@ class SageMakerBackend:
         self.model = model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
         self.ca_bundle = ca_bundle or os.environ.get(CA_BUNDLE_ENV) or None
         self.connect_timeout = connect_timeout
+        self.max_stream_seconds = _max_stream_seconds()
+        """SageMaker ends a bidirectional stream after this long; sessions hand over before."""
         self.name = f"SageMaker endpoint {endpoint} ({self.region or 'no region'})"
         self._credentials: Any = None
         self._client: Any = None
@@ -325,6 +343,8 @@ class SageMakerStream:
         self._closed = False
         self._input_closed = False
         self._shutdown_task: asyncio.Future[None] | None = None
+        self.expires_in: float | None = None
+        """Seconds the container's session may last, as its server announced it."""
 
     # ------------------------------------------------------------------ opening
 
@@ -499,6 +519,8 @@ class SageMakerStream:
                     continue
                 if isinstance(event, SessionCreated):
                     self._log.info("[%s] server session %s", self.session_id, event.id)
+                    if event.expires_at is not None and event.created:
+                        self.expires_in = float(event.expires_at - event.created)
                     self._log = logging.LoggerAdapter(log, {"session_id": event.id})
                     self.session_id = event.id
                     continue

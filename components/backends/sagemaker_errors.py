@@ -29,6 +29,7 @@ from components.errors import (
     ConnectionLost,
     NotFound,
     RemoteError,
+    StreamExpired,
 )
 from components.protocol import ErrorCode, ErrorEvent
 
@@ -209,13 +210,14 @@ def stream_error(code: str | None, reason: str | None, *, where: str) -> Backend
     if code == "1013":
         return Busy(f"The container behind {where} is at capacity ({detail}); try again later.")
     if code == "ModelInvocationTimeExceeded":
-        return RemoteError(f"The stream to {where} exceeded SageMaker's time limit ({detail}).")
+        return StreamExpired(
+            f"The stream to {where} reached SageMaker's maximum stream duration ({detail})."
+        )
     return RemoteError(f"The model container behind {where} ended the stream ({detail}).")
 
 
 _ENDS_SESSION = {
     ErrorCode.IDLE_TIMEOUT,
-    ErrorCode.SESSION_TOO_LONG,
     ErrorCode.AUDIO_BUFFER_FULL,
 }
 
@@ -236,6 +238,8 @@ def session_error(event: ErrorEvent, *, where: str) -> BackendError | None:
         return Busy(f"{where} is at its session limit ({message}); try again later.")
     if code == ErrorCode.UPSTREAM_UNAVAILABLE:
         return BackendUnavailable(f"The container behind {where} lost its engine: {message}")
+    if code == ErrorCode.SESSION_TOO_LONG:
+        return StreamExpired(f"{where} closed the session: {message}")
     if code in _ENDS_SESSION:
         return ConnectionLost(f"{where} closed the session: {message}")
     if code in (ErrorCode.PROCESSING_ERROR, ErrorCode.MODEL_NOT_VALIDATED):

@@ -36,6 +36,7 @@ from components.errors import (
     ConnectionLost,
     NotFound,
     RemoteError,
+    StreamExpired,
 )
 from components.protocol import (
     ErrorCode,
@@ -62,7 +63,6 @@ START_HINT = "Start it with `python -m components serve`"
 
 _ENDS_SESSION = {
     ErrorCode.IDLE_TIMEOUT,
-    ErrorCode.SESSION_TOO_LONG,
     ErrorCode.AUDIO_BUFFER_FULL,
 }
 
@@ -163,7 +163,8 @@ class RealtimeWSBackend:
         model = await self.resolve_model()
         ws = await self._connect()
         try:
-            session_id = await self._await_created(ws)
+            created = await self._await_created(ws)
+            session_id = created.id
             await ws.send(serialize(SessionUpdate(model=model, partials=partials)))
             await ws.send(serialize(InputAudioBufferCommit(final=False)))
         except ConnectionClosed as exc:
@@ -173,7 +174,10 @@ class RealtimeWSBackend:
             await ws.close()
             raise
         log.info("[%s] opened %s model=%s partials=%s", session_id, self.url, model, partials)
-        return RealtimeWSStream(ws, self.url, session_id)
+        stream = RealtimeWSStream(ws, self.url, session_id)
+        if created.expires_at is not None and created.created:
+            stream.expires_in = float(created.expires_at - created.created)
+        return stream
 
     async def _connect(self) -> ClientConnection:
         try:
@@ -205,7 +209,7 @@ class RealtimeWSBackend:
         except OSError as exc:
             raise self._unreachable(_describe(exc)) from None
 
-    async def _await_created(self, ws: ClientConnection) -> str:
+    async def _await_created(self, ws: ClientConnection) -> SessionCreated:
         try:
             frame = await asyncio.wait_for(ws.recv(), self.connect_timeout)
         except TimeoutError:
@@ -218,7 +222,7 @@ class RealtimeWSBackend:
         except ProtocolError as exc:
             raise RemoteError(f"{self.url} sent an unexpected first frame: {exc.message}") from None
         if isinstance(event, SessionCreated):
-            return event.id
+            return event
         if isinstance(event, ErrorEvent):
             error = _error_for(self.url, event)
             raise error or RemoteError(f"{self.url} refused the session: {event.error}")
@@ -236,6 +240,8 @@ class RealtimeWSStream:
         self._finished = False
         self._cancelled = False
         self._done = False
+        self.expires_in: float | None = None
+        """Seconds this session may last, as the server announced it (None: not announced)."""
 
     def _fail(self, error: BackendError) -> BackendError:
         """Remember the first failure: later sends and reads raise that one, not a symptom."""
@@ -334,6 +340,8 @@ def _error_for(url: str, event: ErrorEvent) -> BackendError | None:
         return Busy(f"{url}: {message}")
     if code == ErrorCode.UPSTREAM_UNAVAILABLE:
         return BackendUnavailable(f"{url}: {message}")
+    if code == ErrorCode.SESSION_TOO_LONG:
+        return StreamExpired(f"The server closed the session: {message}")
     if code in _ENDS_SESSION:
         return ConnectionLost(f"The server closed the session: {message}")
     if code in (ErrorCode.PROCESSING_ERROR, ErrorCode.MODEL_NOT_VALIDATED):

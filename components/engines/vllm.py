@@ -626,6 +626,11 @@ class VllmEngine:
         )
 
     @property
+    def max_stream_seconds(self) -> float:
+        """Audio one request can hold before the model's maximum length (``session_too_long``)."""
+        return self._spec.max_audio_seconds(self._max_model_len, self._max_tokens)
+
+    @property
     def active_sessions(self) -> int:
         return len(self._active)
 
