@@ -207,6 +207,11 @@ def render_figures(view: SessionView | None, idle_backend: str) -> str:
             ("Lag", _seconds(view.lag if not view.finished else None)),
             ("Samples in → out", f"{view.samples_in:,} → {view.samples_sent:,}"),
             ("Samples lost", lost),
+            (
+                "Streams",
+                f"{view.streams}"
+                + (f" ({view.reconnects} reconnected)" if view.reconnects else ""),
+            ),
         ]
         first = "" if view.first_caption is None else f"{view.first_caption:.3f}"
         attrs = (
@@ -216,6 +221,7 @@ def render_figures(view: SessionView | None, idle_backend: str) -> str:
             f'data-samples-sent="{view.samples_sent}" '
             f'data-samples-lost="{"" if view.samples_lost is None else view.samples_lost}" '
             f'data-late-chunks="{view.late_chunks}" '
+            f'data-streams="{view.streams}" data-reconnects="{view.reconnects}" '
             f'data-audio-received="{view.audio_received:.3f}" '
             f'data-first-caption="{first}" '
             f'data-caption-at="{"" if view.caption_at is None else f"{view.caption_at:.3f}"}"'

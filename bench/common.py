@@ -151,11 +151,17 @@ def concatenate(refs: list[Reference], gap: float = 0.5) -> Reference:
 
 
 async def replay(
-    stream: Any, audio: np.ndarray, *, pace: float = 1.0, chunk_ms: int = 100
+    stream: Any,
+    audio: np.ndarray,
+    *,
+    pace: float = 1.0,
+    chunk_ms: int = 100,
+    on_sent: Any = None,
 ) -> Replay:
     """Send ``audio`` in chunks at ``pace`` x real time while reading events; time everything.
 
     ``pace`` 0 sends as fast as the stream accepts. The stream must be freshly opened.
+    ``on_sent(seconds)`` is called after each chunk with the audio time sent so far.
     """
     result = Replay(start=time.monotonic())
     step = int(SAMPLE_RATE * chunk_ms / 1000)
@@ -171,6 +177,8 @@ async def replay(
                     await asyncio.sleep(delay)
             await stream.send_audio(float_to_pcm16(chunk))
             result.sent.append((end_s, time.monotonic()))
+            if on_sent is not None:
+                on_sent(end_s)
         await stream.finish()
 
     sender = asyncio.create_task(send())

@@ -22,7 +22,8 @@ from typing import TextIO
 
 import numpy as np
 
-from components.backends.base import Backend, RealtimeStream
+from components.backends.base import Backend
+from components.continuity import ContinuityPolicy, ContinuousStream, StreamNotice
 from components.errors import BackendError
 from components.protocol import (
     SAMPLE_RATE,
@@ -170,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--format", choices=FORMATS, default="text", help="stdout format")
     tr.add_argument(
+        "--max-stream-seconds",
+        type=float,
+        metavar="S",
+        help="hand over to a new backend stream at least every S seconds "
+        "(default: before the backend's own limits, such as SageMaker's 30 minutes)",
+    )
+    tr.add_argument(
         "--partials",
         action="store_true",
         help="ask for the tentative tail too (shown dimmed on a terminal)",
@@ -267,8 +275,10 @@ async def stream_file(
     realtime: bool,
     partials: bool = False,
     view: LiveView | None = None,
+    policy: ContinuityPolicy | None = None,
 ) -> Result:
-    """Send ``samples`` (float32 16 kHz) through one stream; collect the timed transcript."""
+    """Send ``samples`` (float32 16 kHz) through a continuous stream (handovers and
+    reconnections as needed, see :mod:`components.continuity`); collect the timed transcript."""
     from components.audio import float_to_pcm16
 
     pcm = float_to_pcm16(samples)
@@ -280,7 +290,15 @@ async def stream_file(
     def clock() -> float:
         return sent / 2 / SAMPLE_RATE
 
-    stream: RealtimeStream = await backend.open(partials=partials)
+    def notice(note: StreamNotice) -> None:
+        if note.kind in ("reconnecting", "audio_lost"):
+            result.warnings.append(note.message)
+            if view:
+                view.warn(note.message)
+
+    stream = await ContinuousStream.open(
+        backend, partials=partials, policy=policy, on_notice=notice, label="transcribe"
+    )
 
     async def send() -> None:
         nonlocal sent
@@ -426,7 +444,12 @@ async def _transcribe(args: argparse.Namespace, backend: Backend, samples: np.nd
     view = LiveView(sys.stderr, partials=args.partials, enabled=not args.quiet)
     try:
         result = await stream_file(
-            backend, samples, realtime=pace == "realtime", partials=args.partials, view=view
+            backend,
+            samples,
+            realtime=pace == "realtime",
+            partials=args.partials,
+            view=view,
+            policy=ContinuityPolicy(max_stream_seconds=args.max_stream_seconds),
         )
     finally:
         engine = getattr(backend, "engine", None)
@@ -443,6 +466,8 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.max_stream_seconds is not None and args.max_stream_seconds < 10:
+        parser.error("--max-stream-seconds must be at least 10")
     samples = load_audio(args.file)
     backend = make_backend(args, parser)
     return asyncio.run(_transcribe(args, backend, samples))

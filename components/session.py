@@ -42,6 +42,12 @@ import numpy as np
 
 from components.audio import AudioFormatError, StreamResampler, float_to_pcm16
 from components.backends.base import Backend, RealtimeStream
+from components.continuity import (
+    ContinuityPolicy,
+    ContinuityStats,
+    ContinuousStream,
+    StreamNotice,
+)
 from components.errors import (
     BackendError,
     BackendUnavailable,
@@ -70,9 +76,6 @@ STOP_GRACE_SECONDS = 0.25
 
 FINAL_TIMEOUT_SECONDS = 30.0
 """How long to wait for ``transcription.done`` after the final commit."""
-
-MAX_RECONNECTS = 2
-"""A stream lost mid-session is reopened this many times; audio meanwhile waits in the queue."""
 
 FORGET_AFTER_SECONDS = 3600.0
 """A finished session (its transcript and files) is kept this long for its tab, at least."""
@@ -125,8 +128,10 @@ class Settings:
     """What this deployment offers and allows; see README section "page" for the variables."""
 
     max_sessions: int = 8
-    max_session_seconds: float = 900.0
+    max_session_seconds: float = 4 * 3600.0
     idle_seconds: float = 30.0
+    max_stream_seconds: float | None = None
+    """Hand over to a new backend stream at least this often (None: at the backend's limits)."""
     local_enabled: bool = True
     local_engine: str = "auto"
     sagemaker_endpoints: tuple[str, ...] = ()
@@ -153,8 +158,13 @@ class Settings:
         ).strip()
         return cls(
             max_sessions=int(_env_number(env, "MAX_SESSIONS", 8)),
-            max_session_seconds=_env_number(env, "MAX_SESSION_SECONDS", 900.0),
+            max_session_seconds=_env_number(env, "MAX_SESSION_SECONDS", 4 * 3600.0),
             idle_seconds=_env_number(env, "SESSION_IDLE_SECONDS", 30.0),
+            max_stream_seconds=(
+                _env_number(env, "MAX_STREAM_SECONDS", 1.0)
+                if env.get("MAX_STREAM_SECONDS", "").strip()
+                else None
+            ),
             local_enabled=_env_bool(env, "LOCAL_BACKEND", True),
             local_engine=env.get("LIVE_CAPTIONS_ENGINE", "auto").strip() or "auto",
             sagemaker_endpoints=endpoints,
@@ -339,6 +349,9 @@ class SessionView:
     samples_sent: int
     samples_lost: int | None
     late_chunks: int
+    streams: int
+    """Backend streams the session has used (handovers and reconnections open new ones)."""
+    reconnects: int
     exports: dict[str, Path] | None
     version: int
 
@@ -429,6 +442,7 @@ class CaptionSession:
         self._first_caption: float | None = None
         self._caption_at: float | None = None
         self._uncaptioned_voice = 0.0
+        self._chain: ContinuousStream | None = None
 
     # ------------------------------------------------------------------ edges (any thread)
 
@@ -501,6 +515,7 @@ class CaptionSession:
             self._loop.call_soon_threadsafe(self._cancel_now)
 
     def view(self) -> SessionView:
+        stats = self._chain.stats if self._chain is not None else ContinuityStats()
         with self._lock:
             expected = sum(round(n * SAMPLE_RATE / rate) for rate, n in self._segments)
             done = self._state is SessionState.DONE
@@ -525,8 +540,10 @@ class CaptionSession:
                 chunks_in=self._chunks_in,
                 samples_expected=expected,
                 samples_sent=self._samples_sent,
-                samples_lost=(expected - self._samples_sent) if done else None,
+                samples_lost=(expected - self._samples_sent + stats.lost_samples) if done else None,
                 late_chunks=self._late_chunks,
+                streams=stats.legs,
+                reconnects=stats.reconnects,
                 exports=dict(self._exports) if self._exports else None,
                 version=self._changes.version,
             )
@@ -611,7 +628,7 @@ class CaptionSession:
             with self._lock:
                 self._backend_label = backend.name
             self._bump()
-            await self._stream_with_reconnects(backend)
+            await self._stream(backend)
             final = SessionState.DONE
             log.info("session %s: done (%d samples sent)", self.id, self._samples_sent)
         except asyncio.CancelledError:
@@ -662,45 +679,50 @@ class CaptionSession:
         with self._lock:
             self._exports = paths
 
-    async def _stream_with_reconnects(self, backend: Backend) -> None:
-        """Open the stream and pump it; reopen it when it is lost mid-session (retryable)."""
-        attempt = 0
-        opened = False
-        while True:
-            stream: RealtimeStream | None = None
-            try:
-                stream = await backend.open(partials=True)
-                opened = True
-                with self._lock:
-                    if self._state is SessionState.STARTING:
-                        self._state = SessionState.LIVE
-                    if attempt:
-                        self._notice = "Reconnected; captions continue."
-                self._bump()
-                log.info("session %s: stream open (attempt %d)", self.id, attempt + 1)
-                await self._pump(stream)
-                return
-            except BackendError as exc:
-                if not (
-                    opened
-                    and exc.retryable
-                    and not isinstance(exc, Busy)
-                    and attempt < MAX_RECONNECTS
-                    and not self._stop_requested
-                    and self._error is None
-                ):
-                    raise
-                attempt += 1
-                with self._lock:
-                    self._notice = f"Connection lost ({exc}) Reconnecting (attempt {attempt})…"
-                    self._transcript.set_partial("")
-                    self._transcript.add_delta(" ", self._samples_sent / SAMPLE_RATE)
-                self._bump()
-                log.warning("session %s: %s; reconnecting", self.id, exc)
-                await asyncio.sleep(0.5 * attempt)
-            finally:
-                if stream is not None:
-                    await stream.cancel()
+    async def _stream(self, backend: Backend) -> None:
+        """Run the session over a chain of backend streams (see :mod:`components.continuity`):
+        handovers before each stream's limit, and a replay after a lost connection, keep the
+        captions going for hours."""
+        policy = ContinuityPolicy(max_stream_seconds=self._settings.max_stream_seconds)
+        chain = await ContinuousStream.open(
+            backend,
+            partials=True,
+            policy=policy,
+            on_notice=self._on_notice,
+            label=f"session {self.id}",
+        )
+        self._chain = chain
+        with self._lock:
+            if self._state is SessionState.STARTING:
+                self._state = SessionState.LIVE
+        self._bump()
+        log.info("session %s: stream open", self.id)
+        try:
+            await self._pump(chain)
+        finally:
+            await chain.cancel()
+            stats = chain.stats
+            log.info(
+                "session %s: %d streams, %d handovers, %d reconnects, %.1f s replayed, %.1f s lost",
+                self.id,
+                stats.legs,
+                stats.handovers,
+                stats.reconnects,
+                stats.replayed_samples / SAMPLE_RATE,
+                stats.lost_samples / SAMPLE_RATE,
+            )
+
+    def _on_notice(self, notice: StreamNotice) -> None:
+        """Only lost audio stays on screen; a reconnection shows while it lasts."""
+        with self._lock:
+            if notice.kind == "reconnecting":
+                self._notice = notice.message
+            elif notice.kind == "reconnected":
+                if self._notice and self._notice.startswith("Connection lost"):
+                    self._notice = None
+            elif notice.kind == "audio_lost":
+                self._notice = notice.message
+        self._bump()
 
     async def _pump(self, stream: RealtimeStream) -> None:
         """Send audio and read events at once; return after ``done`` for the final commit."""

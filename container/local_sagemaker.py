@@ -74,6 +74,8 @@ SIGV4_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 MAX_CLOCK_SKEW = datetime.timedelta(minutes=5)
 EVENT_STREAM_HASH = "STREAMING-AWS4-HMAC-SHA256-EVENTS"
 PING_TIMEOUT = 2.0
+DEFAULT_MAX_STREAM_SECONDS = 1800.0
+"""SageMaker ends a bidirectional stream after 30 minutes (SAGEMAKER.md, "Long sessions")."""
 """SageMaker expects ``/ping`` to answer within 2 s."""
 
 CONTAINER_OPEN_TIMEOUT = 5.0
@@ -436,7 +438,12 @@ class LocalSageMakerApp:
         container_url: str,
         endpoints: list[str],
         credentials: list[Credentials],
+        *,
+        max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
     ) -> None:
+        if max_stream_seconds <= 0:
+            raise ValueError(f"max_stream_seconds must be positive, got {max_stream_seconds!r}")
+        self.max_stream_seconds = max_stream_seconds
         parts = urlsplit(container_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"container URL must be http(s)://host:port, got {container_url!r}")
@@ -637,8 +644,24 @@ class LocalSageMakerApp:
         )
         outbound = asyncio.create_task(self._container_to_client(ws, send_body))
         ended = asyncio.create_task(input_ended.wait())
+        expired = asyncio.create_task(asyncio.sleep(self.max_stream_seconds))
         try:
-            await asyncio.wait({inbound, outbound, ended}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {inbound, outbound, ended, expired}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if expired.done() and not outbound.done():
+                # SageMaker ends a stream at its maximum duration, whatever it is doing.
+                logger.info("[%s] stream reached %g s: ended", request_id, self.max_stream_seconds)
+                outbound.cancel()
+                await _quietly(outbound)
+                await ws.close(1000, "maximum stream duration")
+                await send_body(
+                    model_stream_error_event(
+                        "ModelInvocationTimeExceeded",
+                        f"The stream reached the maximum duration of {self.max_stream_seconds:g} s",
+                    )
+                )
+                return
             failure = inbound.result() if inbound.done() else None
             if failure is not None:
                 # A broken signature chain ends the stream as the service would.
@@ -658,7 +681,7 @@ class LocalSageMakerApp:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(inbound), REQUEST_END_TIMEOUT)
         finally:
-            for task in (inbound, outbound, ended):
+            for task in (inbound, outbound, ended, expired):
                 task.cancel()
                 await _quietly(task)
             with contextlib.suppress(Exception):
@@ -869,8 +892,11 @@ class LocalSageMaker:
         host: str = "127.0.0.1",
         port: int = 0,
         tls_dir: Path | None = None,
+        max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
     ) -> None:
-        self.app = LocalSageMakerApp(container_url, endpoints, credentials)
+        self.app = LocalSageMakerApp(
+            container_url, endpoints, credentials, max_stream_seconds=max_stream_seconds
+        )
         self.host = host
         self.port = port
         self._tls_dir = tls_dir
@@ -999,8 +1025,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where to write the CA and server certificate (default: a new temporary directory)",
     )
+    parser.add_argument(
+        "--max-stream-seconds",
+        type=float,
+        default=DEFAULT_MAX_STREAM_SECONDS,
+        metavar="S",
+        help="end each stream after S seconds, as SageMaker does after 30 minutes "
+        "(default %(default)g)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.max_stream_seconds <= 0:
+        parser.error("--max-stream-seconds must be positive")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -1012,7 +1048,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     tls_dir = args.tls_dir or Path(tempfile.mkdtemp(prefix="local-sagemaker-"))
     front = LocalSageMaker(
-        args.container, endpoints, [creds], host=args.host, port=args.port, tls_dir=tls_dir
+        args.container,
+        endpoints,
+        [creds],
+        host=args.host,
+        port=args.port,
+        tls_dir=tls_dir,
+        max_stream_seconds=args.max_stream_seconds,
     )
 
     async def run() -> int:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,7 @@ def running_front(
     access_key: str = ACCESS_KEY,
     secret_key: str = SECRET_KEY,
     timeout: float = 30.0,
+    args: Sequence[str] = (),
 ) -> Iterator[Front]:
     """Start ``python -m container.local_sagemaker`` on a free port in front of ``container``."""
     container_url = container.url if isinstance(container, Container) else container
@@ -216,6 +217,7 @@ def running_front(
         tls_dir.name,
         "--region",
         REGION,
+        *args,
     ]
     env = {
         **os.environ,
@@ -287,13 +289,19 @@ class SageMakerSetup:
 
 
 def sagemaker_fixture(
-    *, scope: Any = "module", env: Mapping[str, str] | None = None
+    *,
+    scope: Any = "module",
+    env: Mapping[str, str] | None = None,
+    front_args: Sequence[str] = (),
 ) -> Callable[..., Any]:
     """A pytest fixture (module-scoped by default): ``container/serve`` with the front before it."""
 
     @pytest.fixture(scope=scope)
     def _sagemaker() -> Iterator[SageMakerSetup]:
-        with running_container(env=env) as container, running_front(container) as front:
+        with (
+            running_container(env=env) as container,
+            running_front(container, args=front_args) as front,
+        ):
             yield SageMakerSetup(container, front)
 
     return _sagemaker

@@ -1,0 +1,340 @@
+"""Sessions that outlive their streams (components/continuity.py), over real parts.
+
+A recording of about 49 s (six LibriSpeech clips with short pauses between them) goes through
+real servers (``python -m components serve`` with the bundled Whisper model), through a TCP
+relay that the tests cut, and through the real AWS SDK, the local SageMaker front (a stand-in
+for AWS's router) and the container. Audio is sent at three times real time, so that each run
+takes about 16 s; the servers' limits are wall-clock limits, the chain's are reached by audio.
+
+What "no word lost or doubled" means here: the chained transcript is compared with the
+transcript of the same audio over one uninterrupted stream. The engine's own small variations
+(a word heard differently) are allowed; a run of missing words, or a phrase said twice where
+the uninterrupted stream said it once, is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from components.audio import float_to_pcm16, load_file
+from components.backends.base import Backend
+from components.backends.websocket import RealtimeWSBackend
+from components.continuity import (
+    ContinuityPolicy,
+    ContinuityStats,
+    ContinuousStream,
+    ReplayBuffer,
+    StreamNotice,
+    overlap_words,
+)
+from components.errors import BackendError
+from components.evaluation import Clip, load_clips, normalize, wer
+from components.protocol import TranscriptionDone
+from tests.support_relay import TcpRelay
+from tests.support_sagemaker import SageMakerSetup, sagemaker_fixture
+from tests.support_server import ServerURL, running_server
+
+SPEED = 3.0
+"""Audio goes out at this multiple of real time."""
+CHUNK = 3_200
+"""Samples per append (200 ms)."""
+MAX_MISSING_RUN = 3
+"""Longest run of the uninterrupted transcript's words the chained one may lack."""
+WER_SLACK = 0.05
+"""The chained transcript's WER may exceed the uninterrupted one's by this much."""
+
+
+# --------------------------------------------------------------------------- the recording
+
+
+@dataclass(frozen=True)
+class Recording:
+    pcm: bytes
+    reference: str
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / 2 / 16_000
+
+
+@pytest.fixture(scope="module")
+def recording() -> Recording:
+    clips: list[Clip] = [c for c in load_clips() if c.condition.startswith("clean-read")][:6]
+    gap = np.zeros(int(0.7 * 16_000), np.float32)
+    audio = np.concatenate([part for c in clips for part in (load_file(str(c.path)), gap)])
+    rec = Recording(float_to_pcm16(audio), " ".join(c.text for c in clips))
+    assert rec.seconds >= 40
+    return rec
+
+
+@dataclass
+class Run:
+    text: str
+    stats: ContinuityStats
+    notices: list[StreamNotice]
+
+
+async def caption(
+    backend: Backend,
+    rec: Recording,
+    *,
+    policy: ContinuityPolicy | None = None,
+    at_second: Callable[[float], None] | None = None,
+) -> Run:
+    """Send the recording through a continuous stream at SPEED; ``at_second(t)`` is called
+    after each append, with the audio time sent so far."""
+    notices: list[StreamNotice] = []
+    stream = await ContinuousStream.open(
+        backend, policy=policy, on_notice=notices.append, label="test"
+    )
+
+    async def send() -> None:
+        start = time.monotonic()
+        for i in range(0, len(rec.pcm), CHUNK * 2):
+            await stream.send_audio(rec.pcm[i : i + CHUNK * 2])
+            sent = (i + CHUNK * 2) / 2 / 16_000
+            if at_second is not None:
+                at_second(sent)
+            delay = start + sent / SPEED - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await stream.finish()
+
+    sender = asyncio.create_task(send())
+    text = None
+    try:
+        async for event in stream:
+            if isinstance(event, TranscriptionDone):
+                text = event.text
+        await sender
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await stream.cancel()
+    assert text is not None
+    return Run(text, stream.stats, notices)
+
+
+def cut_at(relay: TcpRelay, *seconds: float) -> Callable[[float], None]:
+    """An ``at_second`` hook that cuts the relay's connections at each of ``seconds``."""
+    pending = sorted(seconds)
+
+    def hook(t: float) -> None:
+        if pending and t >= pending[0]:
+            pending.pop(0)
+            relay.cut()
+
+    return hook
+
+
+def assert_continuous(chained: str, uninterrupted: str, reference: str) -> None:
+    """No run of words missing, no phrase doubled, WER within the single stream's bound."""
+    a, b = normalize(uninterrupted), normalize(chained)
+    for op, i1, i2, j1, j2 in SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        missing = (i2 - i1) - (j2 - j1)
+        assert op == "equal" or missing <= MAX_MISSING_RUN, (
+            f"missing {a[i1:i2]} (got {b[j1:j2]}) in:\n{chained}"
+        )
+    assert not _doubled(b) - _doubled(a), f"a phrase is doubled in:\n{chained}"
+    assert wer(reference, chained) <= wer(reference, uninterrupted) + WER_SLACK, (
+        f"{wer(reference, chained):.3f} vs {wer(reference, uninterrupted):.3f}:\n{chained}"
+    )
+
+
+def _doubled(words: list[str], n: int = 3) -> set[tuple[str, ...]]:
+    """Phrases of ``n`` or more words said twice in a row."""
+    found = set()
+    for k in range(n, 9):
+        for i in range(len(words) - 2 * k + 1):
+            if words[i : i + k] == words[i + k : i + 2 * k]:
+                found.add(tuple(words[i : i + k]))
+    return found
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerURL]:
+    with running_server("--engine", "whisper") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def short_server() -> Iterator[ServerURL]:
+    """Sessions end after 15 s (wall clock), announced in ``session.created``."""
+    with running_server("--engine", "whisper", "--max-session-seconds", "15") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(server: ServerURL, recording: Recording) -> str:
+    async def run() -> str:
+        result = await caption(RealtimeWSBackend(server.ws), recording)
+        assert result.stats.legs == 1
+        return result.text
+
+    text = asyncio.run(run())
+    assert wer(recording.reference, text) < 0.2, text
+    return text
+
+
+def relay_url(relay: TcpRelay, server: ServerURL) -> str:
+    return f"ws://127.0.0.1:{relay.port}{urlsplit(server.ws).path}"
+
+
+# --------------------------------------------------------------------------- planned handovers
+
+
+async def test_a_server_session_limit_is_met_by_handovers(
+    short_server: ServerURL, recording: Recording, uninterrupted: str
+) -> None:
+    backend = RealtimeWSBackend(short_server.ws)
+    result = await caption(backend, recording)
+    assert result.stats.handovers >= 2, result.stats
+    assert result.stats.reconnects == 0, result.stats
+    assert result.notices and {n.kind for n in result.notices} == {"handover"}
+    assert_continuous(result.text, uninterrupted, recording.reference)
+    assert "session_too_long" not in short_server.log_text()
+
+
+async def test_a_handover_waits_for_a_pause(server: ServerURL, recording: Recording) -> None:
+    """With a 12 s limit, each leg ends in one of the recording's pauses, not mid-word."""
+    result = await caption(
+        RealtimeWSBackend(server.ws), recording, policy=ContinuityPolicy(max_stream_seconds=12)
+    )
+    assert result.stats.handovers >= 3
+    assert "mid-speech" not in server.log_text()
+
+
+sagemaker = sagemaker_fixture(front_args=("--max-stream-seconds", "15"))
+
+
+async def test_sagemaker_streams_hand_over_before_the_front_ends_them(
+    sagemaker: SageMakerSetup, recording: Recording, uninterrupted: str
+) -> None:
+    front = sagemaker.front
+    with front.environ(SAGEMAKER_MAX_STREAM_SECONDS="15"):
+        backend = front.backend()
+        try:
+            result = await caption(backend, recording)
+        finally:
+            await backend.aclose()
+    assert result.stats.handovers >= 2, result.stats
+    assert result.stats.reconnects == 0
+    assert "reached 15 s" not in front.log_text()
+    assert_continuous(result.text, uninterrupted, recording.reference)
+
+
+async def test_a_stream_the_front_ends_is_continued_from_the_replay(
+    sagemaker: SageMakerSetup, recording: Recording, uninterrupted: str
+) -> None:
+    """The client does not know the front's limit: the front ends each stream at 15 s (wall
+    clock, about 45 s of audio here), and the replay buffer carries the audio over."""
+    front = sagemaker.front
+    with front.environ(SAGEMAKER_MAX_STREAM_SECONDS=None):
+        backend = front.backend()
+        try:
+            result = await caption(backend, recording)
+        finally:
+            await backend.aclose()
+    assert "reached 15 s" in front.log_text()
+    assert result.stats.legs >= 2 and result.stats.lost_samples == 0, result.stats
+    assert not [n for n in result.notices if n.kind == "audio_lost"]
+    assert_continuous(result.text, uninterrupted, recording.reference)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+async def test_words_around_a_cut_connection_are_kept(
+    server: ServerURL, recording: Recording, uninterrupted: str
+) -> None:
+    async with TcpRelay("127.0.0.1", server.port) as relay:
+        backend = RealtimeWSBackend(relay_url(relay, server))
+        result = await caption(backend, recording, at_second=cut_at(relay, 13.0, 31.0))
+    assert relay.cuts == 2
+    assert result.stats.reconnects == 2 and result.stats.lost_samples == 0, result.stats
+    assert [n.kind for n in result.notices].count("reconnected") == 2
+    assert_continuous(result.text, uninterrupted, recording.reference)
+
+
+async def test_the_attempt_count_resets_after_a_stream_that_ran_well(
+    server: ServerURL, recording: Recording
+) -> None:
+    """One failure allowed in a row: three cuts are survived, because each stream between
+    them ran longer than ``good_stream_seconds``."""
+    policy = ContinuityPolicy(max_failures=1, good_stream_seconds=2.0)
+    async with TcpRelay("127.0.0.1", server.port) as relay:
+        backend = RealtimeWSBackend(relay_url(relay, server))
+        result = await caption(
+            backend, recording, policy=policy, at_second=cut_at(relay, 10.0, 24.0, 38.0)
+        )
+    assert relay.cuts == 3
+    assert result.stats.reconnects == 3, result.stats
+    assert wer(recording.reference, result.text) < 0.25
+
+
+async def test_a_backend_that_stays_down_ends_with_one_sentence(
+    server: ServerURL, recording: Recording
+) -> None:
+    policy = ContinuityPolicy(max_failures=3, backoff_base=0.1, backoff_cap=0.2)
+    async with TcpRelay("127.0.0.1", server.port) as relay:
+        accepted: list[int] = []
+
+        def down(t: float) -> None:
+            if t >= 8.0 and not relay.refuse:
+                relay.refuse = True
+                relay.cut()
+                accepted.append(relay.accepted)
+
+        backend = RealtimeWSBackend(relay_url(relay, server))
+        with pytest.raises(BackendError) as failure:
+            await caption(backend, recording, policy=policy, at_second=down)
+    message = str(failure.value)
+    assert "could not be restored after 4 attempts" in message, message
+    assert "\n" not in message and "Traceback" not in message
+    assert accepted == [relay.accepted]  # every reconnection was refused
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_overlap_is_found_after_the_tail_is_covered() -> None:
+    tail = "he could wait no longer for a full hour".split()
+    new = "wait no longer for a full hour he had paced".split()
+    assert overlap_words(tail, new[:3], complete=False) is None  # not yet decidable
+    assert overlap_words(tail, new, complete=False) == 7
+    # A word heard differently by the new leg still aligns on the rest.
+    heard = "wait no longer for a fall hour he had paced up and down".split()
+    assert overlap_words(tail, heard, complete=False) == 7
+    # Nothing in common: nothing is dropped.
+    assert overlap_words(tail, "stuff it into you".split(), complete=True) == 0
+    assert overlap_words([], "anything".split(), complete=False) == 0
+
+
+def test_the_replay_buffer_is_bounded_and_addressed_by_offset() -> None:
+    buffer = ReplayBuffer(max_samples=1_000)
+    for i in range(10):
+        buffer.append(bytes([i, 0]) * 300)
+    assert buffer.end == 3_000
+    assert 1_000 <= buffer.end - buffer.start < 1_300
+    begin, audio = buffer.read(0)
+    assert begin == buffer.start and len(audio) == 2 * (buffer.end - begin)
+    begin, audio = buffer.read(2_950, 2_990)
+    assert begin == 2_950 and audio == bytes([9, 0]) * 40
+
+
+@pytest.mark.parametrize("limit", [15.0, 1800.0])
+def test_handover_points_leave_time_for_the_last_text(limit: float) -> None:
+    seek, end = ContinuityPolicy().handover_points(limit)
+    assert 0 < seek < end < limit
+    assert limit - end >= min(10.0, 0.15 * limit) - 1e-9
