@@ -1,7 +1,8 @@
 """Live Captions: the page (Gradio Blocks), and the Hugging Face Space entry point.
 
 Wiring only: widgets, events and how a session looks; sessions, limits and the choice of
-backend live in :mod:`components.session`. Run with ``python app.py`` (honours
+backend live in :mod:`components.session_manager`, :mod:`components.session` and
+:mod:`components.deployment`. Run with ``python app.py`` (honours
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, default http://127.0.0.1:7860).
 
 How the page pushes captions: the microphone's ``.stream`` handler only hands each chunk to
@@ -36,13 +37,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
-from components.session import (
-    BackendChoice,
-    BackendKind,
-    SessionManager,
-    SessionView,
-    Settings,
-)
+from components.deployment import BackendChoice, BackendKind, Settings
+from components.session import SessionView
+from components.session_manager import SessionManager
 
 log = logging.getLogger("app")
 

@@ -21,17 +21,16 @@ import soundfile
 import soxr
 
 from components.audio import float_to_pcm16, load_file
-from components.evaluation import Clip, wer
-from components.session import (
+from components.deployment import (
     BackendChoice,
     BackendKind,
-    CaptionSession,
     InvalidChoice,
-    SessionManager,
-    SessionState,
     Settings,
     validate_choice,
 )
+from components.evaluation import Clip, wer
+from components.session import CaptionSession, SessionState
+from components.session_manager import SessionManager
 from tests.support_relay import TcpRelay
 from tests.support_server import free_port, running_server
 
