@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         help="leg limit; handovers fall 65-85 %% into it (default %(default)g)",
     )
     p.add_argument("--cut-every", type=float, default=45.0, help="s of audio between cuts")
+    p.add_argument("--texts", action="store_true", help="include both transcripts and the seams")
     return p
 
 
@@ -132,7 +133,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     reference = long.clip.text
     wer_plain = wer_of([(reference, plain.text)])
     wer_chained = wer_of([(reference, chained.text)])
-    return {
+    out = {
         "audio_s": round(len(long.audio) / 16_000, 1),
         "pace": args.pace,
         "wall_s": round(wall, 1),
@@ -151,6 +152,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": TARGETS,
         "machine": machine(),
     }
+    if args.texts:
+        out["seams_s"] = [round(x, 1) for x in seams]
+        out["uninterrupted"] = plain.text
+        out["chained"] = chained.text
+    return out
 
 
 def _words_lost(reference: str, plain: str, chained: str) -> int:

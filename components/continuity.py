@@ -54,6 +54,10 @@ EVENT_QUEUE_SIZE = 512
 """Events one leg may hold while the legs before it are still being read (then its reader
 waits, and the backend's own flow control holds the server back)."""
 
+MAX_MARKS = 4096
+"""Deltas whose audio marks are kept (for finding a seam's tail): hours of text need only the
+newest minutes."""
+
 FINAL_TIMEOUT_SECONDS = 30.0
 """How long a retiring leg may take to deliver its last text before the next leg is opened
 anyway (when the backend refuses a second stream meanwhile)."""
@@ -159,10 +163,13 @@ def overlap_words(tail: list[str], new: list[str], *, complete: bool) -> int | N
     """
     if not tail or not new:
         return 0 if complete or not tail else None
-    blocks = [b for b in SequenceMatcher(None, tail, new, autojunk=False).get_matching_blocks()]
-    blocks = [b for b in blocks if b.size]
+    # Runs of one common word ("the", "of") align anything with anything: only runs of two
+    # or more count, unless the tail itself is that short.
+    shortest = 1 if len(tail) <= 2 else 2
+    matcher = SequenceMatcher(None, tail, new, autojunk=False)
+    blocks = [b for b in matcher.get_matching_blocks() if b.size >= shortest]
     matched = sum(b.size for b in blocks)
-    enough = matched >= min(2, len(tail))
+    enough = matched >= min(3, len(tail))
     if blocks and enough:
         last = blocks[-1]
         if last.a + last.size == len(tail):
@@ -174,7 +181,8 @@ def overlap_words(tail: list[str], new: list[str], *, complete: bool) -> int | N
     last = blocks[-1]
     # The tail's last words did not match (the lost leg's newest words, heard differently by
     # the new leg): as many of the new leg's words after the match stand for them.
-    return min(len(new), last.b + last.size + (len(tail) - last.a - last.size))
+    unmatched = min(3, len(tail) - last.a - last.size)
+    return min(len(new), last.b + last.size + unmatched)
 
 
 @dataclass(slots=True)
@@ -589,8 +597,10 @@ class ContinuousStream:
     ) -> _Leg:
         self.stats.legs += 1
         leg = _Leg(number=self.stats.legs, stream=stream, start=start, seam=seam)
-        index = self._legs.index(after) + 1 if after is not None else len(self._legs)
-        self._legs.insert(index, leg)
+        if after is not None and after in self._legs:
+            self._legs.insert(self._legs.index(after) + 1, leg)
+        else:  # the first leg, or one whose predecessor has been read already
+            self._legs.append(leg)
         if after is None or after is self._leg:
             self._leg = leg
         leg.reader = asyncio.create_task(self._read(leg), name=f"{self._label}-leg-{leg.number}")
@@ -671,23 +681,24 @@ class ContinuousStream:
         return self._events()
 
     async def _events(self) -> AsyncIterator[ServerEvent]:
-        index = 0
+        first = True
         while True:
-            while index >= len(self._legs):
+            while not self._legs:
                 if self._closed:
                     return
                 self._legs_changed.clear()
                 await self._legs_changed.wait()
-            leg = self._legs[index]
-            if index:
+            leg = self._legs[0]  # legs leave the list once read: an hours-long chain stays small
+            if not first:
                 yield TranscriptionPartial(text="")
+            first = False
             async for event in self._drain(leg):
                 yield event
             if self._closed:
                 return
             if leg.done is not None and leg.end is not None:
                 self._add_usage(leg.done.usage)
-                if self._finishing and leg is self._legs[-1]:
+                if self._finishing and len(self._legs) == 1:
                     yield TranscriptionDone(
                         text=self._text, usage=self._usage if self._usage_known else None
                     )
@@ -701,7 +712,7 @@ class ContinuousStream:
                 async with self._lock:
                     if not leg.taken_over:
                         await self._take_over(leg)
-            index += 1
+            self._legs.remove(leg)
 
     async def _drain(self, leg: _Leg) -> AsyncIterator[ServerEvent]:
         seam = leg.seam
@@ -741,6 +752,8 @@ class ContinuousStream:
                 first = False
                 self._text += text
                 self._marks.append((len(self._text), mark))
+                if len(self._marks) > MAX_MARKS:
+                    del self._marks[: MAX_MARKS // 4]
                 yield TranscriptionDelta(delta=text)
                 if item[0] == "end":
                     return
@@ -771,7 +784,9 @@ class ContinuousStream:
         """The transcript's words that a replay from ``replay_from`` may repeat."""
         start_char = 0
         for end_char, mark in reversed(self._marks):
-            if mark < replay_from:
+            # A delta that arrived when the audio had reached ``mark`` holds words that end
+            # before it: none of them is in audio replayed from ``mark`` on.
+            if mark <= replay_from:
                 start_char = end_char
                 break
         tail = [w for w, _ in _words(self._text[start_char:])]

@@ -316,8 +316,11 @@ def test_overlap_is_found_after_the_tail_is_covered() -> None:
     # A word heard differently by the new leg still aligns on the rest.
     heard = "wait no longer for a fall hour he had paced up and down".split()
     assert overlap_words(tail, heard, complete=False) == 7
-    # Nothing in common: nothing is dropped.
+    # Nothing in common: nothing is dropped, even where single common words recur.
     assert overlap_words(tail, "stuff it into you".split(), complete=True) == 0
+    brothels = "the squalid quarter of the brothels".split()
+    god = "god as a direct consequence of the sin which man thus punished".split()
+    assert overlap_words(brothels, god, complete=False) == 0
     assert overlap_words([], "anything".split(), complete=False) == 0
 
 

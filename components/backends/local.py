@@ -20,7 +20,7 @@ import numpy as np
 
 from components.audio import pcm16_to_float
 from components.engines.base import Engine, EngineError
-from components.errors import ConnectionLost
+from components.errors import Busy, ConnectionLost
 from components.protocol import (
     SAMPLE_RATE,
     ErrorCode,
@@ -220,7 +220,16 @@ class LocalBackend:
         """The engine's longest request (a model's maximum length), if it has one."""
 
     async def open(self, *, partials: bool = False) -> LocalStream:
-        """Start a request on the engine; audio may be sent at once."""
+        """Start a request on the engine; audio may be sent at once.
+
+        An engine that counts its sessions (the vLLM engine) and has none free refuses here,
+        with :class:`Busy`, rather than in the stream's first event: a session handing over to
+        a new stream then knows to wait for its old one to finish.
+        """
+        active = getattr(self.engine, "active_sessions", None)
+        limit = int(getattr(self.engine, "max_sessions", 0) or 0)
+        if isinstance(active, int) and limit and active >= limit:
+            raise Busy(f"{self.engine.name} is serving its maximum of {limit} sessions")
         stream = LocalStream(
             self.engine, partials=partials, max_buffer_seconds=self.max_buffer_seconds
         )

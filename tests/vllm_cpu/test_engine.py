@@ -219,3 +219,44 @@ def test_tiny_chunks_give_the_same_request(
     assert isinstance(done, TranscriptionDone), done
     assert done.usage is not None
     assert done.usage.completion_tokens == frames_for(engine, samples)
+
+
+def test_a_continuous_stream_hands_over_before_the_models_maximum_length(
+    bg: Any, engine: Any, clips: dict[str, Clip]
+) -> None:
+    """The engine names its limit (``max_stream_seconds``); a session longer than it moves to
+    a new request in time, so it never meets ``session_too_long``."""
+    from components.audio import float_to_pcm16
+    from components.backends.local import LocalBackend
+    from components.continuity import ContinuousStream
+
+    backend = LocalBackend(engine)
+    limit = engine.spec.max_audio_seconds(MAX_MODEL_LEN)
+    assert backend.max_stream_seconds == pytest.approx(limit)
+    samples = speech(clips[LONGER])
+    long_audio = np.concatenate([samples] * (int(limit * 16_000 // len(samples)) + 3))
+    pcm = float_to_pcm16(long_audio)
+
+    async def session() -> tuple[Any, Any]:
+        stream = await ContinuousStream.open(backend, label="vllm-long")
+
+        async def send() -> None:
+            for at in range(0, len(pcm), 8000):
+                await stream.send_audio(pcm[at : at + 8000])
+            await stream.finish()
+
+        sender = asyncio.create_task(send())
+        final = None
+        async with asyncio.timeout(240):
+            async for event in stream:
+                assert not hasattr(event, "code"), event  # no error event reaches the user
+                if isinstance(event, TranscriptionDone):
+                    final = event
+        await sender
+        await stream.cancel()
+        return final, stream.stats
+
+    final, stats = bg.run(session())
+    assert final is not None and final.usage is not None
+    assert stats.handovers >= 1 and stats.reconnects == 0, stats
+    assert engine.active_sessions == 0 and unfinished(engine) == 0
