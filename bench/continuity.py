@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cut-every", type=float, default=45.0, help="s of audio between cuts")
     p.add_argument("--texts", action="store_true", help="include both transcripts and the seams")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each seam to stderr")
     return p
 
 
@@ -182,6 +183,11 @@ def _seam_extra_lags(
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+        logging.getLogger("components.continuity").setLevel(logging.INFO)
     print(json.dumps(asyncio.run(_run(args)), indent=2))
 
 

@@ -271,6 +271,8 @@ class _Leg:
     """Offset the audio sent to it had reached when its latest delta arrived."""
     failure: BackendError | None = None
     done: TranscriptionDone | None = None
+    text: str = ""
+    """What its deltas said."""
     taken_over: bool = False
     """Another leg was opened for its unfinished audio."""
     events: asyncio.Queue[tuple[Any, ...]] = field(
@@ -636,11 +638,16 @@ class ContinuousStream:
                 match event:
                     case TranscriptionDelta(delta=delta):
                         leg.last_delta = leg.start + leg.sent
+                        leg.text += delta
                         log.debug("%s: leg %d delta %r", self._label, leg.number, delta)
                         await leg.events.put(("delta", delta, leg.last_delta))
                     case TranscriptionPartial(text=text):
                         await leg.events.put(("partial", text))
-                    case TranscriptionDone():
+                    case TranscriptionDone(text=final):
+                        log.debug("%s: leg %d done %r", self._label, leg.number, final[-80:])
+                        rest = _unsent_rest(leg.text, final)
+                        if rest:  # the final text says more than the deltas did
+                            await leg.events.put(("delta", rest, leg.start + leg.sent))
                         leg.done = event
                         return
                     case ErrorEvent() if event.code in _ENDING_CODES:
@@ -732,9 +739,13 @@ class ContinuousStream:
                     if seam.held_since is None:
                         seam.held_since = time.monotonic()
                 if kind in ("delta", "hold_expired", "end"):
+                    held = seam.held
                     taken = seam.take(complete=kind != "delta")
                     if taken is None:
                         continue
+                    log.debug(
+                        "%s: leg %d seam: tail %r, new %r", self._label, leg.number, seam.tail, held
+                    )
                     self.stats.dropped_words += seam.dropped
                     log.info(
                         "%s: leg %d repeated %d words at its seam",
@@ -800,6 +811,16 @@ class ContinuousStream:
             prompt_tokens=self._usage.prompt_tokens + usage.prompt_tokens,
             completion_tokens=self._usage.completion_tokens + usage.completion_tokens,
         )
+
+
+def _unsent_rest(sent: str, final: str) -> str:
+    """The part of a stream's final text its deltas did not carry (deltas are the contract;
+    a final text that disagrees with them is ignored)."""
+    have, full = " ".join(sent.split()), " ".join(final.split())
+    if not full.startswith(have) or len(full) <= len(have):
+        return ""
+    rest = full[len(have) :]
+    return rest.lstrip() if sent[-1:].isspace() else rest
 
 
 def _ended_error(ending: ErrorEvent | None) -> BackendError:
