@@ -11,6 +11,11 @@ codes so that a client written for ``vllm serve`` sees the same errors from our 
 One opt-in extension: a client that sends ``"partials": true`` in ``session.update`` may also
 receive ``transcription.partial`` events carrying the not-yet-confirmed tail. vLLM ignores the
 extra key, and a plain client never sees the extra event, so compatibility holds both ways.
+
+``session.update`` may also carry ``language`` (ISO-639-1) and ``prompt`` (names, terms, domain
+context), as vLLM's clients after 0.34 send them. They are validated here (``unknown_language``,
+``prompt_too_long``); whether an engine can act on them is the server's business. A refused
+``session.update`` changes nothing and the session stays open.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ DEFAULT_MAX_APPEND_BYTES = 8 * 1024 * 1024
 
 PARTIALS_KEY = "partials"
 """``session.update`` key with which a client opts in to ``transcription.partial`` events."""
+
+MAX_PROMPT_CHARS = 500
+"""Longest ``prompt`` accepted. Whisper reads at most 223 tokens of context; 500 characters
+(about 110 tokens of English) leave room for the confirmed text it also needs."""
 
 
 class ErrorCode(StrEnum):
@@ -68,6 +77,25 @@ class ErrorCode(StrEnum):
     """Warning: the engine is falling behind real time; captions lag."""
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     """A bridge could not reach (or lost) the engine behind it."""
+    UNKNOWN_LANGUAGE = "unknown_language"
+    """``language`` is not an ISO-639-1 code."""
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    """The engine does not transcribe this language; the message lists those it does."""
+    PROMPT_TOO_LONG = "prompt_too_long"
+    """``prompt`` is longer than the server accepts."""
+    PROMPT_NOT_SUPPORTED = "prompt_not_supported"
+    """The engine cannot be steered by a prompt."""
+
+
+OPTION_CODES = frozenset(
+    {
+        ErrorCode.UNKNOWN_LANGUAGE,
+        ErrorCode.UNSUPPORTED_LANGUAGE,
+        ErrorCode.PROMPT_TOO_LONG,
+        ErrorCode.PROMPT_NOT_SUPPORTED,
+    }
+)
+"""Codes of a refused ``session.update`` option: the session stays open, nothing changed."""
 
 
 class ProtocolError(Exception):
@@ -83,12 +111,50 @@ class ProtocolError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """What a client may ask of the transcription besides the model.
+
+    ``language``: the ISO-639-1 code of the speech (None: the engine's default or its own
+    detection). ``prompt``: names, terms and context that steer spelling (None: none). Build it
+    with :meth:`checked` to get the codec's validation outside a frame.
+    """
+
+    language: str | None = None
+    prompt: str | None = None
+
+    @classmethod
+    def checked(
+        cls,
+        language: object = None,
+        prompt: object = None,
+        *,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
+    ) -> SessionOptions:
+        """Validate and normalize; raise :class:`ProtocolError` with the option's code."""
+        return cls(
+            language=_check_language(language), prompt=_check_prompt(prompt, max_prompt_chars)
+        )
+
+    def __bool__(self) -> bool:
+        return self.language is not None or self.prompt is not None
+
+
+NO_OPTIONS = SessionOptions()
+
+
+@dataclass(frozen=True, slots=True)
 class SessionUpdate:
-    """Choose and validate the model. No reply is sent on success."""
+    """Choose and validate the model (and the session options). No reply is sent on success."""
 
     model: str | None
     partials: bool = False
+    language: str | None = None
+    prompt: str | None = None
     type: str = field(default="session.update", init=False)
+
+    @property
+    def options(self) -> SessionOptions:
+        return SessionOptions(language=self.language, prompt=self.prompt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +250,14 @@ def serialize(event: Event) -> str:
 
 def to_dict(event: Event) -> dict[str, Any]:
     match event:
-        case SessionUpdate(model=model, partials=partials):
+        case SessionUpdate(model=model, partials=partials, language=language, prompt=prompt):
             out: dict[str, Any] = {"type": event.type, "model": model}
             if partials:
                 out[PARTIALS_KEY] = True
+            if language is not None:
+                out["language"] = language
+            if prompt is not None:
+                out["prompt"] = prompt
             return out
         case InputAudioBufferAppend(audio=audio):
             return {"type": event.type, "audio": base64.b64encode(audio).decode("ascii")}
@@ -282,7 +352,13 @@ def parse_client_event(
             raise ProtocolError(ErrorCode.INVALID_EVENT, "Missing required field: model")
         if not isinstance(model, str):
             raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'model' must be a string")
-        return SessionUpdate(model=model, partials=obj.get(PARTIALS_KEY) is True)
+        options = SessionOptions.checked(obj.get("language"), obj.get("prompt"))
+        return SessionUpdate(
+            model=model,
+            partials=obj.get(PARTIALS_KEY) is True,
+            language=options.language,
+            prompt=options.prompt,
+        )
     raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"Unknown event type: {kind}")
 
 
@@ -319,6 +395,44 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(ErrorCode.INVALID_EVENT, f"Malformed {kind} event: {exc}") from None
     raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"Unknown event type: {kind}")
+
+
+def _check_language(value: object) -> str | None:
+    """None or "" mean no choice; a code is matched case-insensitively (``"EN"`` is ``"en"``)."""
+    from components.languages import ISO_639_1
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'language' must be a string")
+    code = value.strip().lower()
+    if not code:
+        return None
+    if code not in ISO_639_1:
+        shown = value if len(value) <= 20 else value[:20] + "…"
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_LANGUAGE,
+            f"Unknown language {shown!r}: give a two-letter ISO-639-1 code such as 'en' or 'de'",
+        )
+    return code
+
+
+def _check_prompt(value: object, max_chars: int) -> str | None:
+    """None or blank mean no prompt; whitespace runs collapse (they carry no meaning)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'prompt' must be a string")
+    text = " ".join(value.split())
+    if not text:
+        return None
+    if len(text) > max_chars:
+        raise ProtocolError(
+            ErrorCode.PROMPT_TOO_LONG,
+            f"The prompt has {len(text)} characters; at most {max_chars} are accepted: "
+            "keep the names and terms that matter most",
+        )
+    return text
 
 
 def _str(value: object) -> str:

@@ -63,8 +63,60 @@ def test_commit_defaults_to_non_final() -> None:
 
 
 def test_session_update_ignores_unknown_keys() -> None:
-    event = p.parse_client_event('{"type":"session.update","model":"m","language":"en"}')
+    event = p.parse_client_event('{"type":"session.update","model":"m","voice":"x","x":[1]}')
     assert event == p.SessionUpdate(model="m")
+
+
+def test_session_update_carries_language_and_prompt() -> None:
+    frame = json.dumps(
+        {"type": "session.update", "model": "m", "language": "DE ", "prompt": " Hester\n Prynne "}
+    )
+    event = p.parse_client_event(frame)
+    assert event == p.SessionUpdate(model="m", language="de", prompt="Hester Prynne")
+    assert event.options == p.SessionOptions(language="de", prompt="Hester Prynne")
+    assert p.parse_client_event(p.serialize(event)) == event
+
+
+def test_blank_options_mean_none() -> None:
+    frame = '{"type":"session.update","model":"m","language":"","prompt":"  "}'
+    event = p.parse_client_event(frame)
+    assert event == p.SessionUpdate(model="m")
+    assert not event.options
+    assert "language" not in p.serialize(event) and "prompt" not in p.serialize(event)
+
+
+def test_prompt_bound_is_inclusive() -> None:
+    assert p.SessionOptions.checked(prompt="a" * p.MAX_PROMPT_CHARS).prompt == "a" * 500
+    with pytest.raises(p.ProtocolError) as info:
+        p.SessionOptions.checked(prompt="a" * (p.MAX_PROMPT_CHARS + 1))
+    assert info.value.code == "prompt_too_long"
+    assert "501 characters" in info.value.message and "at most 500" in info.value.message
+    with pytest.raises(p.ProtocolError):
+        p.SessionOptions.checked(prompt="abcdef", max_prompt_chars=5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"language": "xx"}, "unknown_language"),
+        ({"language": "english"}, "unknown_language"),
+        ({"language": "yue"}, "unknown_language"),
+        ({"language": 7}, "invalid_event"),
+        ({"prompt": ["Hester"]}, "invalid_event"),
+        ({"prompt": "word " * 120}, "prompt_too_long"),
+    ],
+)
+def test_bad_session_options_get_their_codes(fields: dict[str, object], code: str) -> None:
+    frame = json.dumps({"type": "session.update", "model": "m", **fields})
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_event(frame)
+    assert info.value.code == code
+    assert info.value.code == "invalid_event" or info.value.code in p.OPTION_CODES
+
+
+def test_unknown_language_message_says_what_to_send() -> None:
+    with pytest.raises(p.ProtocolError, match="'xx'.*ISO-639-1 code such as 'en'"):
+        p.SessionOptions.checked(language="xx")
 
 
 def b64(data: bytes) -> str:

@@ -9,6 +9,11 @@ protocol's final commit). The engine yields :class:`~components.protocol.Transcr
 :class:`EngineError`. Cancelling the consuming task must release everything the request held.
 
 One engine object serves every session at once; it owns whatever scheduling that needs.
+
+Each stream may carry :class:`~components.protocol.SessionOptions` (language, prompt). An engine
+says what it can honour (``languages``, ``takes_prompt``) so that a server refuses an option at
+``session.update``, before any audio, with :func:`check_options`; ``transcribe`` checks again for
+callers in the same process.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from components.protocol import ErrorCode, TranscriptEvent
+from components.languages import describe, language_name
+from components.protocol import NO_OPTIONS, ErrorCode, SessionOptions, TranscriptEvent
 
 
 class EngineError(Exception):
@@ -42,9 +48,45 @@ class Engine(Protocol):
     """The model id clients name in ``session.update`` (also listed by ``/v1/models``)."""
     max_sessions: int
     """How many concurrent streams this engine can keep real time (a default for servers)."""
+    languages: tuple[str, ...]
+    """ISO-639-1 codes the model transcribes; the first is the default."""
+    takes_prompt: bool
+    """Whether a prompt (names, terms) steers the decoding."""
 
     def transcribe(
-        self, audio: AsyncIterator[np.ndarray], *, partials: bool = False
+        self,
+        audio: AsyncIterator[np.ndarray],
+        *,
+        partials: bool = False,
+        options: SessionOptions = NO_OPTIONS,
     ) -> AsyncIterator[TranscriptEvent]: ...
 
     async def aclose(self) -> None: ...
+
+
+def check_options(
+    options: SessionOptions, *, languages: tuple[str, ...], takes_prompt: bool, label: str
+) -> None:
+    """Raise :class:`EngineError` with the option's code when ``label`` cannot honour it."""
+    if options.language is not None and options.language not in languages:
+        name = language_name(options.language)
+        if len(languages) == 1:
+            supported = f"only {describe(languages)}"
+        else:
+            supported = f"these {len(languages)} languages: {', '.join(languages)}"
+        raise EngineError(
+            f"{label} does not transcribe {name} ({options.language}); it supports {supported}",
+            ErrorCode.UNSUPPORTED_LANGUAGE,
+        )
+    if options.prompt is not None and not takes_prompt:
+        raise EngineError(
+            f"{label} cannot take a prompt (names and terms): send the session without one",
+            ErrorCode.PROMPT_NOT_SUPPORTED,
+        )
+
+
+def check_engine_options(engine: Engine, options: SessionOptions) -> None:
+    """:func:`check_options` against what ``engine`` declares."""
+    check_options(
+        options, languages=engine.languages, takes_prompt=engine.takes_prompt, label=engine.name
+    )

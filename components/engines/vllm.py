@@ -47,10 +47,13 @@ from typing import Any
 
 import numpy as np
 
-from components.engines.base import EngineError, EngineUnavailable
+from components.engines.base import EngineError, EngineUnavailable, check_engine_options
 from components.engines.voxtral_stream import Frame, FrameFeeder, StreamSpec, VoxtralFramer
+from components.languages import VOXTRAL_REALTIME_LANGUAGES
 from components.protocol import (
+    NO_OPTIONS,
     ErrorCode,
+    SessionOptions,
     TranscriptEvent,
     TranscriptionDelta,
     TranscriptionDone,
@@ -404,6 +407,10 @@ class VllmEngine:
         where = "CPU" if device == "cpu" else "GPU"
         self.name = f"Voxtral Realtime {model.rsplit('/', 1)[-1]} (vLLM, {where})"
         self.max_sessions = max_sessions
+        self.languages = VOXTRAL_REALTIME_LANGUAGES
+        """Accepted in ``session.update``; the model finds the spoken one among them itself."""
+        self.takes_prompt = False
+        """vLLM 0.32's realtime input has no text prompt to put names and terms in."""
         self._llm = llm
         self._spec = spec
         self._prepare = prepare
@@ -517,10 +524,19 @@ class VllmEngine:
     # ------------------------------------------------------------- streaming
 
     async def transcribe(
-        self, audio: AsyncIterator[np.ndarray], *, partials: bool = False
+        self,
+        audio: AsyncIterator[np.ndarray],
+        *,
+        partials: bool = False,
+        options: SessionOptions = NO_OPTIONS,
     ) -> AsyncIterator[TranscriptEvent]:
-        """Transcribe one stream. Voxtral's deltas are final, so ``partials`` changes nothing."""
+        """Transcribe one stream. Voxtral's deltas are final, so ``partials`` changes nothing.
+
+        A ``language`` among :attr:`languages` is accepted as a statement of what will be
+        spoken; Voxtral Realtime recognises the language on its own.
+        """
         session = uuid.uuid4().hex[:12]
+        check_engine_options(self, options)
         self._check_usable()
         if len(self._active) >= self.max_sessions:
             log.info("session %s: refused, %d sessions active", session, len(self._active))

@@ -19,6 +19,10 @@ How a stream is transcribed (see :mod:`components.streaming_policy` for the text
   is never decoded and phrases are committed as soon as the speaker pauses.
 * One model serves every stream: a :class:`~components.engines.scheduler.Scheduler` runs
   rounds on one worker thread and batches the decodes of streams that are due together.
+* **Names and terms.** A session's prompt goes into every decode's context, before the
+  confirmed text, and is never cut when the context is shortened: Whisper spells what it has
+  just "read" (``bench/prompt.py`` measured this against the alternatives). A multilingual
+  model takes each stream's language; an English-only one speaks English only.
 """
 
 from __future__ import annotations
@@ -37,12 +41,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from components.engines.base import EngineError, EngineUnavailable
+from components.engines.base import EngineError, EngineUnavailable, check_engine_options
 from components.engines.scheduler import Outcome, Scheduler, Slot, Work
+from components.languages import ISO_639_1
 from components.protocol import (
+    NO_OPTIONS,
     SAMPLE_RATE,
     ErrorCode,
     ErrorEvent,
+    SessionOptions,
     TranscriptEvent,
     TranscriptionDone,
     Usage,
@@ -240,11 +247,23 @@ class VadStream:
 # --------------------------------------------------------------------------- decoding
 
 
+TERMS_PLACEMENTS = ("lead", "trail", "start")
+"""Where a session's terms go in the decoder context: before the confirmed text in every decode
+(``lead``), after it (``trail``), or alone and only while no text is confirmed (``start``)."""
+
+WHISPER_TO_ISO = {"jw": "jv"}
+"""Whisper's own codes where they differ from ISO-639-1."""
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeItem:
     audio: np.ndarray
     prompt: str
     prefix: str
+    terms: str = ""
+    """The session's names and terms (its prompt)."""
+    language: str | None = None
+    """ISO-639-1; None: the decoder's default."""
     locate_end: bool = False
     """Find where an open-ended text stops in the audio (word alignment; costs a pass)."""
     pad: float = PAD_SECONDS
@@ -271,7 +290,14 @@ class DecodeItem:
 class WhisperDecoder:
     """Greedy Whisper decoding of short windows, many at once; runs on the worker thread only."""
 
-    def __init__(self, model: object, *, language: str = "en", beam_size: int = 1) -> None:
+    def __init__(
+        self,
+        model: object,
+        *,
+        language: str = "en",
+        beam_size: int = 1,
+        terms_placement: str = "lead",
+    ) -> None:
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -279,12 +305,39 @@ class WhisperDecoder:
         self._ct2 = ctranslate2
         self.model = model  # faster_whisper.WhisperModel
         ct2_model = model.model  # type: ignore[attr-defined]
+        self.multilingual = bool(ct2_model.is_multilingual)
+        iso_to_whisper = {iso: code for code, iso in WHISPER_TO_ISO.items()}
+        if not self.multilingual:
+            self.languages: tuple[str, ...] = ("en",)
+        else:
+            codes = [WHISPER_TO_ISO.get(c, c) for c in model.supported_languages]  # type: ignore[attr-defined]
+            codes = [c for c in codes if c in ISO_639_1]
+            if language not in codes:
+                raise ValueError(f"this Whisper model has no language {language!r}")
+            self.languages = (language, *sorted(c for c in codes if c != language))
+        """ISO-639-1 codes this model transcribes, the default first."""
         self.tokenizer = Tokenizer(
             model.hf_tokenizer,  # type: ignore[attr-defined]
-            ct2_model.is_multilingual,
+            self.multilingual,
             task="transcribe",
-            language=language if ct2_model.is_multilingual else "en",
+            language=iso_to_whisper.get(language, language) if self.multilingual else "en",
         )
+        self._tokenizers: dict[str | None, object] = {None: self.tokenizer}
+        if self.multilingual:
+            for code in self.languages:
+                self._tokenizers[code] = Tokenizer(
+                    model.hf_tokenizer,  # type: ignore[attr-defined]
+                    True,
+                    task="transcribe",
+                    language=iso_to_whisper.get(code, code),
+                )
+        self._sot = {
+            code: list(t.sot_sequence)  # type: ignore[attr-defined]
+            for code, t in self._tokenizers.items()
+        }
+        if terms_placement not in TERMS_PLACEMENTS:
+            raise ValueError(f"terms placement must be one of {', '.join(TERMS_PLACEMENTS)}")
+        self.terms_placement = terms_placement
         self.beam_size = beam_size
         self.suppress = list(get_suppressed_tokens(self.tokenizer, [-1]) or [])
         self._silence = self._encode_frames(self._features(np.zeros(30 * SAMPLE_RATE)))[0]
@@ -318,24 +371,50 @@ class WhisperDecoder:
         head = self._encode_frames(self._features(padded))[0]
         return np.concatenate([head, self._silence[len(head) :]], axis=0)
 
-    def _prompt(self, item: DecodeItem) -> tuple[list[int], list[int]]:
-        """(context tokens before <|startoftranscript|>, forced tokens after it).
+    def _prompt(self, item: DecodeItem) -> tuple[list[int], list[int], int]:
+        """(context tokens before <|startoftranscript|>, forced tokens after it, how many of the
+        context's first tokens a shortened context must keep).
 
         The context is the previous text between timestamps, as Whisper saw it in training:
-        after plain text, tiny.en often drops its timestamps, and with them segment ends.
+        after plain text, tiny.en often drops its timestamps, and with them segment ends. The
+        session's terms are part of that text (see ``terms_placement``); the confirmed text is
+        what gives way when the context must be shorter.
         """
         tok = self.tokenizer
         context: list[int] = []
+        keep = 0
         text = without_ellipses(item.prompt)
-        if text:
-            spoken = min(ENCODER_POSITIONS, round(len(text) / 15 / 0.02))  # ~15 characters/s
-            body = tok.encode(" " + text)[-(448 // 2 - 3) :]
+        terms = item.terms
+        placement = self.terms_placement
+        if terms and placement == "start" and text:
+            terms = ""
+        room = 448 // 2 - 3
+        lead: list[int] = []
+        if terms and placement in ("lead", "start"):
+            lead = tok.encode(" " + terms)[: room - 8]
+        trail = tok.encode(" " + terms)[: room - 8] if terms and placement == "trail" else []
+        body = tok.encode(" " + text) if text else []
+        body = body[max(0, len(body) - (room - len(lead) - len(trail))) :] if body else []
+        body = [*lead, *body, *trail]
+        if body:
+            shown = len(text) + len(terms)
+            spoken = min(ENCODER_POSITIONS, round(shown / 15 / 0.02))  # ~15 characters/s
             context = [tok.timestamp_begin, *body, tok.timestamp_begin + spoken]
+            keep = 1 + len(lead) if lead else 0
         forced = [tok.timestamp_begin]
         prefix = without_ellipses(item.prefix)
         if prefix:
             forced += tok.encode(" " + prefix)
-        return context, forced
+        return context, forced, keep
+
+    @staticmethod
+    def _shorten(context: list[int], keep: int, size: int) -> list[int]:
+        """The last ``size`` tokens of ``context``, except that its first ``keep`` stay."""
+        if size >= len(context):
+            return context
+        if size == 0:
+            return []
+        return context[:keep] + context[len(context) - (size - keep) :]
 
     def decode(self, items: list[DecodeItem]) -> list[Hypothesis]:
         """One hypothesis per item; items with prompts of a shared length decode as a batch."""
@@ -363,19 +442,25 @@ class WhisperDecoder:
         """Decode ``items`` into ``out`` at ``places``, batching those that can share a call."""
         prompts = [self._prompt(item) for item in items]
         # The decoder needs <|startoftranscript|> at the same position across a batch:
-        # shorten long contexts to a common length, group the short ones by exact length.
-        shared = [len(c) for c, _ in prompts if len(c) >= MIN_SHARED_PROMPT]
+        # shorten long contexts to a common length (never below the terms they must keep),
+        # group the short ones by exact length.
+        shared = [len(c) for c, _, _ in prompts if len(c) >= MIN_SHARED_PROMPT]
         common = min(shared) if shared else 0
         groups: dict[int, list[int]] = {}
-        for i, (context, _) in enumerate(prompts):
-            size = common if len(context) >= MIN_SHARED_PROMPT else len(context)
+        for i, (context, _, keep) in enumerate(prompts):
+            if len(context) >= MIN_SHARED_PROMPT:
+                size = max(common, keep + 1 if keep else 0)
+            else:
+                size = len(context)
             groups.setdefault(size, []).append(i)
         for size, members in groups.items():
             batch_prompts = []
             for i in members:
-                context, forced = prompts[i]
-                head = [self.tokenizer.sot_prev, *context[len(context) - size :]] if size else []
-                batch_prompts.append(head + self.tokenizer.sot_sequence + forced)
+                context, forced, keep = prompts[i]
+                short = self._shorten(context, keep, size)
+                head = [self.tokenizer.sot_prev, *short] if size else []
+                sot = self._sot.get(items[i].language) or self._sot[None]
+                batch_prompts.append(head + sot + forced)
             # CTranslate2 decodes at most min(max_length / 2, max_length - context) steps, the
             # forced prefix included: make room for the longest prefix plus the new text.
             context_len = size + 1 if size else 0
@@ -414,7 +499,7 @@ class WhisperDecoder:
                 hypothesis = self._hypothesis(result, tokens)
                 if items[i].locate_end and hypothesis.pieces and hypothesis.pieces[-1].end is None:
                     text = [t for t in forced[1:] + tokens if t < self.tokenizer.eot]
-                    end = self._text_end(encoded[i], text, len(items[i].audio))
+                    end = self._text_end(encoded[i], text, len(items[i].audio), items[i].language)
                     hypothesis = dataclasses.replace(hypothesis, text_end=end)
                 out[places[i]] = hypothesis
 
@@ -431,7 +516,7 @@ class WhisperDecoder:
             return None
         tokens = self.tokenizer.encode(" " + text)
         spans: list[list[float]] = []
-        for word in self._aligned_words(encoded, tokens, len(item.audio)):
+        for word in self._aligned_words(encoded, tokens, len(item.audio), item.language):
             if word["word"].startswith(" ") or not spans:
                 spans.append([float(word["start"]), float(word["end"])])
             else:
@@ -451,19 +536,24 @@ class WhisperDecoder:
             avg_logprob=avg_logprob,
         )
 
-    def _aligned_words(self, encoded: np.ndarray, text: list[int], samples: int) -> list[dict]:
+    def _aligned_words(
+        self, encoded: np.ndarray, text: list[int], samples: int, language: str | None = None
+    ) -> list[dict]:
         """The spoken words of ``text`` with their times (s) in the window, from
         cross-attention alignment (as faster-whisper finds word timestamps)."""
         started = time.perf_counter()
         storage = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded[None]))
         frames = max(2, samples // self.model.feature_extractor.hop_length)  # type: ignore[attr-defined]
-        words = self.model.find_alignment(self.tokenizer, [text], storage, frames)[0]  # type: ignore[attr-defined]
+        tokenizer = self._tokenizers.get(language) or self.tokenizer
+        words = self.model.find_alignment(tokenizer, [text], storage, frames)[0]  # type: ignore[attr-defined]
         self.seconds["align"] += time.perf_counter() - started
         return [w for w in words if w["tokens"] and max(w["tokens"]) < self.tokenizer.eot]
 
-    def _text_end(self, encoded: np.ndarray, text: list[int], samples: int) -> float | None:
+    def _text_end(
+        self, encoded: np.ndarray, text: list[int], samples: int, language: str | None = None
+    ) -> float | None:
         """End (s) of the last word of ``text`` in the window."""
-        spoken = self._aligned_words(encoded, text, samples) if text else []
+        spoken = self._aligned_words(encoded, text, samples, language) if text else []
         return float(spoken[-1]["end"]) if spoken else None
 
     def pieces(self, tokens: list[int]) -> tuple[Piece, ...]:
@@ -525,6 +615,8 @@ class _StreamState:
     vad: VadStream
     window: _AudioWindow
     samples: int = 0
+    terms: str = ""
+    language: str | None = None
 
 
 class WhisperEngine:
@@ -543,6 +635,7 @@ class WhisperEngine:
         max_batch: int = 8,
         overload_lag: float = 4.0,
         model_id: str | None = None,
+        terms_placement: str = "lead",
     ) -> None:
         try:
             from faster_whisper import WhisperModel
@@ -579,7 +672,14 @@ class WhisperEngine:
             raise
         except Exception as exc:
             raise EngineUnavailable(f"cannot load the voice activity model: {exc}") from None
-        self.decoder = WhisperDecoder(whisper, language=language, beam_size=beam_size)
+        try:
+            self.decoder = WhisperDecoder(
+                whisper, language=language, beam_size=beam_size, terms_placement=terms_placement
+            )
+        except ValueError as exc:
+            raise EngineUnavailable(f"cannot use Whisper model {label}: {exc}") from None
+        self.languages = self.decoder.languages
+        self.takes_prompt = True
         self.scheduler = Scheduler(
             self._round,
             min_step=self.policy.min_step,
@@ -617,17 +717,24 @@ class WhisperEngine:
     # ------------------------------------------------------------------ streams
 
     async def transcribe(
-        self, audio: AsyncIterator[np.ndarray], *, partials: bool = False
+        self,
+        audio: AsyncIterator[np.ndarray],
+        *,
+        partials: bool = False,
+        options: SessionOptions = NO_OPTIONS,
     ) -> AsyncIterator[TranscriptEvent | ErrorEvent]:
         """Transcribe one stream; see :class:`~components.engines.base.Engine`.
 
         Besides text events this may yield ``ErrorEvent(code="overloaded")``: a warning that
         captions lag because the machine cannot keep every stream real time.
         """
+        check_engine_options(self, options)
         state = _StreamState(
             policy=StreamingPolicy(self.policy, previews=partials),
             vad=VadStream(self.vad_model, self.vad_threshold),
             window=_AudioWindow(),
+            terms=options.prompt or "",
+            language=options.language,
         )
         slot = self.scheduler.open(f"whisper-{uuid.uuid4().hex[:8]}", state, partials=partials)
         feeder = asyncio.create_task(self._feed(slot, audio), name=f"feed {slot.id}")
@@ -710,6 +817,8 @@ class WhisperEngine:
                     state.window.slice(request.start, request.end),
                     request.prompt,
                     request.prefix,
+                    terms=state.terms,
+                    language=state.language,
                     locate_end=request.final,
                     max_words=request.max_words,
                     pad=SHARED_PAD_SECONDS if shared else PAD_SECONDS,
