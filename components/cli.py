@@ -26,9 +26,13 @@ from components.backends.base import Backend
 from components.continuity import ContinuityPolicy, ContinuousStream, StreamNotice
 from components.errors import BackendError
 from components.protocol import (
+    MAX_PROMPT_CHARS,
+    NO_OPTIONS,
     SAMPLE_RATE,
     ErrorCode,
     ErrorEvent,
+    ProtocolError,
+    SessionOptions,
     TranscriptionDelta,
     TranscriptionDone,
     TranscriptionPartial,
@@ -182,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ask for the tentative tail too (shown dimmed on a terminal)",
     )
+    tr.add_argument(
+        "--language",
+        metavar="CODE",
+        help="ISO-639-1 code of the speech, e.g. de (default: the engine's own)",
+    )
+    tr.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        help=f"names and terms to spell right, e.g. 'Hester Prynne, Kubernetes' "
+        f"(at most {MAX_PROMPT_CHARS} characters)",
+    )
     tr.add_argument("-q", "--quiet", action="store_true", help="no live text on stderr")
     tr.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return parser
@@ -276,6 +291,7 @@ async def stream_file(
     partials: bool = False,
     view: LiveView | None = None,
     policy: ContinuityPolicy | None = None,
+    options: SessionOptions = NO_OPTIONS,
 ) -> Result:
     """Send ``samples`` (float32 16 kHz) through a continuous stream (handovers and
     reconnections as needed, see :mod:`components.continuity`); collect the timed transcript."""
@@ -297,7 +313,12 @@ async def stream_file(
                 view.warn(note.message)
 
     stream = await ContinuousStream.open(
-        backend, partials=partials, policy=policy, on_notice=notice, label="transcribe"
+        backend,
+        partials=partials,
+        options=options,
+        policy=policy,
+        on_notice=notice,
+        label="transcribe",
     )
 
     async def send() -> None:
@@ -439,7 +460,9 @@ def load_audio(path: str) -> np.ndarray:
     return samples
 
 
-async def _transcribe(args: argparse.Namespace, backend: Backend, samples: np.ndarray) -> int:
+async def _transcribe(
+    args: argparse.Namespace, backend: Backend, samples: np.ndarray, options: SessionOptions
+) -> int:
     pace = args.pace or ("realtime" if args.format in ("srt", "vtt") else "fast")
     view = LiveView(sys.stderr, partials=args.partials, enabled=not args.quiet)
     try:
@@ -450,6 +473,7 @@ async def _transcribe(args: argparse.Namespace, backend: Backend, samples: np.nd
             partials=args.partials,
             view=view,
             policy=ContinuityPolicy(max_stream_seconds=args.max_stream_seconds),
+            options=options,
         )
     finally:
         engine = getattr(backend, "engine", None)
@@ -468,9 +492,13 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     )
     if args.max_stream_seconds is not None and args.max_stream_seconds < 10:
         parser.error("--max-stream-seconds must be at least 10")
+    try:
+        options = SessionOptions.checked(args.language, args.prompt)
+    except ProtocolError as exc:
+        parser.error(exc.message)
     samples = load_audio(args.file)
     backend = make_backend(args, parser)
-    return asyncio.run(_transcribe(args, backend, samples))
+    return asyncio.run(_transcribe(args, backend, samples, options))
 
 
 # --------------------------------------------------------------------------- serve

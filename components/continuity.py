@@ -38,10 +38,12 @@ import numpy as np
 from components.backends.base import Backend, RealtimeStream
 from components.errors import BackendError, Busy, ConnectionLost, RemoteError, StreamExpired
 from components.protocol import (
+    NO_OPTIONS,
     SAMPLE_RATE,
     ErrorCode,
     ErrorEvent,
     ServerEvent,
+    SessionOptions,
     TranscriptionDelta,
     TranscriptionDone,
     TranscriptionPartial,
@@ -313,12 +315,15 @@ class ContinuousStream:
         backend: Backend,
         *,
         partials: bool = False,
+        options: SessionOptions = NO_OPTIONS,
         policy: ContinuityPolicy | None = None,
         on_notice: Callable[[StreamNotice], None] | None = None,
         label: str = "",
     ) -> None:
         self.backend = backend
         self.partials = partials
+        self.options = options
+        """Every leg gets the same language and prompt."""
         self.policy = policy or ContinuityPolicy()
         self.stats = ContinuityStats()
         self._on_notice = on_notice
@@ -343,13 +348,21 @@ class ContinuousStream:
         backend: Backend,
         *,
         partials: bool = False,
+        options: SessionOptions = NO_OPTIONS,
         policy: ContinuityPolicy | None = None,
         on_notice: Callable[[StreamNotice], None] | None = None,
         label: str = "",
     ) -> ContinuousStream:
         """Open the first leg; its failure is raised as it is (a backend that is not there)."""
-        chain = cls(backend, partials=partials, policy=policy, on_notice=on_notice, label=label)
-        stream = await backend.open(partials=partials)
+        chain = cls(
+            backend,
+            partials=partials,
+            options=options,
+            policy=policy,
+            on_notice=on_notice,
+            label=label,
+        )
+        stream = await backend.open(partials=partials, options=options)
         chain._add_leg(stream, start=0, after=None)
         return chain
 
@@ -566,7 +579,7 @@ class ContinuousStream:
                 delay = min(policy.backoff_cap, policy.backoff_base * 2 ** (self._failures - 1))
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             try:
-                return await self.backend.open(partials=self.partials)
+                return await self.backend.open(partials=self.partials, options=self.options)
             except Busy as exc:
                 if retiring is not None and not retiring.ended.is_set():
                     # The backend counts the retiring leg: open once it has finished.

@@ -38,6 +38,11 @@ class ConnectionLost(BackendError):
     retryable = True
 
 
+class InvalidOption(BackendError):
+    """The backend refused a session option (the language or the prompt); the message says
+    what it accepts."""
+
+
 class RemoteError(BackendError):
     """The remote side reported a failure of its own (a model error, a container close)."""
 

@@ -328,7 +328,10 @@ def decode_audio(payload: object, *, max_bytes: int = DEFAULT_MAX_APPEND_BYTES) 
 
 
 def parse_client_event(
-    frame: str | bytes, *, max_audio_bytes: int = DEFAULT_MAX_APPEND_BYTES
+    frame: str | bytes,
+    *,
+    max_audio_bytes: int = DEFAULT_MAX_APPEND_BYTES,
+    max_prompt_chars: int = MAX_PROMPT_CHARS,
 ) -> ClientEvent:
     """Parse one client frame; raise :class:`ProtocolError` with vLLM's code when it is bad.
 
@@ -352,7 +355,9 @@ def parse_client_event(
             raise ProtocolError(ErrorCode.INVALID_EVENT, "Missing required field: model")
         if not isinstance(model, str):
             raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'model' must be a string")
-        options = SessionOptions.checked(obj.get("language"), obj.get("prompt"))
+        options = SessionOptions.checked(
+            obj.get("language"), obj.get("prompt"), max_prompt_chars=max_prompt_chars
+        )
         return SessionUpdate(
             model=model,
             partials=obj.get(PARTIALS_KEY) is True,
@@ -426,6 +431,11 @@ def _check_prompt(value: object, max_chars: int) -> str | None:
     text = " ".join(value.split())
     if not text:
         return None
+    if max_chars <= 0:
+        raise ProtocolError(
+            ErrorCode.PROMPT_NOT_SUPPORTED,
+            "This server takes no prompt: send the session without one",
+        )
     if len(text) > max_chars:
         raise ProtocolError(
             ErrorCode.PROMPT_TOO_LONG,

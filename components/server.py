@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 
 from components.engines.base import Engine
 from components.limits import SessionSlots, seconds_to_bytes
-from components.protocol import DEFAULT_MAX_APPEND_BYTES, ErrorCode, error_frame
+from components.protocol import DEFAULT_MAX_APPEND_BYTES, MAX_PROMPT_CHARS, ErrorCode, error_frame
 from components.server_session import CLOSE_TRY_AGAIN_LATER, RealtimeSession
 
 log = logging.getLogger("components.server")
@@ -55,6 +55,8 @@ class ServerSettings:
     audio_buffer_seconds: float = 120.0
     """Audio a session may queue ahead of the engine before back-pressure or an error."""
     max_append_bytes: int = DEFAULT_MAX_APPEND_BYTES
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    """Longest ``prompt`` in ``session.update`` (``prompt_too_long``); 0 refuses any prompt."""
 
     @property
     def audio_buffer_bytes(self) -> int:
@@ -80,6 +82,7 @@ class ServerSettings:
             "max_session_seconds": ("MAX_SESSION_SECONDS", float),
             "served_model_name": ("SERVED_MODEL_NAME", str),
             "audio_buffer_seconds": ("AUDIO_BUFFER_SECONDS", float),
+            "max_prompt_chars": ("MAX_PROMPT_CHARS", int),
         }
         for attr, (name, kind) in conversions.items():
             raw = get(name)
@@ -102,6 +105,8 @@ class ServerSettings:
         for name in ("idle_timeout", "max_session_seconds", "audio_buffer_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive")
+        if not 0 <= self.max_prompt_chars <= MAX_PROMPT_CHARS:
+            raise ValueError(f"max prompt chars must lie between 0 and {MAX_PROMPT_CHARS}")
         return self
 
 

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from components.audio import pcm16_seconds
-from components.engines.base import Engine, EngineError
+from components.engines.base import Engine, EngineError, check_engine_options
 from components.limits import AudioQueue
 from components.protocol import (
+    NO_OPTIONS,
     ErrorCode,
     ErrorEvent,
     InputAudioBufferAppend,
@@ -41,6 +42,7 @@ from components.protocol import (
     ProtocolError,
     ServerEvent,
     SessionCreated,
+    SessionOptions,
     SessionUpdate,
     TranscriptEvent,
     TranscriptionDelta,
@@ -125,6 +127,7 @@ class RealtimeSession:
         self._send_lock = asyncio.Lock()
         self._validated = False
         self._partials = False
+        self._options = NO_OPTIONS
         self._queue = AudioQueue(self._buffer_bytes)
         self._request: asyncio.Task[None] | None = None
         self._request_queue: AudioQueue | None = None
@@ -256,7 +259,11 @@ class RealtimeSession:
                 )
                 continue
             try:
-                event = parse_client_event(text, max_audio_bytes=self._max_append)
+                event = parse_client_event(
+                    text,
+                    max_audio_bytes=self._max_append,
+                    max_prompt_chars=self.settings.max_prompt_chars,
+                )
             except ProtocolError as exc:
                 await self._send_error(exc.code, exc.message)
                 continue
@@ -283,9 +290,22 @@ class RealtimeSession:
                         f"{', '.join(self.models)}",
                     )
                     return None
+                try:
+                    check_engine_options(self.engine, event.options)
+                except EngineError as exc:
+                    # Refused as a whole: the session keeps what it had, and stays open.
+                    await self._send_error(exc.code, exc.message)
+                    return None
                 self._validated = True
                 self._partials = partials
-                self.log.debug("session.update model=%s partials=%s", model, partials)
+                self._options = event.options
+                self.log.debug(
+                    "session.update model=%s partials=%s language=%s prompt=%d chars",
+                    model,
+                    partials,
+                    event.language,
+                    len(event.prompt or ""),
+                )
             case InputAudioBufferAppend(audio=audio):
                 return await self._append(audio)
             case InputAudioBufferCommit(final=final):
@@ -358,7 +378,8 @@ class RealtimeSession:
         self.state.requests_active += 1
         self.log.debug("request %d started", self.requests)
         task = asyncio.create_task(
-            self._run_request(queue, self._partials), name=f"{self.id}-request-{self.requests}"
+            self._run_request(queue, self._partials, self._options),
+            name=f"{self.id}-request-{self.requests}",
         )
         self._request = task
         # A done callback runs even for a task cancelled before its first step, which a
@@ -376,12 +397,14 @@ class RealtimeSession:
             self._request_queue = None
         self._touch()
 
-    async def _run_request(self, queue: AudioQueue, partials: bool) -> None:
+    async def _run_request(
+        self, queue: AudioQueue, partials: bool, options: SessionOptions
+    ) -> None:
         parts: list[str] = []
         done: TranscriptionDone | None = None
         events: AsyncIterator[TranscriptEvent | ErrorEvent] | None = None
         try:
-            events = self.engine.transcribe(queue.chunks(), partials=partials)
+            events = self.engine.transcribe(queue.chunks(), partials=partials, options=options)
             async for event in events:
                 match event:
                     case TranscriptionDelta(delta=delta):

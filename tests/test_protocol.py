@@ -115,7 +115,7 @@ def test_bad_session_options_get_their_codes(fields: dict[str, object], code: st
 
 
 def test_unknown_language_message_says_what_to_send() -> None:
-    with pytest.raises(p.ProtocolError, match="'xx'.*ISO-639-1 code such as 'en'"):
+    with pytest.raises(p.ProtocolError, match=r"'xx'.*ISO-639-1 code such as 'en'"):
         p.SessionOptions.checked(language="xx")
 
 

@@ -29,6 +29,7 @@ from components.deployment import (
     validate_choice,
 )
 from components.evaluation import Clip, wer
+from components.protocol import NO_OPTIONS
 from components.session import CaptionSession, SessionState
 from components.session_manager import SessionManager
 from tests.support_relay import TcpRelay
@@ -69,8 +70,9 @@ class _TapBackend:
         self._sink = sink
         self.name = backend.name
 
-    async def open(self, *, partials: bool = False) -> _TapStream:
-        return _TapStream(await self._backend.open(partials=partials), self._sink)
+    async def open(self, *, partials: bool = False, options: Any = None) -> _TapStream:
+        stream = await self._backend.open(partials=partials, options=options or NO_OPTIONS)
+        return _TapStream(stream, self._sink)
 
 
 class TappedManager(SessionManager):

@@ -269,7 +269,7 @@ def test_committed_words_are_found_in_the_audio(
 def test_ellipses_are_not_forced_back_into_the_decoder(engine: WhisperEngine) -> None:
     assert without_ellipses("So this is the...") == "So this is the"
     assert without_ellipses("the...is it \u2026 so") == "the is it so"
-    _, forced = engine.decoder._prompt(DecodeItem(np.zeros(1), "", "So this is the..."))
+    _, forced, _ = engine.decoder._prompt(DecodeItem(np.zeros(1), "", "So this is the..."))
     assert engine.decoder.tokenizer.decode(forced[1:]) == " So this is the"
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from components.protocol import ServerEvent
+from components.protocol import NO_OPTIONS, ServerEvent, SessionOptions
 
 
 @runtime_checkable
@@ -38,4 +38,9 @@ class Backend(Protocol):
     name: str
     """Label shown to the user, e.g. ``"SageMaker endpoint my-asr (us-east-1)"``."""
 
-    async def open(self, *, partials: bool = False) -> RealtimeStream: ...
+    async def open(
+        self, *, partials: bool = False, options: SessionOptions = NO_OPTIONS
+    ) -> RealtimeStream:
+        """Start a stream; a refused ``options`` raises
+        :class:`~components.errors.InvalidOption` (from here or from the first events)."""
+        ...

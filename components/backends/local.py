@@ -19,13 +19,15 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from components.audio import pcm16_to_float
-from components.engines.base import Engine, EngineError
-from components.errors import Busy, ConnectionLost
+from components.engines.base import Engine, EngineError, check_engine_options
+from components.errors import Busy, ConnectionLost, InvalidOption
 from components.protocol import (
+    NO_OPTIONS,
     SAMPLE_RATE,
     ErrorCode,
     ErrorEvent,
     ServerEvent,
+    SessionOptions,
     TranscriptionDone,
 )
 
@@ -95,7 +97,14 @@ class _AudioQueue:
 class LocalStream:
     """One transcription request running on an in-process engine."""
 
-    def __init__(self, engine: Engine, *, partials: bool, max_buffer_seconds: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        partials: bool,
+        max_buffer_seconds: float,
+        options: SessionOptions = NO_OPTIONS,
+    ) -> None:
         self.id = f"local-{uuid.uuid4().hex[:12]}"
         self._engine = engine
         self._audio = _AudioQueue(int(max_buffer_seconds * SAMPLE_RATE))
@@ -104,13 +113,15 @@ class LocalStream:
         self._cancelled = False
         self._ended = False
         self._iterating = False
-        self._task = asyncio.create_task(self._run(partials), name=f"engine {self.id}")
+        self._task = asyncio.create_task(self._run(partials, options), name=f"engine {self.id}")
 
-    async def _run(self, partials: bool) -> None:
+    async def _run(self, partials: bool, options: SessionOptions) -> None:
         """Drive the engine: forward its events, turn its failures into error events."""
         terminal: ServerEvent | None = None
         try:
-            events = self._engine.transcribe(self._audio.chunks(), partials=partials)
+            events = self._engine.transcribe(
+                self._audio.chunks(), partials=partials, options=options
+            )
             try:
                 async for event in events:
                     await self._events.put(event)
@@ -219,7 +230,9 @@ class LocalBackend:
         self.max_stream_seconds: float | None = float(limit) if limit else None
         """The engine's longest request (a model's maximum length), if it has one."""
 
-    async def open(self, *, partials: bool = False) -> LocalStream:
+    async def open(
+        self, *, partials: bool = False, options: SessionOptions = NO_OPTIONS
+    ) -> LocalStream:
         """Start a request on the engine; audio may be sent at once.
 
         An engine that counts its sessions (the vLLM engine) and has none free refuses here,
@@ -230,8 +243,15 @@ class LocalBackend:
         limit = int(getattr(self.engine, "max_sessions", 0) or 0)
         if isinstance(active, int) and limit and active >= limit:
             raise Busy(f"{self.engine.name} is serving its maximum of {limit} sessions")
+        try:
+            check_engine_options(self.engine, options)
+        except EngineError as exc:
+            raise InvalidOption(exc.message) from None
         stream = LocalStream(
-            self.engine, partials=partials, max_buffer_seconds=self.max_buffer_seconds
+            self.engine,
+            partials=partials,
+            max_buffer_seconds=self.max_buffer_seconds,
+            options=options,
         )
         log.info("[%s] opened on %s (partials=%s)", stream.id, self.engine.name, partials)
         return stream

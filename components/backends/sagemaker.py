@@ -33,11 +33,13 @@ from components import protocol
 from components.backends.sagemaker_errors import NO_CREDENTIALS, map_error, session_error
 from components.errors import AuthError, BackendError, BackendUnavailable, ConnectionLost
 from components.protocol import (
+    NO_OPTIONS,
     ErrorEvent,
     InputAudioBufferAppend,
     InputAudioBufferCommit,
     ServerEvent,
     SessionCreated,
+    SessionOptions,
     SessionUpdate,
     TranscriptionDone,
 )
@@ -243,8 +245,11 @@ class SageMakerBackend:
         with contextlib.suppress(Exception):
             await client.close()
 
-    async def open(self, *, partials: bool = False) -> SageMakerStream:
-        """Start a stream: invoke the endpoint, choose the model, start generation."""
+    async def open(
+        self, *, partials: bool = False, options: SessionOptions = NO_OPTIONS
+    ) -> SageMakerStream:
+        """Start a stream: invoke the endpoint, choose the model (and ``options``), start
+        generation. Refused options arrive as :class:`InvalidOption` from the stream."""
         from aws_sdk_sagemaker_runtime_http2.models import (
             InvokeEndpointWithBidirectionalStreamInput,
         )
@@ -264,7 +269,14 @@ class SageMakerBackend:
                 raise
             raise self._map(exc) from None
         stream = SageMakerStream(self, client, duplex, label)
-        await stream._start(SessionUpdate(model=self.model, partials=partials))
+        await stream._start(
+            SessionUpdate(
+                model=self.model,
+                partials=partials,
+                language=options.language,
+                prompt=options.prompt,
+            )
+        )
         return stream
 
     async def _tls_problem(self) -> str | None:

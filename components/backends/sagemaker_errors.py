@@ -27,11 +27,12 @@ from components.errors import (
     BackendUnavailable,
     Busy,
     ConnectionLost,
+    InvalidOption,
     NotFound,
     RemoteError,
     StreamExpired,
 )
-from components.protocol import ErrorCode, ErrorEvent
+from components.protocol import OPTION_CODES, ErrorCode, ErrorEvent
 
 _ERROR_ID = re.compile(r"id: [\w.]+#(\w+)")
 
@@ -240,6 +241,8 @@ def session_error(event: ErrorEvent, *, where: str) -> BackendError | None:
         return BackendUnavailable(f"The container behind {where} lost its engine: {message}")
     if code == ErrorCode.SESSION_TOO_LONG:
         return StreamExpired(f"{where} closed the session: {message}")
+    if code in OPTION_CODES:
+        return InvalidOption(f"{where} refused the session options: {message}")
     if code in _ENDS_SESSION:
         return ConnectionLost(f"{where} closed the session: {message}")
     if code in (ErrorCode.PROCESSING_ERROR, ErrorCode.MODEL_NOT_VALIDATED):

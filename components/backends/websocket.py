@@ -34,11 +34,14 @@ from components.errors import (
     BackendUnavailable,
     Busy,
     ConnectionLost,
+    InvalidOption,
     NotFound,
     RemoteError,
     StreamExpired,
 )
 from components.protocol import (
+    NO_OPTIONS,
+    OPTION_CODES,
     ErrorCode,
     ErrorEvent,
     InputAudioBufferAppend,
@@ -46,6 +49,7 @@ from components.protocol import (
     ProtocolError,
     ServerEvent,
     SessionCreated,
+    SessionOptions,
     SessionUpdate,
     TranscriptionDone,
     parse_server_event,
@@ -158,14 +162,24 @@ class RealtimeWSBackend:
         self.model = model
         return model
 
-    async def open(self, *, partials: bool = False) -> RealtimeWSStream:
-        """Connect, check the session started, choose the model and start transcription."""
+    async def open(
+        self, *, partials: bool = False, options: SessionOptions = NO_OPTIONS
+    ) -> RealtimeWSStream:
+        """Connect, check the session started, choose the model and start transcription.
+
+        ``options`` go in the ``session.update``. A server that refuses them answers with an
+        error event, which the stream raises as :class:`InvalidOption`; ``vllm serve`` 0.32
+        ignores them.
+        """
         model = await self.resolve_model()
         ws = await self._connect()
         try:
             created = await self._await_created(ws)
             session_id = created.id
-            await ws.send(serialize(SessionUpdate(model=model, partials=partials)))
+            update = SessionUpdate(
+                model=model, partials=partials, language=options.language, prompt=options.prompt
+            )
+            await ws.send(serialize(update))
             await ws.send(serialize(InputAudioBufferCommit(final=False)))
         except ConnectionClosed as exc:
             await ws.close()
@@ -342,6 +356,8 @@ def _error_for(url: str, event: ErrorEvent) -> BackendError | None:
         return BackendUnavailable(f"{url}: {message}")
     if code == ErrorCode.SESSION_TOO_LONG:
         return StreamExpired(f"The server closed the session: {message}")
+    if code in OPTION_CODES:
+        return InvalidOption(f"{url} refused the session options: {message}")
     if code in _ENDS_SESSION:
         return ConnectionLost(f"The server closed the session: {message}")
     if code in (ErrorCode.PROCESSING_ERROR, ErrorCode.MODEL_NOT_VALIDATED):
