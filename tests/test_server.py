@@ -276,6 +276,57 @@ async def test_every_protocol_error_code_over_a_real_socket(server: Server) -> N
         assert events[-1]["type"] == "transcription.done"
 
 
+HESTER = "librispeech-1221-135766-0002"
+"""The bundled model hears "Hester Prynne" as "Hester Prin" without a prompt."""
+
+
+async def test_bad_session_options_are_refused_and_the_session_goes_on(
+    server: Server, pcm: dict[str, bytes]
+) -> None:
+    model = server.state.model_names[0]
+    cases = [
+        ({"language": "xx"}, "unknown_language", "ISO-639-1"),
+        ({"language": "de"}, "unsupported_language", "only en (English)"),
+        ({"prompt": "Hester Prynne " * 40}, "prompt_too_long", "at most 500"),
+        ({"prompt": 5}, "invalid_event", "'prompt'"),
+    ]
+    async with connect(server.ws) as ws:
+        assert (await recv(ws))["type"] == "session.created"
+        for fields, code, said in cases:
+            await ws.send(json.dumps({"type": "session.update", "model": model, **fields}))
+            event = await recv(ws, 10)
+            assert event["type"] == "error" and event["code"] == code, (fields, event)
+            assert said in event["error"], event
+        # A refused update changes nothing: the model is still not chosen.
+        await ws.send(serialize(InputAudioBufferCommit()))
+        assert (await recv(ws, 10))["code"] == "model_not_validated"
+        # The same socket then takes a good update, and its prompt steers the spelling.
+        await ws.send(serialize(SessionUpdate(model=model, language="en", prompt="Hester Prynne")))
+        await stream_audio(ws, pcm[HESTER])
+        events = await collect(ws)
+    text = events[-1]["text"]
+    assert "Prynne" in text and "Prin " not in text, text
+
+
+async def test_server_bound_on_prompts(bg: BackgroundLoop, engine: Any) -> None:
+    with _server(bg, engine, max_prompt_chars=0) as none:
+        ws = await connect(none.ws)
+        async with ws:
+            await recv(ws)
+            update = SessionUpdate(model=none.state.model_names[0], prompt="Hester")
+            await ws.send(serialize(update))
+            event = await recv(ws, 10)
+            assert event["code"] == "prompt_not_supported", event
+    with _server(bg, engine, max_prompt_chars=10) as short:
+        ws = await connect(short.ws)
+        async with ws:
+            await recv(ws)
+            update = SessionUpdate(model=short.state.model_names[0], prompt="Hester Prynne")
+            await ws.send(serialize(update))
+            event = await recv(ws, 10)
+            assert event["code"] == "prompt_too_long" and "at most 10" in event["error"]
+
+
 async def test_disconnect_mid_stream_releases_session_and_request(
     server: Server, pcm: dict[str, bytes]
 ) -> None:

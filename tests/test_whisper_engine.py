@@ -13,9 +13,11 @@ from components.engines.base import Engine, EngineError, EngineUnavailable
 from components.engines.whisper import DecodeItem, VadStream, WhisperEngine, without_ellipses
 from components.evaluation import Clip, wer
 from components.protocol import (
+    NO_OPTIONS,
     SAMPLE_RATE,
     ErrorCode,
     ErrorEvent,
+    SessionOptions,
     TranscriptionDelta,
     TranscriptionDone,
     TranscriptionPartial,
@@ -43,9 +45,15 @@ async def chunks(
 
 
 async def run(
-    engine: WhisperEngine, audio: np.ndarray, *, partials: bool = False, pace: float = 4.0
+    engine: WhisperEngine,
+    audio: np.ndarray,
+    *,
+    partials: bool = False,
+    pace: float = 4.0,
+    options: SessionOptions = NO_OPTIONS,
 ) -> tuple[str, list[object]]:
-    events = [e async for e in engine.transcribe(chunks(audio, pace=pace), partials=partials)]
+    stream = engine.transcribe(chunks(audio, pace=pace), partials=partials, options=options)
+    events = [e async for e in stream]
     text = "".join(e.delta for e in events if isinstance(e, TranscriptionDelta))
     return text, events
 
@@ -55,6 +63,57 @@ def test_engine_meets_the_interface(engine: WhisperEngine) -> None:
     assert engine.model == "whisper-tiny.en"
     assert "tiny.en" in engine.name
     assert engine.max_sessions >= 1
+    assert engine.languages == ("en",) and engine.takes_prompt
+
+
+# Clips where the bundled model misspells a name, the misspelling, and the name.
+MISHEARD = [
+    ("librispeech-1221-135766-0002", "Hester Prin ", "Hester Prynne"),
+    ("vbdemand-noisy-p257-001", "Stala", "Stella"),
+]
+
+
+@pytest.mark.parametrize(("clip_id", "heard", "name"), MISHEARD)
+async def test_a_prompt_spells_the_name_and_no_prompt_changes_nothing(
+    engine: WhisperEngine, clips: dict[str, Clip], clip_id: str, heard: str, name: str
+) -> None:
+    audio = load_file(str(clips[clip_id].path))
+    plain, _ = await run(engine, audio)
+    assert heard in plain + " ", plain  # what the model hears on its own, as before
+    blank, _ = await run(engine, audio, options=SessionOptions.checked(language="en", prompt=" "))
+    assert blank == plain
+    prompted, _ = await run(engine, audio, options=SessionOptions(prompt=f"{name}, Boston"))
+    assert name in prompted, prompted
+    assert wer(clips[clip_id].text, prompted) < wer(clips[clip_id].text, plain)
+
+
+async def test_terms_survive_a_shared_batch(engine: WhisperEngine, clips: dict[str, Clip]) -> None:
+    """Two streams decode together, one with terms: the batch shortens contexts to a common
+    length, and the terms must not be what is cut."""
+    clip_id, _, name = MISHEARD[0]
+    audio = load_file(str(clips[clip_id].path))
+    other = load_file(str(clips["librispeech-1089-134686-0000"].path))
+    (prompted, _), _ = await asyncio.gather(
+        run(engine, audio, options=SessionOptions(prompt=name)), run(engine, other)
+    )
+    assert name in prompted, prompted
+
+
+async def test_unsupported_options_are_engine_errors(engine: WhisperEngine) -> None:
+    with pytest.raises(EngineError) as info:
+        await run(engine, np.zeros(1600, np.float32), options=SessionOptions(language="fr"))
+    assert info.value.code == "unsupported_language"
+    assert "French (fr)" in info.value.message and "only en (English)" in info.value.message
+
+
+def test_terms_are_kept_when_a_context_is_shortened(engine: WhisperEngine) -> None:
+    decoder = engine.decoder
+    item = DecodeItem(np.zeros(1), "word " * 100, "", terms="Hester Prynne")
+    context, _, keep = decoder._prompt(item)
+    terms = decoder.tokenizer.encode(" Hester Prynne")
+    assert context[1 : 1 + len(terms)] == terms and keep == 1 + len(terms)
+    short = decoder._shorten(context, keep, 20)
+    assert len(short) == 20 and short[:keep] == context[:keep] and short[-1] == context[-1]
 
 
 @pytest.mark.parametrize(
