@@ -47,6 +47,36 @@ VOXTRAL_REALTIME_LANGUAGES: tuple[str, ...] = (
 spoken one itself: vLLM 0.32's realtime path has no way to pin it."""
 
 
+def option_refusal(
+    language: str | None,
+    prompt: str | None,
+    *,
+    languages: tuple[str, ...],
+    takes_prompt: bool,
+    label: str,
+) -> tuple[str, str] | None:
+    """(error code, message) when ``label`` cannot honour these options; None when it can.
+
+    Free of engine imports so that the container's bridge can use it next to ``vllm serve``.
+    """
+    if language is not None and language not in languages:
+        if len(languages) == 1:
+            supported = f"only {describe(languages)}"
+        else:
+            supported = f"these {len(languages)} languages: {', '.join(languages)}"
+        return (
+            "unsupported_language",
+            f"{label} does not transcribe {language_name(language)} ({language}); "
+            f"it supports {supported}",
+        )
+    if prompt is not None and not takes_prompt:
+        return (
+            "prompt_not_supported",
+            f"{label} cannot take a prompt (names and terms): send the session without one",
+        )
+    return None
+
+
 def language_name(code: str) -> str:
     return ISO_639_1.get(code, code)
 

@@ -14,6 +14,11 @@ later" when the bridge or the engine is full, 1011 when the engine is gone. A bi
 holds UTF-8 JSON (a SageMaker client that did not set ``DataType=UTF8``) is forwarded as text,
 because vLLM reads text frames only; any other binary frame is answered with ``invalid_frame``.
 
+``vllm serve`` 0.32 ignores ``language`` and ``prompt`` in ``session.update``. In front of it
+(``BRIDGE_SESSION_OPTIONS=voxtral``, which the container sets for ``ENGINE=vllm``) the bridge
+reads ``session.update`` frames, and only those, and answers what the engine cannot honour with
+the same error events our server sends: an unknown or unsupported language, a prompt.
+
 Run it with ``python -m container.bridge`` (``container/serve`` does, inside the image).
 """
 
@@ -39,7 +44,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from components.protocol import ErrorCode, error_frame
+from components.languages import VOXTRAL_REALTIME_LANGUAGES, option_refusal
+from components.protocol import (
+    ErrorCode,
+    ProtocolError,
+    SessionUpdate,
+    error_frame,
+    parse_client_event,
+)
 
 log = logging.getLogger("container.bridge")
 
@@ -54,6 +66,10 @@ INVOCATION_PATH_HEADER = "x-amzn-sagemaker-model-invocation-path"
 
 MAX_REASON_BYTES = 123
 """A WebSocket close reason must fit in a control frame (125 bytes minus the code)."""
+
+SESSION_OPTION_MODES = ("pass", "voxtral")
+"""``pass``: forward ``session.update`` as it is (the engine checks, as our server does);
+``voxtral``: check language and prompt for Voxtral Realtime on ``vllm serve``."""
 
 BUSY_HTTP_STATUSES = frozenset({429, 503})
 """Upstream handshake refusals that mean "full, try again later" rather than "broken"."""
@@ -109,8 +125,15 @@ class BridgeConfig:
     """Close a stream after this long without a frame either way; for engines without their
     own idle timeout (``vllm serve``). Off by default: our server has one."""
     close_timeout: float = 2.0
+    session_options: str = "pass"
+    """See :data:`SESSION_OPTION_MODES`."""
 
     def __post_init__(self) -> None:
+        if self.session_options not in SESSION_OPTION_MODES:
+            raise ValueError(
+                f"BRIDGE_SESSION_OPTIONS={self.session_options!r}: choose "
+                + " or ".join(SESSION_OPTION_MODES)
+            )
         if not self.health_url:
             object.__setattr__(self, "health_url", health_url_for(self.upstream_url))
         if self.max_connections < 1:
@@ -136,6 +159,7 @@ class BridgeConfig:
             "ping_timeout": _env_float(env, "BRIDGE_PING_TIMEOUT", 1.5),
             "keepalive_interval": keepalive if keepalive > 0 else None,
             "idle_timeout": idle if idle > 0 else None,
+            "session_options": env.get("BRIDGE_SESSION_OPTIONS", "").strip().lower() or "pass",
         }
         values.update(overrides)
         return cls(**values)
@@ -166,6 +190,31 @@ def binary_as_text(data: bytes) -> str | None:
 def text_size(text: str) -> int:
     """UTF-8 size of ``text``; O(1) for ASCII (all protocol events but some deltas)."""
     return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def session_update_refusal(text: str) -> str | None:
+    """The error frame for a ``session.update`` whose options Voxtral Realtime on ``vllm
+    serve`` cannot honour; None to forward the frame (anything else is vLLM's to judge)."""
+    try:
+        event = parse_client_event(text)
+    except ProtocolError as exc:
+        if exc.code in (ErrorCode.UNKNOWN_LANGUAGE, ErrorCode.PROMPT_TOO_LONG):
+            return error_frame(exc.code, exc.message)
+        if exc.code == ErrorCode.INVALID_EVENT and (
+            "'language'" in exc.message or "'prompt'" in exc.message
+        ):
+            return error_frame(exc.code, exc.message)
+        return None
+    if not isinstance(event, SessionUpdate):
+        return None
+    refusal = option_refusal(
+        event.language,
+        event.prompt,
+        languages=VOXTRAL_REALTIME_LANGUAGES,
+        takes_prompt=False,
+        label="Voxtral Realtime on vllm serve",
+    )
+    return None if refusal is None else error_frame(*refusal)
 
 
 def truncate_reason(reason: str) -> str:
@@ -534,6 +583,7 @@ class Bridge:
         """Client -> upstream until the client closes; returns its close code and reason."""
         receive = websocket.receive
         send = upstream.send
+        check_options_here = self.config.session_options == "voxtral"
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
@@ -558,6 +608,11 @@ class Bridge:
             else:
                 stats.bytes_in += text_size(text)
                 stats.frames_in += 1
+            if check_options_here and "session.update" in text:
+                refusal = session_update_refusal(text)
+                if refusal is not None:
+                    await self._send_text(websocket, stats, refusal)
+                    continue
             try:
                 await send(text)
             except ConnectionClosed:

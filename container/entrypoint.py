@@ -305,7 +305,11 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         extra = env.get("BRIDGE_PYTHONPATH", "")
         try:
-            bridge = Child("bridge", bridge_command(self.config), child_env(env, extra))
+            bridge_env = child_env(env, extra)
+            if self.config.engine == "vllm":
+                # vllm serve ignores language and prompt: the bridge answers for it.
+                bridge_env.setdefault("BRIDGE_SESSION_OPTIONS", "voxtral")
+            bridge = Child("bridge", bridge_command(self.config), bridge_env)
             self.children.append(bridge)
             # The bridge first: /ping answers 503 while the engine loads, from the first second.
             code = self._wait(self._bridge_listening, 60.0, "the bridge to listen")

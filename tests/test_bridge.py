@@ -432,6 +432,64 @@ async def test_a_stream_is_relayed_both_ways_frame_by_frame(
         await ws.close()
 
 
+async def test_in_front_of_vllm_serve_refused_options_never_reach_the_engine(
+    make_bridge: BridgeFactory, upstream: StandInUpstream
+) -> None:
+    checking = make_bridge(upstream_url=upstream.url, session_options="voxtral")
+    drain(upstream.frames)
+    ws = await open_stream(checking.ws_url())
+    try:
+        assert isinstance(await next_event(ws), SessionCreated)
+        cases = [
+            ('{"type":"session.update","model":"m","language":"xx"}', "unknown_language"),
+            ('{"type":"session.update","model":"m","language":"sv"}', "unsupported_language"),
+            (
+                '{"type":"session.update","model":"m","prompt":"Hester Prynne"}',
+                "prompt_not_supported",
+            ),
+            (
+                '{"type":"session.update","model":"m","prompt":"%s"}' % ("x" * 600),
+                "prompt_too_long",
+            ),
+        ]
+        for frame, code in cases:
+            await ws.send(frame)
+            event = await next_event(ws)
+            assert isinstance(event, ErrorEvent) and event.code == code, (frame, event)
+        assert "Swedish (sv)" in (await _refusal(ws, "sv")).error
+        # A language Voxtral speaks goes through unchanged, and so does everything else.
+        good = serialize(SessionUpdate(model="m", language="fr"))
+        await ws.send(good)
+        await ws.send(serialize(InputAudioBufferAppend(pcm(0.25))))
+        await ws.send(serialize(InputAudioBufferCommit(final=True)))
+        assert await next_event(ws) == TranscriptionDelta("8000 bytes")
+        assert await take(upstream.frames) == good
+    finally:
+        await ws.close()
+
+
+async def _refusal(ws: ClientConnection, language: str) -> ErrorEvent:
+    await ws.send(serialize(SessionUpdate(model="m", language=language)))
+    event = await next_event(ws)
+    assert isinstance(event, ErrorEvent)
+    return event
+
+
+async def test_by_default_the_bridge_leaves_options_to_the_engine(
+    bridge: RunningBridge, upstream: StandInUpstream
+) -> None:
+    drain(upstream.frames)
+    ws = await open_stream(bridge.ws_url())
+    try:
+        assert isinstance(await next_event(ws), SessionCreated)
+        update = serialize(SessionUpdate(model="m", language="sv", prompt="Hester Prynne"))
+        await ws.send(update)
+        await ws.send(serialize(InputAudioBufferCommit(final=True)))
+        assert await take(upstream.frames) == update
+    finally:
+        await ws.close()
+
+
 async def test_binary_json_is_forwarded_as_text(
     bridge: RunningBridge, upstream: StandInUpstream
 ) -> None:

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from components.languages import describe, language_name
+from components.languages import option_refusal
 from components.protocol import NO_OPTIONS, ErrorCode, SessionOptions, TranscriptEvent
 
 
@@ -68,21 +68,16 @@ def check_options(
     options: SessionOptions, *, languages: tuple[str, ...], takes_prompt: bool, label: str
 ) -> None:
     """Raise :class:`EngineError` with the option's code when ``label`` cannot honour it."""
-    if options.language is not None and options.language not in languages:
-        name = language_name(options.language)
-        if len(languages) == 1:
-            supported = f"only {describe(languages)}"
-        else:
-            supported = f"these {len(languages)} languages: {', '.join(languages)}"
-        raise EngineError(
-            f"{label} does not transcribe {name} ({options.language}); it supports {supported}",
-            ErrorCode.UNSUPPORTED_LANGUAGE,
-        )
-    if options.prompt is not None and not takes_prompt:
-        raise EngineError(
-            f"{label} cannot take a prompt (names and terms): send the session without one",
-            ErrorCode.PROMPT_NOT_SUPPORTED,
-        )
+    refusal = option_refusal(
+        options.language,
+        options.prompt,
+        languages=languages,
+        takes_prompt=takes_prompt,
+        label=label,
+    )
+    if refusal is not None:
+        code, message = refusal
+        raise EngineError(message, code)
 
 
 def check_engine_options(engine: Engine, options: SessionOptions) -> None:
