@@ -38,6 +38,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 
 from components.deployment import BackendChoice, BackendKind, Settings
+from components.languages import VOXTRAL_REALTIME_LANGUAGES, language_name
 from components.session import SessionView
 from components.session_manager import SessionManager
 
@@ -405,10 +406,31 @@ def _json_field(body: bytes, name: str) -> str | None:
 
 
 def _choice(
-    kind_label: str, endpoint: str | None, region: str | None, url: str | None
+    kind_label: str,
+    endpoint: str | None,
+    region: str | None,
+    url: str | None,
+    language: str | None = None,
+    terms: str | None = None,
 ) -> BackendChoice:
     kind = LABEL_KINDS.get(kind_label, kind_label)
-    return BackendChoice(kind, endpoint=endpoint or "", region=region or "", url=url or "")
+    return BackendChoice(
+        kind,
+        endpoint=endpoint or "",
+        region=region or "",
+        url=url or "",
+        language=language or "",
+        prompt=terms or "",
+    )
+
+
+AUTO_LANGUAGE = ("Engine default", "")
+
+
+def language_update(languages: tuple[str, ...]) -> Any:
+    """The language choice for an engine: shown only when there is more than one to pick."""
+    choices = [AUTO_LANGUAGE] + [(f"{language_name(c)} ({c})", c) for c in languages]
+    return gr.Dropdown(choices=choices, value="", visible=len(languages) > 1)
 
 
 def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
@@ -420,6 +442,13 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
         )
     labels = [KIND_LABELS[k] for k in kinds]
     allowed = settings.allowed_endpoints
+
+    def languages_for(kind_label: str) -> tuple[str, ...]:
+        """What the chosen backend's engine speaks: the local engine's own list once loaded;
+        for a remote, this project's GPU engine's (the remote refuses what it cannot do)."""
+        if LABEL_KINDS.get(kind_label, kind_label) == BackendKind.LOCAL:
+            return manager.local_languages()
+        return VOXTRAL_REALTIME_LANGUAGES
 
     def idle_backend() -> str:
         return manager.engine_label() if kinds[0] is BackendKind.LOCAL else KIND_LABELS[kinds[0]]
@@ -480,6 +509,25 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
         with gr.Row():
             stop_btn = gr.Button("Stop streaming", variant="stop", elem_id="stop")
             clear_btn = gr.Button("Clear", elem_id="clear")
+        with gr.Row():
+            terms = gr.Textbox(
+                label="Names and terms",
+                info="Spelled the way you write them here, e.g. the speakers' names and jargon. "
+                "Used from the next recording on.",
+                placeholder="Hester Prynne, Kubernetes, Dr. Okafor",
+                max_length=settings.max_prompt_chars,
+                lines=1,
+                scale=3,
+                elem_id="terms",
+            )
+            language = gr.Dropdown(
+                [AUTO_LANGUAGE],
+                value="",
+                label="Language",
+                visible=False,
+                scale=1,
+                elem_id="language",
+            )
         with gr.Accordion("Backend", open=True):
             kind = gr.Radio(labels, value=labels[0], label="Transcribe with", elem_id="backend")
             local_note = gr.Markdown(
@@ -517,7 +565,7 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
                 )
         session_id = gr.Textbox("", visible="hidden", elem_id="session-id")
 
-        backend_inputs = [kind, endpoint, region, url]
+        backend_inputs = [kind, endpoint, region, url, language, terms]
         view_outputs = [captions, figures, status, dl_txt, dl_srt, dl_vtt]
 
         async def on_chunk(
@@ -526,6 +574,8 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
             endpoint_name: str | None,
             region_name: str | None,
             server_url: str | None,
+            language_code: str | None,
+            names: str | None,
             request: gr.Request,
         ) -> Any:
             if chunk is None:
@@ -533,7 +583,9 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
             rate, samples = chunk
             owner = _owner(request)
             before = manager.current(owner)
-            choice = _choice(kind_label, endpoint_name, region_name, server_url)
+            choice = _choice(
+                kind_label, endpoint_name, region_name, server_url, language_code, names
+            )
             key, first = _stream_key(request)
             gate.taken(owner, first)
             session = manager.feed(owner, key, choice, int(rate), samples)
@@ -580,12 +632,16 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
             endpoint_name: str | None,
             region_name: str | None,
             server_url: str | None,
+            language_code: str | None,
+            names: str | None,
             request: gr.Request,
         ) -> tuple[Any, Any]:
             if not path:
                 message = "Choose an audio file first (drop it on the recording box)."
                 return gr.skip(), f'<div class="error" role="alert">{message}</div>'
-            choice = _choice(kind_label, endpoint_name, region_name, server_url)
+            choice = _choice(
+                kind_label, endpoint_name, region_name, server_url, language_code, names
+            )
             session = manager.stream_file(_owner(request), choice, path)
             return session.id, ""
 
@@ -593,18 +649,21 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
             manager.clear(_owner(request))
             return ("", *outputs_for(None, final=True))
 
-        def on_kind(kind_label: str) -> tuple[Any, Any, Any]:
+        def on_kind(kind_label: str) -> tuple[Any, Any, Any, Any]:
             return (
                 gr.Markdown(visible=kind_label == "Local"),
                 gr.Row(visible=kind_label == "SageMaker"),
                 gr.Row(visible=kind_label == "Realtime server URL"),
+                language_update(languages_for(kind_label)),
             )
 
-        async def on_load() -> AsyncIterator[tuple[str, str]]:
-            def current() -> tuple[str, str]:
-                return render_figures(
-                    None, idle_backend()
-                ), f"Local engine: {manager.engine_note()}"
+        async def on_load() -> AsyncIterator[tuple[str, str, Any]]:
+            def current() -> tuple[str, str, Any]:
+                return (
+                    render_figures(None, idle_backend()),
+                    f"Local engine: {manager.engine_note()}",
+                    language_update(languages_for(labels[0])),
+                )
 
             yield current()
             future = manager.load_engine() if BackendKind.LOCAL in kinds else None
@@ -662,9 +721,15 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
         # A session that ends on its own (an error, its length limit, the server) stops the
         # microphone too; the browser's recorder can only be stopped from the browser.
         figures.change(None, [figures], None, js=STOP_MIC_WHEN_ENDED_JS)
-        kind.change(on_kind, [kind], [local_note, sm_row, url_row], api_visibility="private")
+        kind.change(
+            on_kind, [kind], [local_note, sm_row, url_row, language], api_visibility="private"
+        )
         demo.load(
-            on_load, None, [figures, local_note], show_progress="hidden", api_visibility="private"
+            on_load,
+            None,
+            [figures, local_note, language],
+            show_progress="hidden",
+            api_visibility="private",
         )
         demo.unload(on_unload)
     demo.queue(default_concurrency_limit=None, max_size=None)

@@ -2,8 +2,9 @@
 
 :class:`Settings` reads the deployment's environment: which backends visitors may use
 (``SAGEMAKER_ENDPOINTS`` allowlist, ``ALLOW_CUSTOM_URL``), limits (``MAX_SESSIONS``,
-``MAX_SESSION_SECONDS``, ``MAX_STREAM_SECONDS``) and defaults. :func:`validate_choice` is the
-server-side gate for a :class:`BackendChoice`: the page's widgets only mirror it.
+``MAX_SESSION_SECONDS``, ``MAX_STREAM_SECONDS``, ``MAX_PROMPT_CHARS``) and defaults.
+:func:`validate_choice` is the server-side gate for a :class:`BackendChoice` and the session
+options that travel with it: the page's widgets only mirror it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from components.errors import BackendError, NotFound
+from components.protocol import MAX_PROMPT_CHARS, ProtocolError, SessionOptions
+
+PUBLIC_PROMPT_CHARS = 200
+"""A public deployment's default bound on what a visitor may put in "Names and terms"."""
 
 _ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _REGION_NAME = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
@@ -69,6 +74,8 @@ class Settings:
     realtime_api_key: str | None = None
     allow_custom_url: bool = True
     public: bool = False
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    """Longest "Names and terms" text a visitor may send (``MAX_PROMPT_CHARS``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +110,14 @@ class Settings:
             realtime_api_key=env.get("LIVE_CAPTIONS_API_KEY") or None,
             allow_custom_url=_env_bool(env, "ALLOW_CUSTOM_URL", not public),
             public=public,
+            max_prompt_chars=min(
+                MAX_PROMPT_CHARS,
+                int(
+                    _env_number(
+                        env, "MAX_PROMPT_CHARS", PUBLIC_PROMPT_CHARS if public else MAX_PROMPT_CHARS
+                    )
+                ),
+            ),
         )
 
     @property
@@ -140,6 +155,14 @@ class BackendChoice:
     endpoint: str = ""
     region: str = ""
     url: str = ""
+    language: str = ""
+    """ISO-639-1 code, or "" for the engine's default."""
+    prompt: str = ""
+    """Names and terms for the engine to spell right."""
+
+    @property
+    def options(self) -> SessionOptions:
+        return SessionOptions(language=self.language or None, prompt=self.prompt or None)
 
 
 def validate_choice(choice: BackendChoice, settings: Settings) -> BackendChoice:
@@ -156,8 +179,15 @@ def validate_choice(choice: BackendChoice, settings: Settings) -> BackendChoice:
         ) from None
     if kind not in settings.kinds:
         raise NotFound(f"The {kind.value} backend is not offered on this deployment.")
+    try:
+        options = SessionOptions.checked(
+            choice.language, choice.prompt, max_prompt_chars=settings.max_prompt_chars
+        )
+    except ProtocolError as exc:
+        raise InvalidChoice(exc.message) from None
+    extra = {"language": options.language or "", "prompt": options.prompt or ""}
     if kind is BackendKind.LOCAL:
-        return BackendChoice(kind)
+        return BackendChoice(kind, **extra)
     if kind is BackendKind.SAGEMAKER:
         endpoint = (choice.endpoint or "").strip() or settings.sagemaker_endpoint
         allowed = settings.allowed_endpoints
@@ -179,7 +209,7 @@ def validate_choice(choice: BackendChoice, settings: Settings) -> BackendChoice:
             region = (choice.region or "").strip() or settings.sagemaker_region
         if not _REGION_NAME.match(region):
             raise InvalidChoice(f"{region!r} is not an AWS region name (for example us-east-1).")
-        return BackendChoice(kind, endpoint=endpoint, region=region)
+        return BackendChoice(kind, endpoint=endpoint, region=region, **extra)
     url = (choice.url or "").strip() or settings.realtime_url
     if not settings.allow_custom_url and url != settings.realtime_url:
         raise NotFound(
@@ -190,4 +220,4 @@ def validate_choice(choice: BackendChoice, settings: Settings) -> BackendChoice:
         raise InvalidChoice(
             "Enter a Realtime server URL such as ws://127.0.0.1:8000/v1/realtime (ws:// or wss://)."
         )
-    return BackendChoice(kind, url=url)
+    return BackendChoice(kind, url=url, **extra)

@@ -488,6 +488,7 @@ class CaptionSession:
         chain = await ContinuousStream.open(
             backend,
             partials=True,
+            options=self.choice.options,
             policy=policy,
             on_notice=self._on_notice,
             label=f"session {self.id}",

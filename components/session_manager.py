@@ -113,6 +113,13 @@ class SessionManager:
             return f"The local engine is unavailable: {_exception_sentence(exc)}"
         return future.result()[1]
 
+    def local_languages(self) -> tuple[str, ...]:
+        """Languages of the local engine once it is loaded (none before, or if it failed)."""
+        future = self._engine_future
+        if future is None or not future.done() or future.exception() is not None:
+            return ()
+        return tuple(getattr(future.result()[0], "languages", ()))
+
     def engine_label(self) -> str:
         """Short name of the local engine for the figures panel (or what it is doing)."""
         future = self._engine_future

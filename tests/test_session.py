@@ -28,6 +28,7 @@ from components.deployment import (
     Settings,
     validate_choice,
 )
+from components.errors import BackendError
 from components.evaluation import Clip, wer
 from components.protocol import NO_OPTIONS
 from components.session import CaptionSession, SessionState
@@ -185,6 +186,39 @@ async def test_uploaded_file_streams_as_if_live(
     assert view.samples_lost == 0
     assert view.audio_received == pytest.approx(len(at44k) / 44_100)
     assert wer(clip.text, view.text) <= 0.4, view.text
+
+
+async def test_names_and_terms_reach_the_engine(
+    manager: TappedManager, clips: dict[str, Clip]
+) -> None:
+    clip = clips["librispeech-1221-135766-0002"]
+    choice = BackendChoice(BackendKind.LOCAL, prompt="Hester Prynne")
+    session = manager.stream_file("tab-terms", choice, str(clip.path))
+    view = await session.wait_finished(60)
+    assert view.state is SessionState.DONE, view.error
+    assert "Hester Prynne" in view.text, view.text
+
+
+async def test_a_language_the_engine_lacks_is_a_message(manager: TappedManager) -> None:
+    session = manager.start("tab-lang", BackendChoice(BackendKind.LOCAL, language="de"))
+    session.feed(48_000, np.zeros(4_800, dtype=np.int16))
+    view = await session.wait_finished(30)
+    assert view.state is SessionState.FAILED
+    assert view.error is not None and "German (de)" in view.error, view.error
+    assert "only en (English)" in view.error
+
+
+def test_a_public_deployment_bounds_the_terms() -> None:
+    public = Settings.from_env({"SPACE_ID": "someone/live-captions"})
+    assert public.max_prompt_chars == 200
+    local = BackendChoice(BackendKind.LOCAL, prompt="x" * 200, language="EN")
+    assert validate_choice(local, public).options.language == "en"
+    with pytest.raises(BackendError, match="201 characters; at most 200"):
+        validate_choice(BackendChoice(BackendKind.LOCAL, prompt="x" * 201), public)
+    with pytest.raises(BackendError, match="Unknown language"):
+        validate_choice(BackendChoice(BackendKind.LOCAL, language="klingon"), public)
+    assert Settings.from_env({"MAX_PROMPT_CHARS": "80"}).max_prompt_chars == 80
+    assert Settings.from_env({"MAX_PROMPT_CHARS": "9000"}).max_prompt_chars == 500
 
 
 async def test_each_stream_key_is_one_session_and_stragglers_are_not_used(

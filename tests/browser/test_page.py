@@ -143,6 +143,25 @@ def test_record_shows_live_captions_then_final_text_and_downloads(
     assert spoken.split() == text.split()
 
 
+def test_names_and_terms_spell_the_speakers_names(
+    app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
+) -> None:
+    clip = clips["librispeech-1221-135766-0002"]  # "... Hester Prin ..." without the terms
+    page = CaptionPage(open_browser(padded_wav(clip, wav_dir)), app_url)
+    terms = page.page.get_by_label("Names and terms")
+    assert terms.get_attribute("maxlength") == "500"
+    assert not page.page.locator("#language").is_visible()  # tiny.en speaks English only
+    terms.fill("Hester Prynne")
+    terms.blur()
+    page.record()
+    time.sleep(_speech_seconds(clip))
+    page.stop()
+    assert page.wait_state("done") == "done"
+    text = page.final_text()
+    assert "Hester Prynne" in text, text
+    page.assert_nothing_lost()
+
+
 def test_stop_then_record_again_starts_a_fresh_session(
     app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
 ) -> None:
