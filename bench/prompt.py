@@ -13,8 +13,12 @@ chunks, once per configuration:
   as the prompt. Clips without any get no prompt in every run.
 
 Printed as JSON: corpus WER of each run and its ratio to ``none``, WER over the clips that
-have terms, how many of those clips have every term spelled right, and per decode: generate
-time (ms), context tokens, and their ratio to ``none``.
+have terms, how many of those clips have every term spelled right, and per decode in the run:
+generate time (ms) and context tokens. A paced replay's decode schedule follows the wall
+clock, so two runs of the same configuration differ in a few words (compare ``none`` and
+``blank``) and in how decodes batch; ``decode_cost`` therefore also times one decode alone
+(a 5 s window with 200 characters of confirmed text) without terms, with one name, and with
+a 200-character list, median of 15.
 """
 
 from __future__ import annotations
@@ -28,10 +32,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import statistics
+import time
+
+import numpy as np
+
 from bench.common import machine, ratio, replay, select_clips, wer_of
 from components.audio import load_file
 from components.backends.local import LocalBackend
-from components.engines.whisper import TERMS_PLACEMENTS, WhisperEngine
+from components.engines.whisper import TERMS_PLACEMENTS, DecodeItem, WhisperEngine
 from components.evaluation import normalize
 from components.protocol import NO_OPTIONS, SessionOptions
 
@@ -102,6 +111,36 @@ async def _run_config(
     }
 
 
+def _decode_cost(engine: WhisperEngine, audio: np.ndarray) -> dict[str, Any]:
+    """Milliseconds for one decode of the same window, by the terms it carries."""
+    window = audio[: 5 * 16_000]
+    confirmed = ("and so my fellow citizens of the world ask not what america will do " * 4)[:200]
+    many = ", ".join(["Hester Prynne", "Kubernetes", "Dr. Okafor", "Quilter", "Dashwood"] * 4)
+    decoder = engine.decoder
+    out: dict[str, Any] = {}
+    for label, terms in [
+        ("no terms", ""),
+        ("one name", "Hester Prynne"),
+        ("200 chars", many[:200]),
+    ]:
+        item = DecodeItem(window, confirmed, "", terms=terms)
+        decoder.decode([item])  # warm
+        times = []
+        for _ in range(15):
+            started = time.perf_counter()
+            decoder.decode([item])
+            times.append(time.perf_counter() - started)
+        context, _, _ = decoder._prompt(item)
+        out[label] = {
+            "ms": round(1000 * statistics.median(times), 1),
+            "context_tokens": len(context),
+        }
+    base = out["no terms"]["ms"]
+    for entry in out.values():
+        entry["ratio"] = ratio(entry["ms"], base)
+    return out
+
+
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     clips = select_clips(args.clips)
     audio = {clip.id: load_file(str(clip.path)) for clip in clips}
@@ -111,6 +150,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for name in ["none", "blank", *placements]:
             runs[name] = await _run_config(engine, clips, audio, name, args.pace)
+        cost = _decode_cost(engine, next(iter(audio.values())))
     finally:
         await engine.aclose()
     base = runs["none"]
@@ -130,6 +170,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "pace": args.pace,
         "terms": {cid: t for cid, t in TERMS.items() if cid in audio},
         "runs": runs,
+        "decode_cost": cost,
         "machine": machine(),
     }
 

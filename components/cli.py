@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(LIVE_CAPTIONS_AUDIO_BUFFER_SECONDS; default 120)",
     )
     serve.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        metavar="N",
+        help="longest prompt (names and terms) a session may send; 0 takes none "
+        f"(LIVE_CAPTIONS_MAX_PROMPT_CHARS; default {MAX_PROMPT_CHARS})",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LIVE_CAPTIONS_LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -526,6 +533,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "max_session_seconds",
                 "served_model_name",
                 "audio_buffer_seconds",
+                "max_prompt_chars",
             )
             if getattr(args, name) is not None
         }

@@ -344,6 +344,11 @@ INTENDED: dict[str, str] = {
         "sessions are limited (by default to the engine's max_num_seqs): one more is told "
         "server_busy and closed with 1013; vLLM accepts every connection"
     ),
+    "options": (
+        "language and prompt in session.update: vLLM 0.32 ignores both; we refuse what the "
+        "engine cannot honour (a language outside Voxtral Realtime's 13, any prompt, a code "
+        "that is not ISO-639-1) with an error event, and the session goes on"
+    ),
     "not-an-object": (
         "JSON that is not an object is invalid_json; vLLM fails on it inside its handler and "
         "answers processing_error with a Python message"
@@ -445,12 +450,33 @@ SESSIONS: tuple[Session, ...] = (
     Session(
         "session.update with keys beyond model",
         (
-            Send(event("session.update", model=SERVED_MODEL, language="en", prompt="names")),
+            Send(event("session.update", model=SERVED_MODEL, language="fr", voice="x")),
             Send(event("session.update", model=SERVED_MODEL, partials=True)),
             *REQUEST,
             Sync(),
         ),
         [CREATED, DELTAS, DONE],
+    ),
+    Session(
+        "session options the engine cannot honour",
+        (
+            Send(event("session.update", model=SERVED_MODEL, language="sv")),
+            Send(event("session.update", model=SERVED_MODEL, prompt="Hester Prynne")),
+            Send(event("session.update", model=SERVED_MODEL, language="xx")),
+            UPDATE,
+            *REQUEST,
+            Sync(),
+        ),
+        [CREATED, DELTAS, DONE],
+        ours=[
+            CREATED,
+            "error:unsupported_language",
+            "error:prompt_not_supported",
+            "error:unknown_language",
+            DELTAS,
+            DONE,
+        ],
+        differs="options",
     ),
     Session(
         "second commit while one runs",
