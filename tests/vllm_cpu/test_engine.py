@@ -20,7 +20,13 @@ import soundfile as sf
 from components.engines.base import EngineError
 from components.engines.voxtral_stream import VoxtralFramer
 from components.evaluation import Clip
-from components.protocol import ErrorCode, TranscriptionDelta, TranscriptionDone
+from components.protocol import (
+    NO_OPTIONS,
+    ErrorCode,
+    SessionOptions,
+    TranscriptionDelta,
+    TranscriptionDone,
+)
 from tests.test_server import wait_until
 from tests.vllm_cpu.conftest import MAX_MODEL_LEN, Observed, unfinished
 
@@ -39,11 +45,14 @@ async def chunks_of(samples: np.ndarray, size: int = 1600) -> AsyncIterator[np.n
         yield samples[at : at + size]
 
 
-async def run(engine: Any, audio: AsyncIterator[np.ndarray]) -> tuple[list[str], Any]:
+async def run(
+    engine: Any, audio: AsyncIterator[np.ndarray], options: SessionOptions = NO_OPTIONS
+) -> tuple[list[str], Any]:
     """Deltas and the final event (a TranscriptionDone, or the EngineError raised)."""
     deltas: list[str] = []
     try:
-        async with asyncio.timeout(240), contextlib.aclosing(engine.transcribe(audio)) as events:
+        events = engine.transcribe(audio, options=options)
+        async with asyncio.timeout(240), contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, TranscriptionDelta):
                     deltas.append(event.delta)
@@ -69,6 +78,25 @@ def frames_for(engine: Any, samples: np.ndarray) -> int:
 def test_the_engine_names_its_device(engine: Any) -> None:
     assert engine.name.endswith("(vLLM, CPU)")
     assert engine.max_sessions == 2
+
+
+def test_session_options_voxtral_can_and_cannot_honour(
+    bg: Any, engine: Any, observed: Observed, clips: dict[str, Clip]
+) -> None:
+    assert len(engine.languages) == 13 and "fr" in engine.languages
+    assert not engine.takes_prompt
+    samples = speech(clips[SHORT])
+    _, done = bg.run(run(engine, chunks_of(samples), SessionOptions(language="fr")))
+    assert isinstance(done, TranscriptionDone), done
+    for options, code in [
+        (SessionOptions(language="sv"), "unsupported_language"),
+        (SessionOptions(prompt="Hester Prynne"), "prompt_not_supported"),
+    ]:
+        before = len(observed.outputs)
+        _, refused = bg.run(run(engine, chunks_of(samples), options))
+        assert isinstance(refused, EngineError) and refused.code == code, refused
+        assert len(observed.outputs) == before  # refused before any vLLM request
+    assert engine.active_sessions == 0 and unfinished(engine) == 0
 
 
 def test_one_session_end_to_end_with_vllms_own_usage(
