@@ -39,6 +39,7 @@ import gradio as gr
 
 from components.deployment import BackendChoice, BackendKind, Settings
 from components.languages import VOXTRAL_REALTIME_LANGUAGES, language_name
+from components.presentation import FollowerTokens, add_routes
 from components.session import SessionView
 from components.session_manager import SessionManager
 
@@ -433,7 +434,19 @@ def language_update(languages: tuple[str, ...]) -> Any:
     return gr.Dropdown(choices=choices, value="", visible=len(languages) > 1)
 
 
-def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
+def follow_link(token: str) -> str:
+    """The presentation view's link; relative, so it stays under the page's path prefix."""
+    return (
+        f'<a id="presentation-link" href="live/{token}" target="_blank" rel="noopener">'
+        "Presentation view</a>: the captions alone, large, for a projector or a second screen "
+        "(anyone with this link can read them)"
+    )
+
+
+def build_demo(
+    manager: SessionManager, gate: StreamGate, tokens: FollowerTokens | None = None
+) -> gr.Blocks:
+    tokens = tokens or FollowerTokens()
     settings = manager.settings
     kinds = settings.kinds
     if not kinds:
@@ -487,6 +500,7 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
                     dl_vtt = gr.DownloadButton("Download .vtt", visible=False, elem_id="dl-vtt")
             with gr.Column(scale=1, min_width=260):
                 figures = gr.HTML(render_figures(None, idle_backend()), elem_id="figures")
+                presentation = gr.HTML("", elem_id="presentation")
         with gr.Row():
             with gr.Column():
                 mic = gr.Audio(
@@ -657,12 +671,15 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
                 language_update(languages_for(kind_label)),
             )
 
-        async def on_load() -> AsyncIterator[tuple[str, str, Any]]:
-            def current() -> tuple[str, str, Any]:
+        async def on_load(request: gr.Request) -> AsyncIterator[tuple[str, str, Any, str]]:
+            link = follow_link(tokens.token_for(_owner(request)))
+
+            def current() -> tuple[str, str, Any, str]:
                 return (
                     render_figures(None, idle_backend()),
                     f"Local engine: {manager.engine_note()}",
                     language_update(languages_for(labels[0])),
+                    link,
                 )
 
             yield current()
@@ -675,6 +692,7 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
         def on_unload(request: gr.Request) -> None:
             manager.release(_owner(request))
             gate.forget(_owner(request))
+            tokens.forget(_owner(request))
 
         mic.stream(
             on_chunk,
@@ -727,7 +745,7 @@ def build_demo(manager: SessionManager, gate: StreamGate) -> gr.Blocks:
         demo.load(
             on_load,
             None,
-            [figures, local_note, language],
+            [figures, local_note, language, presentation],
             show_progress="hidden",
             api_visibility="private",
         )
@@ -754,14 +772,16 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     gate = StreamGate()
-    demo = build_demo(manager, gate)
+    tokens = FollowerTokens()
+    demo = build_demo(manager, gate, tokens)
     try:
-        demo.launch(
+        app, _, _ = demo.launch(
             css=CSS,
             head=f"<script>{MIC_STOP_GUARD_JS}</script>",
             show_error=False,
             prevent_thread_lock=True,
         )
+        add_routes(app, manager, tokens)
         gate.install(demo)
         demo.block_thread()
     finally:
