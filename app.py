@@ -74,6 +74,29 @@ STOP_MIC_WHEN_ENDED_JS = (
     "  return [];\n}"
 )
 
+KEYS_JS = r"""
+(() => {
+  // R starts and stops recording, C clears: the page's own buttons, clicked as a person would,
+  // so the Stop guard and every handler run as usual. Keys typed into a field are left alone.
+  const named = (root, name) => [...(root ? root.querySelectorAll("button") : [])].find(
+    (b) => (b.getAttribute("aria-label") || b.textContent || "").trim().toLowerCase() === name);
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    const t = e.target;
+    if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
+    const key = e.key.toLowerCase();
+    if (key === "r") {
+      const mic = document.querySelector("#mic");
+      const button = named(mic, "stop") || named(mic, "record");
+      if (button) { e.preventDefault(); button.click(); }
+    } else if (key === "c") {
+      const clear = document.querySelector("#clear");
+      if (clear) { e.preventDefault(); clear.click(); }
+    }
+  });
+})();
+"""
+
 MIC_STOP_GUARD_JS = r"""
 (() => {
   // Gradio's recorder drops what is not yet sent when Stop is pressed: chunks still uploading,
@@ -488,7 +511,9 @@ def build_demo(
         gr.Markdown(
             "# Live Captions\n"
             "Press **Record**, speak, and watch the captions appear as you talk. "
-            "Grey italics are words the engine may still revise."
+            "Grey italics are words the engine may still revise.\n\n"
+            "Keys: <kbd>R</kbd> record / stop · <kbd>C</kbd> clear",
+            elem_id="intro",
         )
         with gr.Row():
             with gr.Column(scale=3):
@@ -777,7 +802,7 @@ def main() -> None:
     try:
         app, _, _ = demo.launch(
             css=CSS,
-            head=f"<script>{MIC_STOP_GUARD_JS}</script>",
+            head=f"<script>{MIC_STOP_GUARD_JS}</script><script>{KEYS_JS}</script>",
             show_error=False,
             prevent_thread_lock=True,
         )

@@ -63,3 +63,30 @@ def test_the_presentation_view_follows_the_tab_and_needs_its_token(
     assert httpx.get(f"{base}/live/{wrong}/captions").status_code == 404
     state = httpx.get(f"{base}/live/{token}/captions", timeout=30).json()
     assert state["text"].strip() == text and state["state"] == "done"
+
+
+def test_keys_record_stop_and_clear(
+    app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
+) -> None:
+    clip = clips[CLIP]
+    page = CaptionPage(open_browser(padded_wav(clip, wav_dir)), app_url)
+    assert "R record / stop" in page.page.locator("#intro").inner_text()
+    page.page.locator("body").click(position={"x": 5, "y": 5})
+    page.page.keyboard.press("r")
+    page.mic.get_by_role("button", name="Stop").wait_for(timeout=10_000)
+    page.wait_state("live", timeout=20)
+    time.sleep(_speech_seconds(clip))
+    page.page.keyboard.press("r")
+    assert page.wait_state("done") == "done"
+    assert page.final_text()
+    page.assert_nothing_lost()
+    # A key typed into a field is text, not a command.
+    terms = page.page.get_by_label("Names and terms")
+    terms.fill("")
+    terms.press("c")
+    assert terms.input_value() == "c" and page.final_text()
+    terms.blur()
+    page.page.locator("body").click(position={"x": 5, "y": 5})
+    page.page.keyboard.press("c")
+    page.wait_state("idle", timeout=10)
+    assert "Press Record" in page.captions()
