@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from components.languages import ISO_639_1
+
 SAMPLE_RATE = 16_000
 """Sample rate of protocol audio (Hz)."""
 
@@ -404,8 +406,6 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
 
 def _check_language(value: object) -> str | None:
     """None or "" mean no choice; a code is matched case-insensitively (``"EN"`` is ``"en"``)."""
-    from components.languages import ISO_639_1
-
     if value is None:
         return None
     if not isinstance(value, str):

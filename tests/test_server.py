@@ -309,22 +309,17 @@ async def test_bad_session_options_are_refused_and_the_session_goes_on(
 
 
 async def test_server_bound_on_prompts(bg: BackgroundLoop, engine: Any) -> None:
-    with _server(bg, engine, max_prompt_chars=0) as none:
-        ws = await connect(none.ws)
-        async with ws:
-            await recv(ws)
-            update = SessionUpdate(model=none.state.model_names[0], prompt="Hester")
-            await ws.send(serialize(update))
-            event = await recv(ws, 10)
-            assert event["code"] == "prompt_not_supported", event
-    with _server(bg, engine, max_prompt_chars=10) as short:
-        ws = await connect(short.ws)
-        async with ws:
-            await recv(ws)
-            update = SessionUpdate(model=short.state.model_names[0], prompt="Hester Prynne")
-            await ws.send(serialize(update))
-            event = await recv(ws, 10)
-            assert event["code"] == "prompt_too_long" and "at most 10" in event["error"]
+    for bound, code, said in [
+        (0, "prompt_not_supported", "takes no prompt"),
+        (10, "prompt_too_long", "at most 10"),
+    ]:
+        with _server(bg, engine, max_prompt_chars=bound) as bounded:
+            async with await connect(bounded.ws) as ws:
+                await recv(ws)
+                update = SessionUpdate(model=bounded.state.model_names[0], prompt="Hester Prynne")
+                await ws.send(serialize(update))
+                event = await recv(ws, 10)
+                assert event["code"] == code and said in event["error"], event
 
 
 async def test_disconnect_mid_stream_releases_session_and_request(

@@ -389,10 +389,9 @@ class WhisperDecoder:
         if terms and placement == "start" and text:
             terms = ""
         room = 448 // 2 - 3
-        lead: list[int] = []
-        if terms and placement in ("lead", "start"):
-            lead = tok.encode(" " + terms)[: room - 8]
-        trail = tok.encode(" " + terms)[: room - 8] if terms and placement == "trail" else []
+        named = tok.encode(" " + terms)[: room - 8] if terms else []
+        lead = named if placement in ("lead", "start") else []
+        trail = named if placement == "trail" else []
         body = tok.encode(" " + text) if text else []
         body = body[max(0, len(body) - (room - len(lead) - len(trail))) :] if body else []
         body = [*lead, *body, *trail]

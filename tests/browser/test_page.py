@@ -72,6 +72,17 @@ class CaptionPage:
         )
         return self.figure("state")
 
+    def wait_audio(self, seconds: float) -> None:
+        """Wait until the session has received ``seconds`` of the microphone's audio."""
+        self.page.wait_for_function(
+            """(s) => {
+                const f = document.querySelector('#figures .figures');
+                return f && parseFloat(f.dataset.audioReceived || "0") >= s;
+            }""",
+            arg=seconds,
+            timeout=(seconds + 30) * 1000,
+        )
+
     def watch(self, seconds: float) -> list[tuple[float, str, bool]]:
         """Poll the caption box for ``seconds``: (time, visible text, a partial was shown)."""
         seen: list[tuple[float, str, bool]] = []
@@ -154,7 +165,7 @@ def test_names_and_terms_spell_the_speakers_names(
     terms.fill("Hester Prynne")
     terms.blur()
     page.record()
-    time.sleep(_speech_seconds(clip))
+    page.wait_audio(_speech_seconds(clip))
     page.stop()
     assert page.wait_state("done") == "done"
     text = page.final_text()

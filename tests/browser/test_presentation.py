@@ -3,7 +3,6 @@ bound to the tab's token (a wrong one is 404)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ def test_the_presentation_view_follows_the_tab_and_needs_its_token(
     assert size >= 48, size
 
     page.record()
-    time.sleep(_speech_seconds(clip))
+    page.wait_audio(_speech_seconds(clip))
     page.stop()
     assert page.wait_state("done") == "done"
     text = page.final_text()
@@ -75,7 +74,7 @@ def test_keys_record_stop_and_clear(
     page.page.keyboard.press("r")
     page.mic.get_by_role("button", name="Stop").wait_for(timeout=10_000)
     page.wait_state("live", timeout=20)
-    time.sleep(_speech_seconds(clip))
+    page.wait_audio(_speech_seconds(clip))
     page.page.keyboard.press("r")
     assert page.wait_state("done") == "done"
     assert page.final_text()
