@@ -5,17 +5,15 @@ backend live in :mod:`components.session_manager`, :mod:`components.session` and
 :mod:`components.deployment`. Run with ``python app.py`` (honours
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, default http://127.0.0.1:7860).
 
-How the page pushes captions: the microphone's ``.stream`` handler only hands each chunk to
-the tab's session (Gradio drops audio when that handler is slow) and, on a new session, writes
-its id into a hidden box. That box's ``.change`` starts :func:`follow`, an async generator that
-waits on the session's change signal and yields the captions as each delta arrives — not when
-the next audio chunk happens to come in.
+How audio gets in: the microphone control (:mod:`components.mic_widget`, a ``gr.HTML`` with
+its own script) sends 50 ms frames over one WebSocket to :mod:`components.mic_link`, which
+feeds the tab's session in order and acknowledges each frame; Gradio's queue only carries the
+Record event that starts the session with the chosen backend. The session counts samples in
+and out, and the page shows them.
 
-How no audio is lost on the way: Gradio's stream keeps one slot per stream (a chunk that
-arrives while the server is busy replaces the one before) and its recorder drops, at Stop,
-what it has not sent yet. :class:`StreamGate` holds each chunk's request until the handler has
-taken the previous one; ``MIC_STOP_GUARD_JS`` holds the Stop click until every chunk recorded
-before it is on its way. The session counts samples in and out, and the page shows them.
+How the page pushes captions: the Record event writes the new session's id into a hidden
+box. That box's ``.change`` starts :func:`follow`, an async generator that waits on the
+session's change signal and yields the captions as each delta arrives.
 """
 
 from __future__ import annotations
@@ -26,10 +24,8 @@ import html
 import json
 import logging
 import os
-import re
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,9 +35,13 @@ import gradio as gr
 
 from components.deployment import BackendChoice, BackendKind, Settings
 from components.languages import VOXTRAL_REALTIME_LANGUAGES, language_name
-from components.presentation import FollowerTokens, add_routes
+from components.mic_link import MicLink, parse_recording
+from components.mic_widget import CSS as MIC_CSS
+from components.mic_widget import microphone
+from components.presentation import add_routes
 from components.session import SessionView
 from components.session_manager import SessionManager
+from components.tab_tokens import TabTokens
 
 log = logging.getLogger("app")
 
@@ -52,8 +52,6 @@ KIND_LABELS = {
 }
 LABEL_KINDS = {label: kind for kind, label in KIND_LABELS.items()}
 DEFAULT_URL = "ws://127.0.0.1:8081/v1/realtime"
-STREAM_EVERY = float(os.environ.get("STREAM_EVERY", "0.25"))
-"""Seconds of audio per browser chunk (Gradio's ``stream_every``): lower means earlier captions."""
 REFRESH_SECONDS = 0.5
 """The figures panel refreshes at least this often while a session runs."""
 MIN_PUSH_INTERVAL = 0.08
@@ -61,25 +59,19 @@ MIN_PUSH_INTERVAL = 0.08
 
 _CLICK_MIC_STOP = """
   const mic = document.querySelector("#mic");
-  const stop = mic && (mic.querySelector(".stop-button") ||
-    [...mic.querySelectorAll("button")].find((b) => b.textContent.trim() === "Stop"));
-  if (stop) stop.click();
+  const stop = mic && mic.querySelector(".stop-button");
+  if (stop && !stop.hidden) stop.click();
 """
 STOP_MIC_JS = "() => {" + _CLICK_MIC_STOP + "  return [];\n}"
 STOP_MIC_KEEP_INPUTS_JS = "(...inputs) => {" + _CLICK_MIC_STOP + "  return inputs;\n}"
-STOP_MIC_WHEN_ENDED_JS = (
-    "(figures) => {\n"
-    '  const m = /data-state="(\\w+)"/.exec(figures || "");\n'
-    '  if (m && ["done", "failed", "cancelled"].includes(m[1])) {' + _CLICK_MIC_STOP + "  }\n"
-    "  return [];\n}"
-)
 
 KEYS_JS = r"""
 (() => {
   // R starts and stops recording, C clears: the page's own buttons, clicked as a person would,
-  // so the Stop guard and every handler run as usual. Keys typed into a field are left alone.
+  // so every handler runs as usual. Keys typed into a field are left alone.
   const named = (root, name) => [...(root ? root.querySelectorAll("button") : [])].find(
-    (b) => (b.getAttribute("aria-label") || b.textContent || "").trim().toLowerCase() === name);
+    (b) => !b.hidden &&
+      (b.getAttribute("aria-label") || b.textContent || "").trim().toLowerCase() === name);
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     const t = e.target;
@@ -94,66 +86,6 @@ KEYS_JS = r"""
       if (clear) { e.preventDefault(); clear.click(); }
     }
   });
-})();
-"""
-
-MIC_STOP_GUARD_JS = r"""
-(() => {
-  // Gradio's recorder drops what is not yet sent when Stop is pressed: chunks still uploading,
-  // and the audio since the last chunk. This holds the click until one more chunk has been cut
-  // and every chunk has been uploaded and handed to the stream (at most 6 s), so the audio up
-  // to the moment of the click reaches the engine.
-  const s = (window.__micGuard = {
-    started: 0, uploaded: 0, inflight: 0, posted: 0, holding: false, starts: [], released: null,
-  });
-  const chunkPost = /\/gradio_api\/stream\/[^/?]+$/;
-  const upload = /\/gradio_api\/upload(\?|$)/;
-  const original = window.fetch;
-  window.fetch = async function (input, init) {
-    const url = String((input && input.url) || input);
-    const isUpload = upload.test(url);
-    if (isUpload) { s.started++; s.inflight++; s.starts.push(performance.now()); }
-    if (chunkPost.test(url)) s.posted++;
-    try {
-      return await original.apply(this, arguments);
-    } finally {
-      if (isUpload) { s.inflight--; s.uploaded++; }
-    }
-  };
-  const settled = (startedAtClick) =>
-    s.started > startedAtClick && s.inflight === 0 && s.posted + 1 >= s.uploaded;
-  document.addEventListener("click", (event) => {
-    const button = event.target.closest && event.target.closest("#mic button");
-    if (!button) return;
-    if (button.classList.contains("record-button")) {
-      Object.assign(s, { started: 0, uploaded: 0, inflight: 0, posted: 0, starts: [] });
-      s.released = null;
-      return;
-    }
-    if (!button.classList.contains("stop-button") || s.holding === "release") return;
-    event.preventDefault();
-    event.stopImmediatePropagation();
-    if (s.holding) return;
-    s.holding = true;
-    const startedAtClick = s.started, deadline = performance.now() + 6000;
-    let calm = false;
-    const wait = () => {
-      // Settled twice, 30 ms apart (the last chunk's dispatch needs a moment), then the click
-      // goes through at once: a chunk cut after that holds only audio from after the click.
-      const ready = settled(startedAtClick);
-      if (performance.now() < deadline && !(ready && calm)) {
-        calm = ready;
-        setTimeout(wait, ready ? 30 : 20);
-        return;
-      }
-      s.holding = "release";
-      s.released = performance.now();
-      const stop = document.querySelector("#mic .stop-button");
-      if (stop) stop.click();
-      s.holding = false;
-    };
-    wait();
-  }, true);
 })();
 """
 
@@ -261,174 +193,6 @@ def _owner(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "anonymous"
 
 
-def _stream_key(request: gr.Request) -> tuple[str, bool]:
-    """An id for the running microphone stream (a new recording gets a new id), and whether
-    this call is the stream's first.
-
-    Gradio builds one ``gr.Request`` per queued event and hands that same object to every call
-    of a ``.stream`` handler, so an id stored on it lives exactly as long as the recording.
-    """
-    state = vars(request)
-    key = state.get("_live_captions_stream")
-    if key is None:
-        key = state["_live_captions_stream"] = uuid.uuid4().hex[:12]
-        return key, True
-    return key, False
-
-
-class _Tab:
-    """One browser tab's microphone chunks on their way through the gate."""
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.forwarded = 0
-        self.taken = 0
-        self.waiting = 0
-        self.progress = asyncio.Event()
-
-    @property
-    def drained(self) -> bool:
-        return self.waiting == 0 and self.taken >= self.forwarded
-
-
-class StreamGate:
-    """Makes Gradio's microphone stream lossless: one chunk in flight per browser tab.
-
-    Gradio keeps one data slot per stream event. Each chunk the browser POSTs to
-    ``/gradio_api/stream/{event_id}`` replaces the one before, taken by the handler or not, so
-    whenever the server is busy for longer than a chunk, audio is silently lost (measured on a
-    loaded 2-core machine: a third of it). The gate holds each POST, in arrival order, until
-    the stream handler has taken the previous chunk; the browser just waits for its request.
-    The stream's ``/close`` waits its turn the same way, so it cannot overtake chunks. The
-    handler reports every chunk it takes (:meth:`taken`); nothing waits past ``MAX_WAIT`` s.
-    """
-
-    PATH = re.compile(r"/gradio_api/stream/([^/]+)(/close)?$")
-    MAX_WAIT = 5.0
-
-    def __init__(self) -> None:
-        self._tabs: dict[str, _Tab] = {}
-        self._owners: dict[str, str] = {}  # stream event id -> tab
-        self._events: Any = None
-
-    def install(self, demo: gr.Blocks) -> bool:
-        """Put the gate in front of the running app (after ``launch``); False if impossible."""
-        self._events = getattr(getattr(demo, "_queue", None), "event_ids_to_events", None)
-        app = getattr(demo, "server_app", None)
-        if app is None or self._events is None or not hasattr(app, "build_middleware_stack"):
-            log.warning("cannot gate Gradio's stream route: audio chunks may be lost under load")
-            return False
-        stack = app.middleware_stack or app.build_middleware_stack()
-        app.middleware_stack = self._wrap(stack)
-        return True
-
-    def taken(self, owner: str, first: bool) -> None:
-        """The stream handler took a chunk (``first``: the one that opened a new stream)."""
-        tab = self._tabs.setdefault(owner, _Tab())
-        if first:
-            tab.forwarded = tab.taken = 0
-        else:
-            tab.taken += 1
-        tab.progress.set()
-        tab.progress = asyncio.Event()
-
-    async def drained(self, owner: str, max_wait: float = MAX_WAIT) -> None:
-        """Wait until every chunk of ``owner`` that reached the server has been taken."""
-        tab = self._tabs.get(owner)
-        deadline = time.monotonic() + max_wait
-        while tab is not None and not tab.drained and time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tab.progress.wait(), 0.05)
-
-    def forget(self, owner: str) -> None:
-        self._tabs.pop(owner, None)
-        for event_id in [e for e, o in self._owners.items() if o == owner]:
-            del self._owners[event_id]
-
-    def _alive(self, event_id: str) -> bool:
-        event = self._events.get(event_id) if self._events is not None else None
-        return event is not None and not event.closed
-
-    async def _turn(self, tab: _Tab, event_id: str) -> None:
-        """Wait until the stream's previous chunk was taken (or the stream is gone).
-
-        The first chunk travels with the stream's start (``/queue/join``), not through here:
-        until Gradio has run the stream's first call (``run_time`` still 0), that chunk is
-        still waiting to be taken too.
-        """
-        deadline = time.monotonic() + self.MAX_WAIT
-        while self._alive(event_id) and (
-            tab.taken < tab.forwarded or self._events[event_id].run_time == 0
-        ):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.warning("stream %s: chunk still not taken after %g s", event_id, self.MAX_WAIT)
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tab.progress.wait(), min(left, 0.05))
-
-    def _wrap(self, inner: Any) -> Any:
-        async def gated(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            match = self.PATH.search(scope.get("path", "")) if scope["type"] == "http" else None
-            if match is None or scope.get("method") != "POST":
-                await inner(scope, receive, send)
-                return
-            event_id, close = match.group(1), bool(match.group(2))
-            body, replay = await _buffered(receive)
-            owner = self._owners.get(event_id) if close else _json_field(body, "session_hash")
-            if not owner:
-                await inner(scope, replay, send)
-                return
-            self._owners[event_id] = owner
-            tab = self._tabs.setdefault(owner, _Tab())
-            tab.waiting += 1
-            try:
-                async with tab.lock:
-                    await self._turn(tab, event_id)
-                    if not close and self._alive(event_id):
-                        tab.forwarded += 1
-                    await inner(scope, replay, send)
-            finally:
-                tab.waiting -= 1
-                if close:
-                    self._owners.pop(event_id, None)
-                tab.progress.set()
-                tab.progress = asyncio.Event()
-
-        return gated
-
-
-async def _buffered(receive: Any) -> tuple[bytes, Any]:
-    """Read an ASGI request body; return it and a ``receive`` that replays it."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    body = b"".join(chunks)
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return body, replay
-
-
-def _json_field(body: bytes, name: str) -> str | None:
-    try:
-        value = json.loads(body).get(name)
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
-
-
 def _choice(
     kind_label: str,
     endpoint: str | None,
@@ -467,9 +231,10 @@ def follow_link(token: str) -> str:
 
 
 def build_demo(
-    manager: SessionManager, gate: StreamGate, tokens: FollowerTokens | None = None
+    manager: SessionManager, link: MicLink, tokens: TabTokens | None = None
 ) -> gr.Blocks:
-    tokens = tokens or FollowerTokens()
+    """The page; ``link`` carries its microphone audio, ``tokens`` are its follower links."""
+    tokens = tokens or TabTokens()
     settings = manager.settings
     kinds = settings.kinds
     if not kinds:
@@ -528,15 +293,7 @@ def build_demo(
                 presentation = gr.HTML("", elem_id="presentation")
         with gr.Row():
             with gr.Column():
-                mic = gr.Audio(
-                    sources=["microphone"],
-                    streaming=True,
-                    label="Microphone",
-                    elem_id="mic",
-                    # The live waveform redraws on every frame: a full CPU core in Chromium
-                    # without a GPU, taken from the speech engine when both share a machine.
-                    waveform_options=gr.WaveformOptions(show_recording_waveform=False),
-                )
+                mic = microphone()
             with gr.Column():
                 upload = gr.Audio(
                     sources=["upload"],
@@ -607,8 +364,8 @@ def build_demo(
         backend_inputs = [kind, endpoint, region, url, language, terms]
         view_outputs = [captions, figures, status, dl_txt, dl_srt, dl_vtt]
 
-        async def on_chunk(
-            chunk: tuple[int, Any] | None,
+        async def on_record(
+            value: str,
             kind_label: str,
             endpoint_name: str | None,
             region_name: str | None,
@@ -617,18 +374,17 @@ def build_demo(
             names: str | None,
             request: gr.Request,
         ) -> Any:
-            if chunk is None:
-                return gr.skip()
-            rate, samples = chunk
+            """Record was pressed: start the session its audio connection will feed."""
             owner = _owner(request)
-            before = manager.current(owner)
+            parsed = parse_recording(value)
+            if parsed is None or link.tokens.owner_of(parsed[0]) != owner:
+                log.warning("a Record event without this tab's microphone token was ignored")
+                return gr.skip()
             choice = _choice(
                 kind_label, endpoint_name, region_name, server_url, language_code, names
             )
-            key, first = _stream_key(request)
-            gate.taken(owner, first)
-            session = manager.feed(owner, key, choice, int(rate), samples)
-            return session.id if session is not None and session is not before else gr.skip()
+            session = manager.start(owner, choice, key=parsed[1], source="microphone")
+            return session.id
 
         async def follow(sid: str, request: gr.Request) -> AsyncIterator[tuple[Any, ...]]:
             """Push the session's view whenever it changes (and the figures every so often)."""
@@ -656,11 +412,6 @@ def build_demo(
                 await session.wait_changed(view.version, REFRESH_SECONDS)
                 # Deltas in quick succession (token-level engines) go out together.
                 await asyncio.sleep(max(0.0, pushed + MIN_PUSH_INTERVAL - time.monotonic()))
-
-        async def on_stop_recording(request: gr.Request) -> None:
-            owner = _owner(request)
-            await gate.drained(owner)  # chunks still on their way belong to this recording
-            manager.stop(owner, source="microphone")
 
         async def on_stop(request: gr.Request) -> None:
             manager.stop(_owner(request))
@@ -696,15 +447,17 @@ def build_demo(
                 language_update(languages_for(kind_label)),
             )
 
-        async def on_load(request: gr.Request) -> AsyncIterator[tuple[str, str, Any, str]]:
-            link = follow_link(tokens.token_for(_owner(request)))
+        async def on_load(request: gr.Request) -> AsyncIterator[tuple[str, str, Any, str, str]]:
+            follower = follow_link(tokens.token_for(_owner(request)))
+            mic_value = json.dumps({"token": link.tokens.token_for(_owner(request))})
 
-            def current() -> tuple[str, str, Any, str]:
+            def current() -> tuple[str, str, Any, str, str]:
                 return (
                     render_figures(None, idle_backend()),
                     f"Local engine: {manager.engine_note()}",
                     language_update(languages_for(labels[0])),
-                    link,
+                    follower,
+                    mic_value,
                 )
 
             yield current()
@@ -716,15 +469,13 @@ def build_demo(
 
         def on_unload(request: gr.Request) -> None:
             manager.release(_owner(request))
-            gate.forget(_owner(request))
+            link.forget(_owner(request))
             tokens.forget(_owner(request))
 
-        mic.stream(
-            on_chunk,
+        mic.start_recording(
+            on_record,
             inputs=[mic, *backend_inputs],
             outputs=[session_id],
-            stream_every=STREAM_EVERY,
-            time_limit=int(settings.max_session_seconds) + 10,
             concurrency_limit=None,
             show_progress="hidden",
             api_visibility="private",
@@ -737,9 +488,6 @@ def build_demo(
             trigger_mode="multiple",
             show_progress="hidden",
             api_visibility="private",
-        )
-        mic.stop_recording(
-            on_stop_recording, None, None, show_progress="hidden", api_visibility="private"
         )
         stop_btn.click(
             on_stop, None, None, js=STOP_MIC_JS, show_progress="hidden", api_visibility="private"
@@ -761,16 +509,13 @@ def build_demo(
             show_progress="hidden",
             api_visibility="private",
         )
-        # A session that ends on its own (an error, its length limit, the server) stops the
-        # microphone too; the browser's recorder can only be stopped from the browser.
-        figures.change(None, [figures], None, js=STOP_MIC_WHEN_ENDED_JS)
         kind.change(
             on_kind, [kind], [local_note, sm_row, url_row, language], api_visibility="private"
         )
         demo.load(
             on_load,
             None,
-            [figures, local_note, language, presentation],
+            [figures, local_note, language, presentation, mic],
             show_progress="hidden",
             api_visibility="private",
         )
@@ -796,18 +541,18 @@ def main() -> None:
         raise KeyboardInterrupt  # let Gradio close its server, then release sessions below
 
     signal.signal(signal.SIGTERM, _terminate)
-    gate = StreamGate()
-    tokens = FollowerTokens()
-    demo = build_demo(manager, gate, tokens)
+    link = MicLink(manager)
+    tokens = TabTokens()
+    demo = build_demo(manager, link, tokens)
     try:
         app, _, _ = demo.launch(
-            css=CSS,
-            head=f"<script>{MIC_STOP_GUARD_JS}</script><script>{KEYS_JS}</script>",
+            css=CSS + MIC_CSS,
+            head=f"<script>{KEYS_JS}</script>",
             show_error=False,
             prevent_thread_lock=True,
         )
         add_routes(app, manager, tokens)
-        gate.install(demo)
+        link.add_route(app)
         demo.block_thread()
     finally:
         demo.close()

@@ -1,11 +1,12 @@
 """The presentation view: a tab's live captions alone, large, on a second screen or a projector.
 
-Each browser tab of the page gets an unguessable follower token (:class:`FollowerTokens`). The
-link ``live/<token>`` (relative, so it works under a path prefix such as a Space's) serves a
-page with nothing but the captions, readable across a room; it long-polls
-``live/<token>/captions`` for changes, so text arrives when the tab's session changes, not on
-a timer. A wrong token is 404, like a page that does not exist. The token follows the tab, not
-one recording: Record again and the projector shows the new session.
+Each browser tab of the page gets an unguessable follower token
+(:class:`~components.tab_tokens.TabTokens`). The link ``live/<token>`` (relative, so it works
+under a path prefix such as a Space's) serves a page with nothing but the captions, readable
+across a room; it long-polls ``live/<token>/captions`` for changes, so text arrives when the
+tab's session changes, not on a timer. A wrong token is 404, like a page that does not exist.
+The token follows the tab, not one recording: Record again and the projector shows the new
+session.
 
 The routes are added to the FastAPI app Gradio's ``launch()`` returns, which is documented.
 """
@@ -13,59 +14,21 @@ The routes are added to the FastAPI app Gradio's ``launch()`` returns, which is 
 from __future__ import annotations
 
 import asyncio
-import secrets
-import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from components.tab_tokens import TabTokens
+
 if TYPE_CHECKING:
     from components.session_manager import SessionManager
-
-MAX_TOKENS = 4096
-"""Tabs remembered at once; the oldest token is forgotten first (its link then says 404)."""
 
 LONG_POLL_SECONDS = 15.0
 """How long a caption request waits for a change before it answers "unchanged"."""
 
 TAIL_CHARS = 1200
 """Confirmed text sent to the view: far more than the few lines it shows."""
-
-
-class FollowerTokens:
-    """One unguessable token per tab (owner), and back; bounded, thread-safe."""
-
-    def __init__(self, limit: int = MAX_TOKENS) -> None:
-        self._limit = limit
-        self._by_owner: OrderedDict[str, str] = OrderedDict()
-        self._by_token: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def token_for(self, owner: str) -> str:
-        with self._lock:
-            token = self._by_owner.get(owner)
-            if token is None:
-                token = secrets.token_urlsafe(18)
-                self._by_owner[owner] = token
-                self._by_token[token] = owner
-                while len(self._by_owner) > self._limit:
-                    _, old = self._by_owner.popitem(last=False)
-                    self._by_token.pop(old, None)
-            else:
-                self._by_owner.move_to_end(owner)
-            return token
-
-    def owner_of(self, token: str) -> str | None:
-        with self._lock:
-            return self._by_token.get(token)
-
-    def forget(self, owner: str) -> None:
-        with self._lock:
-            token = self._by_owner.pop(owner, None)
-            if token is not None:
-                self._by_token.pop(token, None)
 
 
 def captions_state(manager: SessionManager, owner: str) -> dict[str, Any]:
@@ -81,7 +44,7 @@ def captions_state(manager: SessionManager, owner: str) -> dict[str, Any]:
     }
 
 
-def add_routes(app: FastAPI, manager: SessionManager, tokens: FollowerTokens) -> None:
+def add_routes(app: FastAPI, manager: SessionManager, tokens: TabTokens) -> None:
     """``GET live/{token}`` (the view) and ``GET live/{token}/captions?after=V`` (its data)."""
 
     async def view(token: str) -> Response:

@@ -1,12 +1,12 @@
-"""Follower tokens: unguessable, one per tab, bounded, forgotten with the tab."""
+"""Tab tokens: unguessable, one per tab, bounded, forgotten with the tab."""
 
 from __future__ import annotations
 
-from components.presentation import FollowerTokens
+from components.tab_tokens import TabTokens
 
 
 def test_one_token_per_tab_and_back() -> None:
-    tokens = FollowerTokens()
+    tokens = TabTokens()
     a, b = tokens.token_for("tab-a"), tokens.token_for("tab-b")
     assert a != b and len(a) >= 24
     assert tokens.token_for("tab-a") == a
@@ -18,7 +18,7 @@ def test_one_token_per_tab_and_back() -> None:
 
 
 def test_the_oldest_tab_is_forgotten_beyond_the_limit() -> None:
-    tokens = FollowerTokens(limit=2)
+    tokens = TabTokens(limit=2)
     first = tokens.token_for("1")
     second = tokens.token_for("2")
     tokens.token_for("1")  # used again: now the newest
