@@ -27,6 +27,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -65,48 +66,10 @@ _CLICK_MIC_STOP = """
 STOP_MIC_JS = "() => {" + _CLICK_MIC_STOP + "  return [];\n}"
 STOP_MIC_KEEP_INPUTS_JS = "(...inputs) => {" + _CLICK_MIC_STOP + "  return inputs;\n}"
 
-KEYS_JS = r"""
-(() => {
-  // R starts and stops recording, C clears: the page's own buttons, clicked as a person would,
-  // so every handler runs as usual. Keys typed into a field are left alone.
-  const named = (root, name) => [...(root ? root.querySelectorAll("button") : [])].find(
-    (b) => !b.hidden &&
-      (b.getAttribute("aria-label") || b.textContent || "").trim().toLowerCase() === name);
-  document.addEventListener("keydown", (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
-    const t = e.target;
-    if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
-    const key = e.key.toLowerCase();
-    if (key === "r") {
-      const mic = document.querySelector("#mic");
-      const button = named(mic, "stop") || named(mic, "record");
-      if (button) { e.preventDefault(); button.click(); }
-    } else if (key === "c") {
-      const clear = document.querySelector("#clear");
-      if (clear) { e.preventDefault(); clear.click(); }
-    }
-  });
-})();
-"""
+PAGE_JS = (Path(__file__).parent / "components" / "web" / "page.js").read_text(encoding="utf-8")
+"""The page's keys and its presentation view (``?view=captions``)."""
 
-CSS = """
-#captions .captions-box { min-height: 9em; max-height: 45vh; overflow-y: auto; display: flex;
-  flex-direction: column-reverse; font-size: 1.35em; line-height: 1.5; padding: 0.6em 0.8em;
-  border: 1px solid var(--border-color-primary); border-radius: 8px; }
-#captions [data-testid="status-tracker"], #figures [data-testid="status-tracker"],
-#status [data-testid="status-tracker"] { display: none !important; }
-#captions .placeholder { color: var(--body-text-color-subdued); }
-#captions .partial { color: #8a8f98; font-style: italic; }
-#status .error { color: #b42318; background: #fef3f2; border: 1px solid #fda29b;
-  border-radius: 6px; padding: 0.5em 0.8em; }
-#status .notice { color: #7a5d00; background: #fffaeb; border: 1px solid #fedf89;
-  border-radius: 6px; padding: 0.5em 0.8em; }
-#figures table { width: 100%; font-size: 0.92em; border-collapse: collapse; margin: 0; }
-#figures td { border: none !important; background: none !important;
-  padding: 0.3em 0.4em !important; }
-#figures tr { border-bottom: 1px solid var(--border-color-primary); }
-#figures td:first-child { color: var(--body-text-color-subdued); white-space: nowrap; }
-"""
+CSS = (Path(__file__).parent / "components" / "web" / "page.css").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -277,7 +240,8 @@ def build_demo(
             "# Live Captions\n"
             "Press **Record**, speak, and watch the captions appear as you talk. "
             "Grey italics are words the engine may still revise.\n\n"
-            "Keys: <kbd>R</kbd> record / stop · <kbd>C</kbd> clear",
+            "Keys: <kbd>R</kbd> record / stop · <kbd>C</kbd> clear · "
+            "<kbd>P</kbd> presentation view",
             elem_id="intro",
         )
         with gr.Row():
@@ -305,6 +269,7 @@ def build_demo(
         with gr.Row():
             stop_btn = gr.Button("Stop streaming", variant="stop", elem_id="stop")
             clear_btn = gr.Button("Clear", elem_id="clear")
+            present_btn = gr.Button("Presentation view", elem_id="present")
         with gr.Row():
             terms = gr.Textbox(
                 label="Names and terms",
@@ -509,6 +474,7 @@ def build_demo(
             show_progress="hidden",
             api_visibility="private",
         )
+        present_btn.click(None, js="() => { window.liveCaptionsPresent(true); return []; }")
         kind.change(
             on_kind, [kind], [local_note, sm_row, url_row, language], api_visibility="private"
         )
@@ -547,7 +513,7 @@ def main() -> None:
     try:
         app, _, _ = demo.launch(
             css=CSS + MIC_CSS,
-            head=f"<script>{KEYS_JS}</script>",
+            head=f"<script>{PAGE_JS}</script>",
             show_error=False,
             prevent_thread_lock=True,
         )

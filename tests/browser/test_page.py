@@ -30,8 +30,10 @@ MAX_WER_TWO_STREAMS = 0.5
 class CaptionPage:
     """The page as a person sees it, through Playwright."""
 
-    def __init__(self, browser: Any, url: str) -> None:
-        self.context = browser.new_context(permissions=["microphone"], accept_downloads=True)
+    def __init__(self, browser: Any, url: str, viewport: dict[str, int] | None = None) -> None:
+        self.context = browser.new_context(
+            permissions=["microphone"], accept_downloads=True, viewport=viewport
+        )
         self.page = self.context.new_page()
         self.page.goto(url, wait_until="load")
         self.mic = self.page.locator("#mic")
@@ -223,6 +225,43 @@ def test_two_people_at_once_each_get_their_own_transcript(
     for page in (page_a, page_b):
         page.assert_nothing_lost()
     assert page_a.figure("session") != page_b.figure("session")
+
+
+def test_a_dropping_connection_loses_no_audio(
+    app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
+) -> None:
+    """The page's audio connection is cut twice mid-sentence, as bad Wi-Fi would: each time
+    the page reconnects, sends what the server had not acknowledged, and nothing is lost."""
+    clip = clips[SPEECH]
+    page = CaptionPage(open_browser(padded_wav(clip, wav_dir)), app_url)
+    connections: list[Any] = []
+
+    def through(ws: Any) -> None:
+        server = ws.connect_to_server()
+        index = len(connections)
+        connections.append(ws)
+        frames = [0]
+
+        def forward(message: str | bytes) -> None:
+            if isinstance(message, bytes):
+                frames[0] += 1
+                if index < 2 and frames[0] == 30 + 20 * index:  # cut after 1.5 s, then 2.5 s
+                    server.close()
+                    ws.close(code=1001, reason="network gone")
+                    return
+            server.send(message)
+
+        ws.on_message(forward)
+
+    page.page.route_web_socket("**/mic", through)
+    page.record()
+    page.wait_audio(_speech_seconds(clip))
+    page.stop()
+    assert page.wait_state("done") == "done"
+    assert len(connections) >= 3
+    assert int(page.microphone("reconnects")) >= 2
+    page.assert_nothing_lost()
+    assert wer(clip.text, page.final_text()) <= MAX_WER, page.final_text()
 
 
 def test_backend_down_shows_an_error_and_stops_the_microphone(

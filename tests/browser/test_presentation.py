@@ -1,5 +1,6 @@
-"""The presentation view in real Chromium: the captions alone, the same text as the main view,
-bound to the tab's token (a wrong one is 404)."""
+"""The presentation views in real Chromium: the captions alone, large, the same text as the main
+view; on the page itself (``?view=captions``) and on a follower link bound to the tab's token
+(a wrong one is 404). And the keys."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from components.evaluation import Clip
 from tests.browser.conftest import padded_wav
@@ -89,3 +91,59 @@ def test_keys_record_stop_and_clear(
     page.page.keyboard.press("c")
     page.wait_state("idle", timeout=10)
     assert "Press Record" in page.captions()
+
+
+FULL_HD = {"width": 1920, "height": 1080}
+
+
+def test_the_page_turns_into_a_presentation_view_and_back(
+    app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
+) -> None:
+    clip = clips[CLIP]
+    browser = open_browser(padded_wav(clip, wav_dir))
+    page = CaptionPage(browser, app_url, viewport=FULL_HD)
+    page.page.get_by_role("button", name="Presentation view").click()
+    assert "view=captions" in page.page.url
+    captions = page.page.locator("#captions .captions-box")
+    assert captions.is_visible()
+    # Hidden, not covered (buttons fade out with their transition).
+    expect(page.mic.get_by_role("button", name="Record")).to_be_hidden()
+    expect(page.page.locator("#clear")).to_be_hidden()
+    size = captions.evaluate("(e) => parseFloat(getComputedStyle(e).fontSize)")
+    assert size >= 48, size
+    assert captions.get_attribute("aria-live") == "polite"
+
+    page.page.keyboard.press("r")  # the recording is driven from the keyboard while presenting
+    page.page.locator("#mic .mic[data-state=recording]").wait_for(state="attached")
+    page.wait_audio(_speech_seconds(clip))
+    page.page.keyboard.press("r")
+    assert page.wait_state("done") == "done"
+    text = page.final_text()
+    assert text and captions.locator(".final").is_visible()
+    page.assert_nothing_lost()
+
+    # Light and dark: both high-contrast, text and background opposite.
+    colours = []
+    for _ in range(2):
+        page.page.keyboard.press("t")
+        colours.append(
+            captions.evaluate(
+                "(e) => [getComputedStyle(e).color,"
+                " getComputedStyle(document.querySelector('#captions')).backgroundColor]"
+            )
+        )
+    assert {tuple(c) for c in colours} == {
+        ("rgb(255, 255, 255)", "rgb(0, 0, 0)"),
+        ("rgb(0, 0, 0)", "rgb(255, 255, 255)"),
+    }, colours
+
+    page.page.get_by_role("button", name="Exit presentation (P)").click()
+    assert "view=captions" not in page.page.url
+    expect(page.mic.get_by_role("button", name="Record")).to_be_visible()
+
+    # The same view straight from the URL, e.g. a bookmark on the projector's machine.
+    shown = browser.new_context(viewport=FULL_HD).new_page()
+    shown.goto(f"{app_url.rstrip('/')}/?view=captions", wait_until="load")
+    shown.locator("#captions .captions-box").wait_for(timeout=30_000)
+    assert shown.evaluate("() => document.documentElement.classList.contains('lc-present')")
+    expect(shown.locator("#clear")).to_be_hidden()
