@@ -5,7 +5,8 @@ the page served by ``python app.py``; a MutationObserver in the page stamps ever
 the caption box. Times are measured against the word timings of the same model run offline
 over the clip (faster-whisper with word timestamps, greedy), so the figures are:
 
-* first caption: from the start of speech to the first caption text on screen;
+* first caption: from the start of speech to the first caption text on screen, and to the
+  first word of the clip on screen (a first guess can be wrong);
 * word lag: from the end of each word's audio to the moment the word is on screen, tentative
   (grey) or confirmed, p50/p95 over all words the page and the offline run agree on;
 * push latency: from a caption change in the server's session to the change on screen;
@@ -116,6 +117,7 @@ class ClipResult:
     clip: Clip
     final_text: str = ""
     first_caption: float | None = None
+    first_correct: float | None = None
     lags_visible: list[float] = field(default_factory=list)
     lags_confirmed: list[float] = field(default_factory=list)
     pushes: list[float] = field(default_factory=list)
@@ -279,6 +281,9 @@ def measure(result: ClipResult, lc: dict[str, Any], offline: Offline) -> None:
     if shown:
         result.first_caption = (shown[0] - zero) / 1000 - offline.onset
     result.words = len(reference)
+    hits = [t for t in first_seen(reference, visible) if t is not None]
+    if hits:
+        result.first_correct = (min(hits) - zero) / 1000 - offline.onset
     for seen, lags in (
         (first_seen(reference, visible), result.lags_visible),
         (first_seen(reference, confirmed), result.lags_confirmed),
@@ -357,6 +362,7 @@ def main() -> None:
                     results.append(result)
                     print(
                         f"{result.clip.id:42s} first {fmt(result.first_caption)} s  "
+                        f"correct {fmt(result.first_correct)} s  "
                         f"lag p50 {fmt(pct(result.lags_visible, 50))} s  "
                         f"overhead p95 {fmt(result.overhead_p95)} s  "
                         f"WER {wer(result.clip.text, result.final_text):.2f}  "
@@ -378,6 +384,7 @@ def main() -> None:
     visible = [x for r in results for x in r.lags_visible]
     confirmed = [x for r in results for x in r.lags_confirmed]
     firsts = [r.first_caption for r in results if r.first_caption is not None]
+    corrects = [r.first_correct for r in results if r.first_correct is not None]
     pushes = [x for r in results for x in r.pushes]
     overhead95 = [r.overhead_p95 for r in results if r.overhead_p95 is not None]
     overhead50 = [r.overhead_p50 for r in results if r.overhead_p50 is not None]
@@ -396,6 +403,10 @@ def main() -> None:
             "median": pct(firsts, 50),
             "max": max(firsts) if firsts else None,
         },
+        "first_correct_word_s": {
+            "median": pct(corrects, 50),
+            "max": max(corrects) if corrects else None,
+        },
         "word_lag_visible_s": {"p50": pct(visible, 50), "p95": pct(visible, 95)},
         "word_lag_confirmed_s": {"p50": pct(confirmed, 50), "p95": pct(confirmed, 95)},
         "push_latency_s": {"p50": pct(pushes, 50), "p95": pct(pushes, 95), "n": len(pushes)},
@@ -413,6 +424,10 @@ def main() -> None:
     print(
         f"first caption after speech starts: median {fmt(summary['first_caption_s']['median'])} s,"
         f" max {fmt(summary['first_caption_s']['max'])} s (target <= {TARGETS['first_caption_s']})"
+    )
+    print(
+        f"first correct word on screen after speech starts: median {fmt(pct(corrects, 50))} s,"
+        f" max {fmt(max(corrects) if corrects else None)} s"
     )
     print(
         f"word lag, on screen (tentative or confirmed): p50 {fmt(pct(visible, 50))} s, "

@@ -84,9 +84,11 @@ class PolicyConfig:
     first_step: float = 1.0
     """Audio (s) after the onset of speech before its first decode (shorter guesses are
     mostly wrong, and two wrong guesses can agree)."""
-    preview_step: float = 0.5
+    preview_step: float = 0.3
     """Audio (s) after the onset of speech at which a preview decode shows a first guess as
-    the tail, before the first real step (0 turns previews off)."""
+    the tail, before the first real step (0 turns previews off). Through the page, 0.3 s put
+    the first correct word on screen 0.96 s after speech began (median of six clips; 1.11 s
+    at 0.5 s), with the same final text: a preview never commits."""
     trim_at: float = 10.0
     """Window length (s) above which the window is cut at a committed segment end."""
     keep_audio: float = 4.0

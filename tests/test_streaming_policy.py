@@ -147,7 +147,7 @@ def test_first_decode_waits_for_a_second_of_speech() -> None:
 
 
 def test_preview_shows_a_first_guess_half_a_second_into_speech() -> None:
-    policy = make(previews=True)
+    policy = make(previews=True, preview_step=0.5)
     talk(policy, 2.0, voice=False)
     talk(policy, 0.2)
     assert not policy.due()  # too little speech for a guess
