@@ -1,5 +1,5 @@
 """Every caption session of the page's process: the loop they run on, the shared engine,
-the per-browser-tab routing of microphone chunks, and the session limit."""
+each browser tab's current session, and the session limit."""
 
 from __future__ import annotations
 
@@ -11,13 +11,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from components.backends.base import Backend
 from components.deployment import (
@@ -39,10 +36,9 @@ FORGET_AFTER_SECONDS = 3600.0
 
 @dataclass(slots=True)
 class _Owner:
-    """One browser tab: its current session and the stream keys it has used."""
+    """One browser tab: its current session."""
 
     current: CaptionSession | None = None
-    keys: deque[str] | None = None
 
 
 class SessionManager:
@@ -195,7 +191,7 @@ class SessionManager:
         with the reason, so the page shows every outcome the same way.
         """
         with self._lock:
-            slot = self._owners.setdefault(owner, _Owner(keys=deque(maxlen=16)))
+            slot = self._owners.setdefault(owner, _Owner())
             previous = slot.current
             error = None
             try:
@@ -211,39 +207,12 @@ class SessionManager:
             if error is not None:
                 session._error = error
             slot.current = session
-            if key is not None and slot.keys is not None:
-                slot.keys.append(key)
             self._sessions[session.id] = session
             self._active.add(session.id)
             self._prune_locked(owner, keep={session.id, previous.id if previous else ""})
         if previous is not None and not previous.view().finished:
             previous.stop()
         session.start()
-        return session
-
-    def feed(
-        self, owner: str, key: str | None, choice: BackendChoice, rate: int, chunk: np.ndarray
-    ) -> CaptionSession | None:
-        """Route one microphone chunk to ``owner``'s session for stream ``key``.
-
-        The first chunk of a new stream starts a session; a straggler from an earlier stream is
-        counted on that session and not used. Returns the session the chunk belongs to.
-        """
-        with self._lock:
-            slot = self._owners.get(owner)
-            current = slot.current if slot else None
-            if current is not None and (current.key == key or key is None) and current.accepting:
-                session: CaptionSession | None = current
-            elif slot is not None and key is not None and slot.keys and key in slot.keys:
-                session = next(
-                    (s for s in self._sessions.values() if s.owner == owner and s.key == key), None
-                )
-                if session is not None:
-                    session.feed(rate, chunk)  # counted as late, not used
-                return session
-            else:
-                session = self.start(owner, choice, key=key, source="microphone")
-        session.feed(rate, chunk)
         return session
 
     def stream_file(self, owner: str, choice: BackendChoice, path: str) -> CaptionSession:

@@ -221,19 +221,18 @@ def test_a_public_deployment_bounds_the_terms() -> None:
     assert Settings.from_env({"MAX_PROMPT_CHARS": "9000"}).max_prompt_chars == 500
 
 
-async def test_each_stream_key_is_one_session_and_stragglers_are_not_used(
+async def test_record_again_starts_a_fresh_session_and_a_straggler_is_not_used(
     manager: TappedManager, clips: dict[str, Clip]
 ) -> None:
     samples = (load_file(str(clips[SHORT_ID].path)) * 32767).astype(np.int16)
-    first = manager.feed("tab-keys", "stream-1", LOCAL, 16_000, samples[:8_000])
-    assert first is not None
-    assert manager.feed("tab-keys", "stream-1", LOCAL, 16_000, samples[8_000:16_000]) is first
-    second = manager.feed("tab-keys", "stream-2", LOCAL, 16_000, samples[:8_000])
-    assert second is not None and second is not first  # record again: a fresh session
+    first = manager.start("tab-keys", LOCAL, key="recording-1")
+    assert first.feed(16_000, samples[:16_000])
+    second = manager.start("tab-keys", LOCAL, key="recording-2")
+    assert second is not first and second.key == "recording-2"
     assert manager.current("tab-keys") is second
     old_view = await first.wait_finished(60)  # the old one was stopped and finished
     assert old_view.state is SessionState.DONE
-    assert manager.feed("tab-keys", "stream-1", LOCAL, 16_000, samples[:800]) is first
+    assert not first.feed(16_000, samples[:800])  # a straggler: counted, not used
     assert first.view().late_chunks == 1 and first.view().samples_in == 16_000
     manager.stop("tab-keys")
     assert (await second.wait_finished(60)).state is SessionState.DONE
