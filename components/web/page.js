@@ -24,7 +24,12 @@
   };
   window.liveCaptionsPresent = present;
   if (params.get("view") === "captions") present(true);
-  if (params.get("theme")) root.dataset.lcTheme = params.get("theme");
+  // The theme: ?theme=light|dark, else the system's, followed while it changes (T overrides).
+  const system = window.matchMedia("(prefers-color-scheme: dark)");
+  let chosen = params.get("theme");
+  const theme = () => (root.dataset.lcTheme = chosen || (system.matches ? "dark" : "light"));
+  system.addEventListener("change", theme);
+  theme();
 
   const exit = document.createElement("button");
   exit.type = "button";
@@ -58,8 +63,8 @@
       else root.requestFullscreen().catch(() => {});
     } else if (key === "t" && presenting) {
       e.preventDefault();
-      const dark = getComputedStyle(root).getPropertyValue("--lc-bg").trim() === "#000";
-      root.dataset.lcTheme = dark ? "light" : "dark";
+      chosen = root.dataset.lcTheme === "dark" ? "light" : "dark";
+      theme();
     }
     if (button) {
       e.preventDefault();

@@ -37,7 +37,11 @@ class CaptionPage:
         self.page = self.context.new_page()
         self.page.goto(url, wait_until="load")
         self.mic = self.page.locator("#mic")
-        self.mic.get_by_role("button", name="Record").wait_for(timeout=30_000)
+        # Record is enabled once the page has its microphone token (the page's load event).
+        self.page.wait_for_function(
+            "() => document.querySelector('#mic .record-button')?.disabled === false",
+            timeout=30_000,
+        )
 
     def record(self) -> None:
         self.mic.get_by_role("button", name="Record").click()

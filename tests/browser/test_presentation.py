@@ -128,8 +128,10 @@ def test_the_page_turns_into_a_presentation_view_and_back(
         page.page.keyboard.press("t")
         colours.append(
             captions.evaluate(
-                "(e) => [getComputedStyle(e).color,"
-                " getComputedStyle(document.querySelector('#captions')).backgroundColor]"
+                "(e) => [getComputedStyle(e.querySelector('.final')).color,"
+                " getComputedStyle(document.querySelector('#captions')).backgroundColor,"
+                " ...[...document.querySelectorAll('#captions *')].map((x) =>"
+                " getComputedStyle(x).backgroundColor).filter((c) => c !== 'rgba(0, 0, 0, 0)')]"
             )
         )
     assert {tuple(c) for c in colours} == {
@@ -141,9 +143,16 @@ def test_the_page_turns_into_a_presentation_view_and_back(
     assert "view=captions" not in page.page.url
     expect(page.mic.get_by_role("button", name="Record")).to_be_visible()
 
-    # The same view straight from the URL, e.g. a bookmark on the projector's machine.
-    shown = browser.new_context(viewport=FULL_HD).new_page()
-    shown.goto(f"{app_url.rstrip('/')}/?view=captions", wait_until="load")
-    shown.locator("#captions .captions-box").wait_for(timeout=30_000)
-    assert shown.evaluate("() => document.documentElement.classList.contains('lc-present')")
-    expect(shown.locator("#clear")).to_be_hidden()
+    # The same view straight from the URL, e.g. a bookmark on the projector's machine, in the
+    # system's colour scheme.
+    for scheme, background in (("dark", "rgb(0, 0, 0)"), ("light", "rgb(255, 255, 255)")):
+        shown = browser.new_context(viewport=FULL_HD, color_scheme=scheme).new_page()
+        shown.goto(f"{app_url.rstrip('/')}/?view=captions", wait_until="load")
+        shown.locator("#captions .captions-box").wait_for(timeout=30_000)
+        assert shown.evaluate("() => document.documentElement.classList.contains('lc-present')")
+        expect(shown.locator("#clear")).to_be_hidden()
+        painted = shown.evaluate(
+            "() => getComputedStyle(document.querySelector('#captions')).backgroundColor"
+        )
+        assert painted == background, (scheme, painted)
+        shown.context.close()
