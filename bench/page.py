@@ -208,23 +208,28 @@ def start_app(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Path]:
     raise SystemExit("app.py did not start in 180 s")
 
 
+def launch_browser(playwright: Any, wav: Path) -> Any:
+    """Debian's Chromium with ``wav`` as its microphone, played once."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop",
+            "--disable-background-networking",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ],
+    )
+
+
 class Visitor:
     """One browser with its own fake microphone, driven through the phases of a recording."""
 
     def __init__(self, playwright: Any, url: str, clip: Clip, wav: Path) -> None:
         self.clip = clip
-        self.browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}%noloop",
-                "--disable-background-networking",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-            ],
-        )
+        self.browser = launch_browser(playwright, wav)
         context = self.browser.new_context(permissions=["microphone"])
         context.add_init_script(INIT_JS)
         self.page = context.new_page()

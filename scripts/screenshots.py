@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.page import CHROMIUM, SILENCE_BEFORE, padded, start_app  # noqa: E402
+from bench.page import SILENCE_BEFORE, launch_browser, padded, start_app  # noqa: E402
 from components.evaluation import load_clips  # noqa: E402
 
 HD = {"width": 1920, "height": 1080}
@@ -50,17 +50,7 @@ def main() -> None:
         process, url, _ = start_app({})
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(
-                    executable_path=CHROMIUM,
-                    args=[
-                        "--no-sandbox",
-                        "--use-fake-ui-for-media-stream",
-                        "--use-fake-device-for-media-stream",
-                        f"--use-file-for-fake-audio-capture={wav}%noloop",
-                        "--disable-background-networking",
-                        "--disable-gpu",
-                    ],
-                )
+                browser = launch_browser(p, wav)
                 shoot(browser, url + "/", clip.seconds, args)
                 browser.close()
         finally:
