@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,3 +103,91 @@ def corpus_wer(pairs: list[tuple[str, str]]) -> float:
         edits += edit_distance(r, h)
         words += len(r)
     return edits / words if words else 0.0
+
+
+# --------------------------------------------------------------------------- conversations
+
+CONVERSATIONS = REPO_ROOT / "tests" / "data" / "conversation.jsonl"
+"""Splice recipes of the conversation set: how each case is cut from the evaluation clips."""
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A case of the conversation set: evaluation audio spliced the way people talk.
+
+    Real events repeat themselves (answers, emphasis, a line said again); read speech does not.
+    ``clear`` cases are short and unambiguous enough for tests to demand every word.
+    """
+
+    id: str
+    text: str
+    note: str
+    clear: bool
+    audio: Any
+    """float32 mono samples at 16 kHz."""
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / 16_000
+
+
+def _splice(parts: list[Any], clips: dict[str, Clip]) -> tuple[Any, list[str]]:
+    """Samples of a recipe (``[clip id, from s, to s]`` pieces and silences in seconds), and
+    the clip ids it used."""
+    import numpy as np
+    import soundfile
+
+    rate = 16_000
+    out: list[Any] = []
+    used: list[str] = []
+    for part in parts:
+        if isinstance(part, int | float):
+            out.append(np.zeros(round(part * rate), np.float32))
+            continue
+        source = clips[part[0]]
+        samples, sr = soundfile.read(source.path, dtype="float32")
+        if sr != rate or samples.ndim != 1:
+            raise ValueError(f"{source.path}: expected 16 kHz mono")
+        lo = round(part[1] * rate) if len(part) > 1 else 0
+        hi = round(part[2] * rate) if len(part) > 2 else len(samples)
+        out.append(samples[lo:hi])
+        used.append(part[0])
+    return np.concatenate(out), used
+
+
+def _eval_with_repeats(clips: list[Clip]) -> tuple[list[Any], str]:
+    """Every clip a second apart, every other one said again after it."""
+    parts: list[Any] = []
+    texts: list[str] = []
+    for i, c in enumerate(clips):
+        for _ in range(2 if i % 2 else 1):
+            if parts:
+                parts.append(1.0)
+            parts.append([c.id])
+            texts.append(c.text)
+    return parts, " ".join(texts)
+
+
+def load_conversations(
+    directory: Path | None = None, manifest: Path = CONVERSATIONS
+) -> list[Conversation]:
+    """The conversation set, spliced in memory from the evaluation clips (empty without them)."""
+    found = load_clips(directory)
+    if not found:
+        return []
+    clips = {c.id: c for c in found}
+    cases = []
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        parts, text = row["parts"], row.get("text", "")
+        if parts == "eval-with-repeats":
+            parts, text = _eval_with_repeats(found)
+        audio, _ = _splice(parts, clips)
+        cases.append(
+            Conversation(
+                id=row["id"], text=text, note=row["note"], clear=bool(row["clear"]), audio=audio
+            )
+        )
+    return cases

@@ -29,9 +29,11 @@ text and which audio the next decode should see:
   whose text stops at a segment end while speech goes on restarts the window there (Whisper's
   own "seek"), and a backlog is decoded in windows that end in pauses between words.
 * **Repetition guards.** Small Whisper models sometimes loop (the same words over and over)
-  or echo their context. A hypothesis is cut where a loop starts (counting the committed
-  words it may have begun in) or where it repeats ``echo_words`` words of recently committed
-  text; after a loop, the decoder gets no text prompt until the phrase is committed.
+  or echo their context, and people repeat themselves just as often. Text that repeats
+  itself (counting the committed words it may have begun in) or ``echo_words`` words of
+  recently committed text is a *suspect*, judged by the audio: kept if the new audio has room
+  for its words at a human pace, cut where the repeat starts if it crowds them in (a loop or
+  an echo). After a loop, the decoder gets no text prompt until the phrase is committed.
 
 Times are seconds from the start of the stream. The engine holds the audio samples; this class
 holds only times and text, so it can be tested exhaustively with made-up hypotheses.
@@ -60,6 +62,12 @@ WORDS_PER_SECOND = 6.0
 EDGE_WORDS = 4
 """Words a hypothesis may hold beyond its estimate (the last decode may have left words at
 the edge of its audio unsaid, and a word can split into two)."""
+REPEAT_RATE = 4.0
+"""Words per second a repeated phrase may take of new audio and still count as speech: brisk
+speech (the evaluation set's fastest clip runs at 4 words a second); echoes and loops crowd
+more words into the audio, up to the decode's word limit (``WORDS_PER_SECOND``)."""
+REPEAT_EDGE_WORDS = 1
+"""Words a repeat may hold beyond that (a word at the edge of the previous decode's audio)."""
 GLUE = "\u2060"
 """Marks a word that continues the previous one (the decoder went on without a space)."""
 
@@ -337,6 +345,10 @@ class StreamingPolicy:
     preview_end: float = -1.0
     """Audio end of the latest preview (another comes only with new audio, if that one
     showed no words)."""
+    repeats_judged: int = 0
+    """Hypotheses whose text repeated itself or recent committed text (loop or echo suspects)."""
+    repeats_kept: int = 0
+    """Of those, the ones the audio had room for: kept as speech."""
     unprompted: bool = False
     """A hypothesis looped: decode without the text prompt until the phrase is committed.
     Earlier text is what most often leads a small model into a loop, and it tends to loop
@@ -586,15 +598,27 @@ class StreamingPolicy:
                 words[0] = GLUE + words[0]  # continues the prefix's last word
             pieces.append(words)
         flat = [w for p in pieces for w in p]
+        # A glued loop ("the...the...the") is never speech.
+        flat_end = next((i for i, w in enumerate(flat) if is_loop(w)), len(flat))
         # A loop may start in the committed text ("go forward" committed, "go forward" again).
         recent = self.committed[-16:]
-        kept = cut_repetition(recent + flat, self.config.max_repeats, after=len(recent))
-        kept = kept[len(recent) :]
-        kept = kept[: next((i for i, w in enumerate(kept) if is_loop(w)), len(kept))]
-        if len(kept) < len(flat):
+        looped = cut_repetition(
+            recent + flat[:flat_end], self.config.max_repeats, after=len(recent)
+        )
+        loop_at = len(looped) - len(recent)
+        echo_at = len(cut_echo(flat[:flat_end], self.committed[-40:], self.config.echo_words))
+        suspect = min(loop_at, echo_at, flat_end)
+        kept = flat[:flat_end]
+        if suspect < flat_end and not self._audio_holds(request, flat_end):
+            kept = flat[:suspect]
+            if loop_at == suspect:
+                self.unprompted = True
+        elif flat_end < len(flat):
             self.unprompted = True
-        recent = self.committed[-40:]
-        kept = cut_echo(kept, recent, self.config.echo_words)
+        if suspect < flat_end:
+            self.repeats_judged += 1
+            if len(kept) == flat_end:
+                self.repeats_kept += 1
         if len(kept) < len(flat):
             left = len(kept)
             out: list[list[str]] = []
@@ -605,6 +629,22 @@ class StreamingPolicy:
                 left -= len(p)
             pieces = out
         return pieces
+
+    def _audio_holds(self, request: DecodeRequest, words: int) -> bool:
+        """Whether the audio has room for ``words`` continuation words spoken at a human pace.
+
+        A repeated phrase is either speech (people repeat themselves: answers, emphasis, a
+        line read back) or the decoder's doing (a loop, an echo of its context). Text alone
+        cannot tell them apart; the audio can: a real repeat takes the time of its words in
+        audio no earlier hypothesis accounted for, where an echo or a loop crowds words into
+        too little audio (up to the decode's word limit). The unconfirmed tail accounts for
+        the audio up to the previous decode's end; when an earlier suspect was cut, the
+        words lie somewhere in the speech that began after the committed words.
+        """
+        began = max(self.settled_until, self.onset, request.start)
+        new = max(0.0, request.end - max(self.covered_until, began))
+        room = max(len(self.tail) + REPEAT_RATE * new, REPEAT_RATE * (request.end - began))
+        return words <= room + REPEAT_EDGE_WORDS
 
     def apply(self, request: DecodeRequest, hypothesis: Hypothesis) -> Update:
         """Take one decode's hypothesis: commit what is confirmed, trim the window."""
@@ -620,9 +660,9 @@ class StreamingPolicy:
         if self.previewing:
             # A preview's guess is only on screen; decisions start from a clean tail.
             self.tail, self.previewing = [], False
+        pieces = self.words_of(request, hypothesis)
         self.decoded_until = max(self.decoded_until, request.end)
         self.covered_until = max(self.covered_until, request.end)
-        pieces = self.words_of(request, hypothesis)
         words = [w for p in pieces for w in p]
         boundaries = self._boundaries(request, hypothesis, pieces)
         if request.kind == "cut" and request.end not in self.gaps:

@@ -644,15 +644,31 @@ def test_after_a_loop_the_phrase_is_decoded_without_the_text_prompt() -> None:
 
 def test_segments_after_the_audio_and_loops_are_dropped() -> None:
     policy = make()
-    talk(policy, 2.0)
+    talk(policy, 1.0)
     request = policy.request()
     assert request is not None
-    late = Hypothesis((Piece(" real words", None, 1.0), Piece(" invented", request.duration)))
+    late = Hypothesis((Piece(" real words", None, 0.5), Piece(" invented", request.duration)))
     assert policy.words_of(request, late) == [["real", "words"]]
-    loop = Hypothesis.of(" go on go on go on go on")
+    loop = Hypothesis.of(" go on go on go on go on")  # eight words in one second
     assert policy.words_of(request, loop) == [["go", "on"]]
     glued = Hypothesis.of(" than the" + "...the" * 40)
     assert policy.words_of(request, glued) == [["than"]]
+
+
+def test_a_repeat_the_audio_has_room_for_is_speech() -> None:
+    """The same words as a loop, over audio long enough to say them: a chant, kept."""
+    policy = make()
+    talk(policy, 3.0)
+    request = policy.request()
+    assert request is not None
+    chant = Hypothesis.of(" go on go on go on go on")
+    assert policy.words_of(request, chant) == [["go", "on"] * 4]
+    twice = Hypothesis.of(" Go forward ten meters.", " Go forward ten meters.", ends=(1.4,))
+    assert policy.words_of(request, twice) == [
+        ["Go", "forward", "ten", "meters."],
+        ["Go", "forward", "ten", "meters."],
+    ]
+    assert policy.repeats_judged == 2 and policy.repeats_kept == 2
 
 
 def test_echo_of_committed_text_is_dropped() -> None:
@@ -664,3 +680,50 @@ def test_echo_of_committed_text_is_dropped() -> None:
     assert request is not None
     echo = Hypothesis.of(" and we are just saying some words again")
     assert policy.words_of(request, echo) == [["and"]]
+    assert policy.repeats_judged == 1 and policy.repeats_kept == 0
+
+
+SENTENCE = " ask what you can do for your country."
+
+
+def say_once(policy: StreamingPolicy) -> None:
+    """Three seconds of speech, decoded twice, committed at the pause after it."""
+    talk(policy, 3.0)
+    decode(policy, SENTENCE)
+    talk(policy, 0.5, voice=False)
+    decode(policy, SENTENCE, ends=(3.0,))
+    talk(policy, 1.0, voice=False)
+    policy.settle()
+    assert policy.request() is None
+    assert policy.transcript == SENTENCE.strip()
+
+
+def test_a_sentence_said_again_after_a_pause_is_kept() -> None:
+    """A speaker says the committed sentence once more: its audio holds every word."""
+    policy = make()
+    say_once(policy)
+    talk(policy, 3.0)
+    while (request := policy.request()) is not None and not request.final:
+        policy.apply(request, Hypothesis.of(SENTENCE))
+        talk(policy, 0.5, voice=False)
+    end_phrase(policy, SENTENCE)
+    assert policy.transcript == f"{SENTENCE.strip()}{SENTENCE}"
+    assert policy.repeats_kept >= 1
+
+
+def test_the_decoder_running_ahead_of_a_repeat_waits_for_its_audio() -> None:
+    """Knowing the sentence from its context, the decoder writes all of it after a second of
+    its repeat: too soon to be heard, so cut; once the audio holds it, kept."""
+    policy = make()
+    say_once(policy)
+    talk(policy, 1.0)
+    request = policy.request()
+    assert request is not None
+    policy.apply(request, Hypothesis.of(SENTENCE))
+    assert policy.tail == [] and policy.repeats_kept == 0
+    talk(policy, 1.5)
+    request = policy.request()
+    assert request is not None
+    policy.apply(request, Hypothesis.of(SENTENCE))
+    assert " ".join(policy.tail) == SENTENCE.strip()
+    assert policy.repeats_kept == 1
