@@ -191,3 +191,49 @@ def load_conversations(
             )
         )
     return cases
+
+
+@dataclass(frozen=True, slots=True)
+class Errors:
+    """Word errors of a hypothesis against a reference (after normalisation)."""
+
+    words: int
+    substitutions: int
+    deletions: int
+    insertions: int
+
+    @property
+    def edits(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    def __add__(self, other: Errors) -> Errors:
+        return Errors(
+            self.words + other.words,
+            self.substitutions + other.substitutions,
+            self.deletions + other.deletions,
+            self.insertions + other.insertions,
+        )
+
+
+def errors(reference: str, hypothesis: str) -> Errors:
+    """Substitutions, deletions and insertions of a minimum-edit alignment.
+
+    Deletions are what a captioning stream must never add: words said and never shown.
+    """
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    n, m = len(ref), len(hyp)
+    # cost[i][j] = (edits, deletions, insertions) for ref[:i] against hyp[:j]
+    prev = [(j, 0, j) for j in range(m + 1)]
+    for i in range(1, n + 1):
+        cur = [(i, i, 0)]
+        for j in range(1, m + 1):
+            sub = prev[j - 1]
+            options = (
+                (sub[0] + (ref[i - 1] != hyp[j - 1]), sub[1], sub[2]),
+                (prev[j][0] + 1, prev[j][1] + 1, prev[j][2]),
+                (cur[j - 1][0] + 1, cur[j - 1][1], cur[j - 1][2] + 1),
+            )
+            cur.append(min(options))
+        prev = cur
+    edits, deletions, insertions = prev[m]
+    return Errors(n, edits - deletions - insertions, deletions, insertions)

@@ -251,6 +251,11 @@ def normalize_word(word: str) -> str:
     return _NORM.sub("", word.lower()) or word
 
 
+def says_no_speech(hypothesis: Hypothesis) -> bool:
+    """Whisper's own judgement that a decode heard no speech (its thresholds)."""
+    return hypothesis.no_speech_prob > 0.6 and hypothesis.avg_logprob < -1.0
+
+
 def cut_repetition(
     words: list[str], max_repeats: int = 3, max_ngram: int = 8, *, after: int = 0
 ) -> list[str]:
@@ -349,6 +354,8 @@ class StreamingPolicy:
     """Hypotheses whose text repeated itself or recent committed text (loop or echo suspects)."""
     repeats_kept: int = 0
     """Of those, the ones the audio had room for: kept as speech."""
+    no_speech_retried: bool = False
+    """A final decode of this phrase said "no speech" over voice: it was decoded once more."""
     unprompted: bool = False
     """A hypothesis looped: decode without the text prompt until the phrase is committed.
     Earlier text is what most often leads a small model into a loop, and it tends to loop
@@ -587,7 +594,7 @@ class StreamingPolicy:
 
         A loop also turns the text prompt off for the rest of the phrase (``unprompted``).
         """
-        if hypothesis.no_speech_prob > 0.6 and hypothesis.avg_logprob < -1.0:
+        if says_no_speech(hypothesis):
             return []
         pieces: list[list[str]] = []
         for i, piece in enumerate(hypothesis.pieces):
@@ -656,6 +663,18 @@ class StreamingPolicy:
             base, old_tail = len(self.committed), self.tail
             self._cut_between_words(request, hypothesis.spans)
             return self._update(base, old_tail)
+        if (
+            request.final
+            and not self.no_speech_retried
+            and self.pending_voice
+            and says_no_speech(hypothesis)
+        ):
+            # The voice detector heard speech the decoder calls silence. A final decode
+            # settles its audio for good: before that, decode it once more without the text
+            # prompt (the context is what most often talks the decoder out of speech).
+            self.no_speech_retried = True
+            self.unprompted = True
+            return Update(delta="", partial=None)
         old_tail = self.tail
         if self.previewing:
             # A preview's guess is only on screen; decisions start from a clean tail.
@@ -683,7 +702,7 @@ class StreamingPolicy:
         self._commit(words[:agreed])
         if request.final:
             self.tail, self.history = [], []
-            self.unprompted = False
+            self.unprompted = self.no_speech_retried = False
         else:
             # Keep the hypotheses a later agreement may still need, without what was committed.
             horizon = request.end - self.config.confirm_span - self.config.min_step

@@ -727,3 +727,33 @@ def test_the_decoder_running_ahead_of_a_repeat_waits_for_its_audio() -> None:
     policy.apply(request, Hypothesis.of(SENTENCE))
     assert " ".join(policy.tail) == SENTENCE.strip()
     assert policy.repeats_kept == 1
+
+
+def test_a_final_decode_that_hears_no_speech_over_voice_is_decoded_again() -> None:
+    """The voice detector heard a sentence; the phrase's last decode calls it silence. Nothing
+    is settled on one such judgement: the same audio is decoded again, without the prompt."""
+    policy = make()
+    policy.committed = "earlier words".split()
+    talk(policy, 2.0)
+    talk(policy, 1.5, voice=False)
+    request = policy.request()
+    assert request is not None and request.kind == "phrase" and request.prompt
+    silent = Hypothesis((Piece(" we are here"),), no_speech_prob=0.9, avg_logprob=-1.2)
+    assert policy.apply(request, silent) == Update(delta="", partial=None)
+    again = policy.request()
+    assert again is not None and again.kind == "phrase" and again.prompt == ""
+    assert (again.start, again.end) == (request.start, request.end)
+    assert policy.apply(again, Hypothesis.of(" we are here")).delta == " we are here"
+    assert policy.request() is None
+
+
+def test_two_decodes_that_hear_no_speech_commit_nothing() -> None:
+    policy = make()
+    talk(policy, 2.0)
+    policy.finish()
+    silent = Hypothesis((Piece(" thank you"),), no_speech_prob=0.9, avg_logprob=-1.5)
+    for _ in range(2):
+        request = policy.request()
+        assert request is not None and request.kind == "end"
+        policy.apply(request, silent)
+    assert policy.transcript == "" and policy.done
