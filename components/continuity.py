@@ -30,7 +30,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from difflib import SequenceMatcher
 from typing import Any, Literal
 
 import numpy as np
@@ -156,35 +155,60 @@ def _words(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def _seam_alignments(tail: list[str], new: list[str]) -> list[tuple[int, int, bool]]:
+    """For every length k of ``new``'s beginning: (edits, matches, ends in a match) of its
+    best alignment with an end of ``tail`` (any number of ``tail``'s first words left out).
+
+    One edit-distance table gives every k at once: row i aligns ``tail[:i]``, and a free
+    first column lets the alignment start anywhere in ``tail``.
+    """
+    n = len(tail)
+    # cell: (edits, -matches, last step was a match)
+    prev: list[tuple[int, int, bool]] = [(0, 0, False)] * (n + 1)
+    out = []
+    for j in range(1, len(new) + 1):
+        cur: list[tuple[int, int, bool]] = [(j, 0, False)]
+        for i in range(1, n + 1):
+            same = tail[i - 1] == new[j - 1]
+            diag = prev[i - 1]
+            options = (
+                (diag[0] + (0 if same else 1), diag[1] - (1 if same else 0), same),
+                (cur[i - 1][0] + 1, cur[i - 1][1], False),  # a tail word the new leg lacks
+                (prev[i][0] + 1, prev[i][1], False),  # a new word the tail lacks
+            )
+            cur.append(min(options, key=lambda c: (c[0], c[1])))
+        edits, negative, matched = cur[n]
+        out.append((edits, -negative, matched))
+        prev = cur
+    return out
+
+
 def overlap_words(tail: list[str], new: list[str], *, complete: bool) -> int | None:
     """How many of ``new``'s first words repeat the end of ``tail`` (normalised words).
 
     ``tail`` is the transcript's end that the replayed audio may contain again; ``new`` what
     the replaying leg has said so far. None means: not decidable yet, wait for more words
     (unless ``complete``: the leg has no more to say, or it has been held long enough).
+
+    The replayed audio starts inside the tail's audio, so what the new leg repeats is its
+    *first* words, and they repeat the tail's *last* ones: the overlap is the beginning of
+    ``new`` that best aligns with an end of ``tail``. Matching anywhere else would take a
+    phrase the speaker really said again after the tail (an answer, a line repeated) for
+    the repeat and drop it.
     """
     if not tail or not new:
         return 0 if complete or not tail else None
-    # Runs of one common word ("the", "of") align anything with anything: only runs of two
-    # or more count, unless the tail itself is that short.
-    shortest = 1 if len(tail) <= 2 else 2
-    matcher = SequenceMatcher(None, tail, new, autojunk=False)
-    blocks = [b for b in matcher.get_matching_blocks() if b.size >= shortest]
-    matched = sum(b.size for b in blocks)
-    enough = matched >= min(3, len(tail))
-    if blocks and enough:
-        last = blocks[-1]
-        if last.a + last.size == len(tail):
-            return last.b + last.size
+    enough = min(3, len(tail))
+    best, best_score, decided = 0, 0, False
+    for k, (edits, matches, ends_matched) in enumerate(_seam_alignments(tail, new), start=1):
+        score = matches - edits
+        if matches >= enough and score > 0 and score >= best_score:
+            best, best_score, decided = k, score, ends_matched
+    if decided:
+        return best  # the tail's last word is matched: the rest is new
     if not complete and len(new) < len(tail) + 4:
         return None
-    if not blocks or not enough:
-        return 0
-    last = blocks[-1]
-    # The tail's last words did not match (the lost leg's newest words, heard differently by
-    # the new leg): as many of the new leg's words after the match stand for them.
-    unmatched = min(3, len(tail) - last.a - last.size)
-    return min(len(new), last.b + last.size + unmatched)
+    return best
 
 
 @dataclass(slots=True)

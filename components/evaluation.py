@@ -125,6 +125,16 @@ class Conversation:
     clear: bool
     audio: Any
     """float32 mono samples at 16 kHz."""
+    phrase: str = ""
+    """A phrase the case says several times (normalised words) ..."""
+    times: int = 0
+    """... this many times: a transcript that says it fewer times lost a repeat."""
+
+    def repeats_in(self, text: str) -> int:
+        """How often ``text`` says the case's repeated phrase."""
+        words, phrase = normalize(text), self.phrase.split()
+        n = len(phrase)
+        return sum(words[i : i + n] == phrase for i in range(len(words) - n + 1)) if n else 0
 
     @property
     def seconds(self) -> float:
@@ -185,9 +195,16 @@ def load_conversations(
         if parts == "eval-with-repeats":
             parts, text = _eval_with_repeats(found)
         audio, _ = _splice(parts, clips)
+        repeats = row.get("repeats") or {}
         cases.append(
             Conversation(
-                id=row["id"], text=text, note=row["note"], clear=bool(row["clear"]), audio=audio
+                id=row["id"],
+                text=text,
+                note=row["note"],
+                clear=bool(row["clear"]),
+                audio=audio,
+                phrase=repeats.get("phrase", ""),
+                times=int(repeats.get("times", 0)),
             )
         )
     return cases
