@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, ratio, replay  # noqa: E402
-from components.audio import load_file  # noqa: E402
-from components.evaluation import Errors, errors, load_clips, load_conversations  # noqa: E402
+from bench.common import machine, ratio, replay
+from components.audio import load_file
+from components.evaluation import Errors, errors, load_clips, load_conversations
 
 ZERO = Errors(0, 0, 0, 0)
 
