@@ -41,6 +41,7 @@ holds only times and text, so it can be tested exhaustively with made-up hypothe
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import re
@@ -66,6 +67,12 @@ REPEAT_RATE = 4.0
 """Words per second a repeated phrase may take of new audio and still count as speech: brisk
 speech (the evaluation set's fastest clip runs at 4 words a second); echoes and loops crowd
 more words into the audio, up to the decode's word limit (``WORDS_PER_SECOND``)."""
+MIN_SPEECH_RATE = 1.0
+"""Words per second of voice below which a prompted decode skipped speech (people say two to
+four words in each second of voice; a decoder that has a passage in its context may skip
+the same passage said again)."""
+SKIP_MIN_VOICE = 4.0
+"""Seconds of voice a window needs before its word count is judged (short ones vary)."""
 REPEAT_EDGE_WORDS = 1
 """Words a repeat may hold beyond that (a word at the edge of the previous decode's audio)."""
 GLUE = "\u2060"
@@ -128,6 +135,10 @@ class PolicyConfig:
     """A phrase repeated this many times in a row (one word: one time more) is a loop."""
     echo_words: int = 8
     """A hypothesis repeating this many words of recent committed text is an echo."""
+    backlog_window: float = 25.0
+    """Longest window (s) for decoding a backlog (audio that arrived faster than it could be
+    decoded: a file, a replay, an engine that fell behind). Whisper reads 30 s at a time; a
+    backlog cut into windows near that length reads like the offline transcript of it."""
     boundary_margin: float = 0.5
     """A segment end counts as a cut point only with this much decoded audio after it."""
 
@@ -160,8 +171,8 @@ class PolicyConfig:
             raise ValueError("min_step must be positive")
         if not 0 < self.keep_audio < self.trim_at <= self.max_window:
             raise ValueError("need 0 < keep_audio < trim_at <= max_window")
-        if self.max_window + self.min_step > 28.0:
-            raise ValueError("max_window + min_step must stay under 28 s (Whisper's window)")
+        if max(self.max_window + self.min_step, self.backlog_window) > 28.0:
+            raise ValueError("windows must stay under 28 s (Whisper's window)")
         if self.commit_silence <= 0 or self.speech_pad < 0:
             raise ValueError("commit_silence must be positive and speech_pad not negative")
         if self.preview_step < 0:
@@ -354,8 +365,12 @@ class StreamingPolicy:
     """Hypotheses whose text repeated itself or recent committed text (loop or echo suspects)."""
     repeats_kept: int = 0
     """Of those, the ones the audio had room for: kept as speech."""
-    no_speech_retried: bool = False
-    """A final decode of this phrase said "no speech" over voice: it was decoded once more."""
+    retried: bool = False
+    """A final decode of this stretch heard less than the voice detector did (no speech, or
+    too few words for the speech): it was decoded once more, without the text prompt."""
+    voiced_marks: list[tuple[float, float]] = field(default_factory=list)
+    """(audio end, seconds of voice so far) at each push inside the window: how much speech
+    a stretch of the window holds."""
     unprompted: bool = False
     """A hypothesis looped: decode without the text prompt until the phrase is committed.
     Earlier text is what most often leads a small model into a loop, and it tends to loop
@@ -369,12 +384,14 @@ class StreamingPolicy:
         last_voice: float | None = None,
         gaps: Sequence[float] = (),
         starts: Sequence[float] = (),
+        voiced: float | None = None,
     ) -> None:
         """Audio of ``duration`` seconds arrived.
 
         ``last_voice`` is the end of the latest speech the voice detector heard; ``gaps`` are
-        times of pauses between words it found in this audio (safe places to cut), and
-        ``starts`` the times where runs of speech began in it.
+        times of pauses between words it found in this audio (safe places to cut),
+        ``starts`` the times where runs of speech began in it, and ``voiced`` how many of its
+        seconds were speech.
         """
         if self.finished:
             raise RuntimeError("audio pushed after finish()")
@@ -382,6 +399,11 @@ class StreamingPolicy:
             raise ValueError("duration must not be negative")
         before, was_pending = self.audio_end, self.pending_voice
         self.audio_end += duration
+        if voiced is not None:
+            total = (self.voiced_marks[-1][1] if self.voiced_marks else 0.0) + voiced
+            self.voiced_marks.append((self.audio_end, total))
+            while len(self.voiced_marks) > 1 and self.voiced_marks[1][0] <= self.window_start:
+                del self.voiced_marks[0]
         if last_voice is not None:
             self.last_voice = min(last_voice, self.audio_end)
         self.gaps = [g for g in self.gaps if g > self.window_start]
@@ -524,7 +546,8 @@ class StreamingPolicy:
                 return self._make_request("align", end=self.decoded_until)
             # Fell behind (the engine was busy): decode the oldest part first, up to a pause
             # if there is one, so that no word is split.
-            end = self.window_start + self.config.max_window
+            end = self.window_start + max(self.config.max_window, self.config.backlog_window)
+            end = min(end, self.audio_end)
             pauses = [g for g in self.gaps if self.window_start + 1.0 < g <= end]
             return self._make_request("cut", end=pauses[-1] if pauses else end)
         if not self.pending_voice and not self.tail:
@@ -637,6 +660,39 @@ class StreamingPolicy:
             pieces = out
         return pieces
 
+    def voiced(self, start: float, end: float) -> float | None:
+        """Seconds of voice the detector heard in ``[start, end)`` (None if it did not say)."""
+        marks = self.voiced_marks
+        if not marks or marks[0][0] > start + 1.0:
+            return None
+
+        def at(t: float) -> float:
+            i = bisect.bisect_left(marks, (t, -1.0))
+            if i >= len(marks):
+                return marks[-1][1]
+            if i == 0:
+                return marks[0][1]
+            (t0, v0), (t1, v1) = marks[i - 1], marks[i]
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
+
+        return max(0.0, at(end) - at(start))
+
+    def _heard_less(self, request: DecodeRequest, hypothesis: Hypothesis) -> bool:
+        """Whether a decode left out speech the voice detector heard: it says "no speech"
+        over voice, or a window without committed words holds far fewer words than its
+        speech would (``MIN_SPEECH_RATE``)."""
+        if not self.pending_voice:
+            return False
+        if says_no_speech(hypothesis):
+            return True
+        if self.window_words or not request.prompt:
+            return False
+        voiced = self.voiced(request.start, request.end)
+        if voiced is None or voiced < SKIP_MIN_VOICE:
+            return False
+        words = sum(len(p.text.split()) for p in hypothesis.pieces)
+        return words < MIN_SPEECH_RATE * voiced
+
     def _audio_holds(self, request: DecodeRequest, words: int) -> bool:
         """Whether the audio has room for ``words`` continuation words spoken at a human pace.
 
@@ -663,16 +719,12 @@ class StreamingPolicy:
             base, old_tail = len(self.committed), self.tail
             self._cut_between_words(request, hypothesis.spans)
             return self._update(base, old_tail)
-        if (
-            request.final
-            and not self.no_speech_retried
-            and self.pending_voice
-            and says_no_speech(hypothesis)
-        ):
-            # The voice detector heard speech the decoder calls silence. A final decode
-            # settles its audio for good: before that, decode it once more without the text
-            # prompt (the context is what most often talks the decoder out of speech).
-            self.no_speech_retried = True
+        if request.final and not self.retried and self._heard_less(request, hypothesis):
+            # The voice detector heard speech the decoder left out: it called the audio
+            # silence, or it skipped a passage (a phrase said again reads, to a decoder that
+            # has it in its context, like the context). A final decode settles its audio
+            # for good: before that, decode it once more without the text prompt.
+            self.retried = True
             self.unprompted = True
             return Update(delta="", partial=None)
         old_tail = self.tail
@@ -702,7 +754,7 @@ class StreamingPolicy:
         self._commit(words[:agreed])
         if request.final:
             self.tail, self.history = [], []
-            self.unprompted = self.no_speech_retried = False
+            self.unprompted = self.retried = False
         else:
             # Keep the hypotheses a later agreement may still need, without what was committed.
             horizon = request.end - self.config.confirm_span - self.config.min_step

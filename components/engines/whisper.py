@@ -195,6 +195,8 @@ class VadStream:
         """Starts (s) of the runs of speech that began in the latest ``feed``."""
         self.gaps: list[float] = []
         """Middles of the pauses (``GAP`` s or longer) found by the latest ``feed``."""
+        self.voiced = 0.0
+        """Seconds of the latest ``feed`` judged speech."""
 
     def _reset_state(self) -> None:
         self._h = np.zeros((1, 1, 128), np.float32)
@@ -204,6 +206,7 @@ class VadStream:
     def feed(self, audio: np.ndarray) -> float | None:
         """Take more audio; return the end (s) of the latest speech (None before any)."""
         self.gaps, self.starts = [], []
+        self.voiced = 0.0
         x = np.concatenate([self._rest, audio]) if len(self._rest) else audio
         n = len(x) // VadModel.WINDOW * VadModel.WINDOW
         self._rest = x[n:].copy()
@@ -233,6 +236,7 @@ class VadStream:
                     self.starts.append(end - VadModel.WINDOW / SAMPLE_RATE)
                 self._speaking = True
                 self.last_voice = end
+                self.voiced += VadModel.WINDOW / SAMPLE_RATE
                 self._quiet = 0
             else:
                 self._speaking = False
@@ -799,6 +803,7 @@ class WhisperEngine:
                     last_voice,
                     gaps=state.vad.gaps,
                     starts=state.vad.starts,
+                    voiced=state.vad.voiced,
                 )
             if w.eof and not policy.finished:
                 policy.finish()
