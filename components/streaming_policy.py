@@ -400,8 +400,10 @@ class StreamingPolicy:
         before, was_pending = self.audio_end, self.pending_voice
         self.audio_end += duration
         if voiced is not None:
-            total = (self.voiced_marks[-1][1] if self.voiced_marks else 0.0) + voiced
-            self.voiced_marks.append((self.audio_end, total))
+            total = self.voiced_marks[-1][1] if self.voiced_marks else 0.0
+            if not self.voiced_marks or self.voiced_marks[-1][0] < before:
+                self.voiced_marks.append((before, total))
+            self.voiced_marks.append((self.audio_end, total + voiced))
             while len(self.voiced_marks) > 1 and self.voiced_marks[1][0] <= self.window_start:
                 del self.voiced_marks[0]
         if last_voice is not None:

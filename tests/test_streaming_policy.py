@@ -536,11 +536,12 @@ def test_without_word_times_a_long_phrase_is_cut_by_force() -> None:
 
 
 def test_backlog_is_decoded_in_bounded_pieces() -> None:
+    """A backlog is read in windows near Whisper's own 30 s, as an offline transcript is."""
     policy = make(max_window=15.0)
-    talk(policy, 40.0)  # the engine was busy for 40 s
+    talk(policy, 60.0)  # the engine was busy for a minute
     request = policy.request()
     assert request is not None and request.kind == "cut"
-    assert request.duration == pytest.approx(policy.config.max_window)
+    assert request.duration == pytest.approx(policy.config.backlog_window)
     policy.apply(request, Hypothesis.of(" one two.", " three", ends=(6.0, None)))
     assert policy.transcript == "one two."
     assert policy.window_start == pytest.approx(6.0)
@@ -548,7 +549,7 @@ def test_backlog_is_decoded_in_bounded_pieces() -> None:
     request = policy.request()
     assert request is not None and request.kind == "cut" and request.start == 6.0
     policy.apply(request, Hypothesis.of(" three four"))  # no boundary: commit all, move on
-    assert policy.window_start == pytest.approx(21.0)
+    assert policy.window_start == pytest.approx(31.0)
     assert policy.forced_cuts == 1
 
 
@@ -757,3 +758,21 @@ def test_two_decodes_that_hear_no_speech_commit_nothing() -> None:
         assert request is not None and request.kind == "end"
         policy.apply(request, silent)
     assert policy.transcript == "" and policy.done
+
+
+def test_a_decode_that_skips_a_passage_it_has_in_its_context_is_decoded_again() -> None:
+    """Twelve seconds of voice, one short sentence: the decoder, prompted with a passage,
+    skipped the same passage said again. The window is decoded once more, unprompted."""
+    policy = make()
+    policy.committed = "god as a direct consequence of the sin".split()
+    for _ in range(120):
+        policy.push(0.1, policy.audio_end + 0.1, voiced=0.1)
+    policy.finish()
+    request = policy.request()
+    assert request is not None and request.final and request.prompt
+    assert policy.voiced(request.start, request.end) == pytest.approx(12.0)
+    assert policy.apply(request, Hypothesis.of(" Yet these thoughts.")).delta == ""
+    again = policy.request()
+    assert again is not None and again.prompt == ""
+    passage = " god as a direct consequence of the sin yet these thoughts"
+    assert policy.apply(again, Hypothesis.of(passage)).delta == passage
