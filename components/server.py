@@ -211,6 +211,7 @@ def create_app(
                 "sessions_total": state.sessions_total,
                 "sessions_refused": state.sessions_refused,
                 "requests_active": state.requests_active,
+                "engine_streams": getattr(engine, "active_streams", None),
             }
         )
 

@@ -268,7 +268,12 @@ def says_no_speech(hypothesis: Hypothesis) -> bool:
 
 
 def cut_repetition(
-    words: list[str], max_repeats: int = 3, max_ngram: int = 8, *, after: int = 0
+    words: list[str],
+    max_repeats: int = 3,
+    max_ngram: int = 8,
+    *,
+    after: int = 0,
+    min_ngram: int = 1,
 ) -> list[str]:
     """Cut ``words`` where a phrase starts repeating ``max_repeats`` times in a row.
 
@@ -282,7 +287,7 @@ def cut_repetition(
     norm = [normalize_word(w) for w in words]
     n_words = len(norm)
     for i in range(n_words):
-        for n in range(1, max_ngram + 1):
+        for n in range(min_ngram, max_ngram + 1):
             need = max_repeats + 2 if n == 1 else max_repeats if n == 2 else 2
             if i + n * need > n_words or i + n * need <= after:
                 continue
@@ -634,9 +639,14 @@ class StreamingPolicy:
         flat_end = next((i for i, w in enumerate(flat) if is_loop(w)), len(flat))
         # A loop may start in the committed text ("go forward" committed, "go forward" again).
         recent = self.committed[-16:]
-        looped = cut_repetition(
-            recent + flat[:flat_end], self.config.max_repeats, after=len(recent)
-        )
+        reps = self.config.max_repeats
+        # One word said over and over (five times and more) is a loop whatever the audio: a
+        # stutter or a chant of one word is no caption, a decoder's loop often is.
+        stutter = cut_repetition(recent + flat[:flat_end], reps, 1, after=len(recent))
+        if len(stutter) - len(recent) < flat_end:
+            flat_end = len(stutter) - len(recent)
+            self.unprompted = True
+        looped = cut_repetition(recent + flat[:flat_end], reps, after=len(recent), min_ngram=2)
         loop_at = len(looped) - len(recent)
         echo_at = len(cut_echo(flat[:flat_end], self.committed[-40:], self.config.echo_words))
         suspect = min(loop_at, echo_at, flat_end)

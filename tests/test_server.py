@@ -339,6 +339,7 @@ async def test_disconnect_mid_stream_releases_session_and_request(
     async with httpx.AsyncClient() as http:
         stats = (await http.get(f"{server.url}/stats")).json()
     assert stats["sessions_active"] == 0 and stats["requests_active"] == 0
+    assert stats["engine_streams"] == 0  # the engine let go of the stream too
 
 
 async def test_api_key_is_required_on_the_handshake(

@@ -703,6 +703,11 @@ class WhisperEngine:
         )
         log.info("loaded %s from %s (%d threads)", self.name, path, threads)
 
+    @property
+    def active_streams(self) -> int:
+        """Streams the scheduler holds now (0 when every session has let go)."""
+        return self.scheduler.active
+
     @classmethod
     def from_env(cls) -> WhisperEngine:
         """Build from ``WHISPER_*`` environment variables (see README, section Engine)."""
