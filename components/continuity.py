@@ -183,6 +183,28 @@ def _seam_alignments(tail: list[str], new: list[str]) -> list[tuple[int, int, bo
     return out
 
 
+def _reach(tail: list[str], new: list[str]) -> tuple[int, int]:
+    """Where in ``tail`` all of ``new`` best aligns with a stretch of it (free start, free
+    end): (the tail index after the stretch, matched words)."""
+    n = len(tail)
+    prev: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (edits, -matches)
+    for j in range(1, len(new) + 1):
+        cur: list[tuple[int, int]] = [(j, 0)]
+        for i in range(1, n + 1):
+            same = tail[i - 1] == new[j - 1]
+            diag = prev[i - 1]
+            cur.append(
+                min(
+                    (diag[0] + (0 if same else 1), diag[1] - (1 if same else 0)),
+                    (cur[i - 1][0] + 1, cur[i - 1][1]),
+                    (prev[i][0] + 1, prev[i][1]),
+                )
+            )
+        prev = cur
+    best = min(range(n + 1), key=lambda i: (prev[i][0], prev[i][1], -i))
+    return best, -prev[best][1]
+
+
 def overlap_words(tail: list[str], new: list[str], *, complete: bool) -> int | None:
     """How many of ``new``'s first words repeat the end of ``tail`` (normalised words).
 
@@ -221,16 +243,31 @@ class _Seam:
     held_since: float | None = None
     resolved: bool = False
 
-    def take(self, *, complete: bool) -> str | None:
-        """The held text minus the repeated words, once that is known (else None)."""
-        k = overlap_words(self.tail, [w for w, _ in _words(self.held)], complete=complete)
+    def take(self, *, complete: bool, expired: bool = False) -> str | None:
+        """The held text minus the repeated words, once that is known (else None).
+
+        ``expired``: the hold ran out while the leg goes on. If everything the new leg has
+        said so far repeats a stretch of the tail that ends before the tail does (a slow
+        engine has not caught up with the replayed audio yet), those words are dropped, the
+        tail is shortened to what is still ahead, and the seam stays open: deciding now
+        would let the rest of the tail through a second time.
+        """
+        new = [w for w, _ in _words(self.held)]
+        if expired and new:
+            reach, matches = _reach(self.tail, new)
+            if matches >= max(3, (3 * len(new) + 3) // 4) and reach < len(self.tail) - 1:
+                self.tail = self.tail[reach:]
+                self.dropped += len(new)
+                self.held, self.held_since = "", None
+                return None
+        k = overlap_words(self.tail, new, complete=complete)
         if k is None:
             return None
         self.resolved = True
         words = _words(self.held)
         cut = words[k - 1][1] if k else 0
         rest = self.held[cut:]
-        self.dropped = k
+        self.dropped += k
         self.held = ""
         return rest
 
@@ -777,7 +814,7 @@ class ContinuousStream:
                         seam.held_since = time.monotonic()
                 if kind in ("delta", "hold_expired", "end"):
                     held = seam.held
-                    taken = seam.take(complete=kind != "delta")
+                    taken = seam.take(complete=kind != "delta", expired=kind == "hold_expired")
                     if taken is None:
                         continue
                     log.debug(

@@ -370,6 +370,9 @@ class StreamingPolicy:
     """Hypotheses whose text repeated itself or recent committed text (loop or echo suspects)."""
     repeats_kept: int = 0
     """Of those, the ones the audio had room for: kept as speech."""
+    final_stop: float = -1.0
+    """Where the latest final decode's text stopped short of the speech (-1: none): the next
+    final decode continues after its words, and must get further to be continued again."""
     retried: bool = False
     """A final decode of this stretch heard less than the voice detector did (no speech, or
     too few words for the speech): it was decoded once more, without the text prompt."""
@@ -786,12 +789,20 @@ class StreamingPolicy:
                 self._move_window(request.end, len(self.committed))
                 self.forced_cuts += 1
             self.covered_until = self.window_start  # the words after the cut were dropped
-        elif stop is not None:
+        elif stop is not None and request.final and stop > self.final_stop + EPS:
+            # The phrase's last decode ended its text at a segment end although speech goes
+            # on long after it (a phrase said twice, heard once). Its words stay in the window
+            # as the forced prefix, and the same audio is decoded once more for what follows
+            # them: the segment end's time is too coarse to restart the window at.
+            self.final_stop = stop
+            self.covered_until = self.decoded_until = stop
+        elif stop is not None and not request.final:
             # The decoder ended its text at a segment end although speech goes on long
             # after it: like Whisper's own seek, decode again from there.
             self._move_window(stop, len(self.committed))
-            self.covered_until = stop
+            self.covered_until = self.decoded_until = stop
         elif request.final:
+            self.final_stop = -1.0
             self.settled_until = max(self.settled_until, request.end)
         else:
             whole = len(pieces) == len(hypothesis.pieces) and len(words) == sum(

@@ -33,6 +33,7 @@ from components.continuity import (
     ContinuousStream,
     ReplayBuffer,
     StreamNotice,
+    _Seam,
     overlap_words,
 )
 from components.errors import BackendError
@@ -359,3 +360,22 @@ def test_a_phrase_said_again_after_the_seam_is_not_taken_for_the_repeat() -> Non
     assert overlap_words(tail, exact, complete=False) == 4
     # The tail's last word alone, found later in the new words: not a repeat of the tail.
     assert overlap_words(["meters"], "go forward ten meters".split(), complete=True) == 0
+
+
+def test_a_slow_replay_keeps_its_seam_open_until_it_passes_the_tail() -> None:
+    """On a loaded machine the hold runs out while the new leg is still inside the replayed
+    tail: what it said is dropped, and the rest of the tail is still recognised later."""
+    tail = (
+        "for a full hour he had paced up and down waiting but he could wait no longer "
+        "after early nightfall the yellow lamps would light up here and there "
+        "the squalid quarter of"
+    ).split()
+    seam = _Seam(replay_from=0, tail=tail)
+    seam.held = "wait no longer for a full hour he had paced up and down waiting but he "
+    seam.held += "could wait no longer after early nightfall"
+    assert seam.take(complete=True, expired=True) is None and not seam.resolved
+    assert seam.tail[0] == "the" and len(seam.tail) == 13
+    seam.held = " the yellow lamps would light up here and there the squalid quarter of the "
+    seam.held += "brothels god as a direct consequence"
+    assert seam.take(complete=False) == " the brothels god as a direct consequence"
+    assert seam.dropped == 23 + 13

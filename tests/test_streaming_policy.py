@@ -776,3 +776,22 @@ def test_a_decode_that_skips_a_passage_it_has_in_its_context_is_decoded_again() 
     assert again is not None and again.prompt == ""
     passage = " god as a direct consequence of the sin yet these thoughts"
     assert policy.apply(again, Hypothesis.of(passage)).delta == passage
+
+
+def test_a_final_decode_that_stops_short_of_the_speech_is_continued() -> None:
+    """A command said twice: the last decode says it once, its text ending at a segment end
+    a second and more before the speech does. The same audio is decoded once more, after
+    the words already said, and the repeat (which the audio has room for) is kept."""
+    policy = make()
+    talk(policy, 5.0)
+    policy.finish()
+    request = policy.request()
+    assert request is not None and request.kind == "end"
+    policy.apply(request, Hypothesis.of(" Go forward ten meters.", ends=(3.5,)))
+    assert policy.transcript == "Go forward ten meters."
+    again = policy.request()
+    assert again is not None and again.kind == "end"
+    assert again.start == request.start and again.prefix == "Go forward ten meters."
+    policy.apply(again, Hypothesis.of(" Go forward ten meters.", ends=(4.9,)))
+    assert policy.transcript == "Go forward ten meters. Go forward ten meters."
+    assert policy.request() is None and policy.done
