@@ -155,30 +155,42 @@ def _words(text: str) -> list[tuple[str, int]]:
     return out
 
 
-def _seam_alignments(tail: list[str], new: list[str]) -> list[tuple[int, int, bool]]:
-    """For every length k of ``new``'s beginning: (edits, matches, ends in a match) of its
-    best alignment with an end of ``tail`` (any number of ``tail``'s first words left out).
+FREE_SKIP = 8
+"""Tail words a replay may leave out at no cost: a delta's words are stamped with the audio
+sent when it arrived, so the first of them can lie before the point the replay starts at."""
 
-    One edit-distance table gives every k at once: row i aligns ``tail[:i]``, and a free
-    first column lets the alignment start anywhere in ``tail``.
+
+def _seam_alignments(tail: list[str], new: list[str]) -> list[tuple[int, int, int]]:
+    """For every length k of ``new``'s beginning: (edits, matches, matched words in a row at
+    its end) of its best alignment with an end of ``tail``.
+
+    One edit-distance table gives every k at once: row i aligns ``tail[:i]``, and the first
+    column lets the alignment start later in ``tail``: free for the first ``FREE_SKIP``
+    words (their audio may lie before the replay), one edit each after that (the replay
+    repeats the rest of the tail; a match far down the tail is a phrase the tail itself
+    said twice).
     """
     n = len(tail)
-    # cell: (edits, -matches, last step was a match)
-    prev: list[tuple[int, int, bool]] = [(0, 0, False)] * (n + 1)
+    # cell: (edits, -matches, matched words in a row ending here)
+    prev: list[tuple[int, int, int]] = [(max(0, i - FREE_SKIP), 0, 0) for i in range(n + 1)]
     out = []
     for j in range(1, len(new) + 1):
-        cur: list[tuple[int, int, bool]] = [(j, 0, False)]
+        cur: list[tuple[int, int, int]] = [(j, 0, 0)]
         for i in range(1, n + 1):
             same = tail[i - 1] == new[j - 1]
             diag = prev[i - 1]
             options = (
-                (diag[0] + (0 if same else 1), diag[1] - (1 if same else 0), same),
-                (cur[i - 1][0] + 1, cur[i - 1][1], False),  # a tail word the new leg lacks
-                (prev[i][0] + 1, prev[i][1], False),  # a new word the tail lacks
+                (
+                    diag[0] + (0 if same else 1),
+                    diag[1] - (1 if same else 0),
+                    diag[2] + 1 if same else 0,
+                ),
+                (cur[i - 1][0] + 1, cur[i - 1][1], 0),  # a tail word the new leg lacks
+                (prev[i][0] + 1, prev[i][1], 0),  # a new word the tail lacks
             )
-            cur.append(min(options, key=lambda c: (c[0], c[1])))
-        edits, negative, matched = cur[n]
-        out.append((edits, -negative, matched))
+            cur.append(min(options, key=lambda c: (c[0], c[1], -c[2])))
+        edits, negative, run = cur[n]
+        out.append((edits, -negative, run))
         prev = cur
     return out
 
@@ -222,12 +234,12 @@ def overlap_words(tail: list[str], new: list[str], *, complete: bool) -> int | N
         return 0 if complete or not tail else None
     enough = min(3, len(tail))
     best, best_score, decided = 0, 0, False
-    for k, (edits, matches, ends_matched) in enumerate(_seam_alignments(tail, new), start=1):
+    for k, (edits, matches, run) in enumerate(_seam_alignments(tail, new), start=1):
         score = matches - edits
         if matches >= enough and score > 0 and score >= best_score:
-            best, best_score, decided = k, score, ends_matched
+            best, best_score, decided = k, score, run >= enough
     if decided:
-        return best  # the tail's last word is matched: the rest is new
+        return best  # the tail's last words are matched in a row: the rest is new
     if not complete and len(new) < len(tail) + 4:
         return None
     return best

@@ -355,7 +355,9 @@ def test_a_phrase_said_again_after_the_seam_is_not_taken_for_the_repeat() -> Non
     new leg hears the first copy a little differently: only its first words are the repeat."""
     tail = "he could wait no longer go forward ten meters".split()
     misheard = "go forward 10 meters go forward ten meters why should one".split()
-    assert overlap_words(tail, misheard, complete=False) == 4
+    assert overlap_words(tail, misheard, complete=False) is None  # "10" for "ten": wait
+    assert overlap_words(tail, [*misheard, "halt", "on"], complete=False) == 4
+    assert overlap_words(tail, misheard, complete=True) == 4
     exact = "go forward ten meters go forward ten meters".split()
     assert overlap_words(tail, exact, complete=False) == 4
     # The tail's last word alone, found later in the new words: not a repeat of the tail.
@@ -379,3 +381,30 @@ def test_a_slow_replay_keeps_its_seam_open_until_it_passes_the_tail() -> None:
     seam.held += "brothels god as a direct consequence"
     assert seam.take(complete=False) == " the brothels god as a direct consequence"
     assert seam.dropped == 23 + 13
+
+
+def test_a_tail_that_says_a_phrase_twice_is_repeated_whole() -> None:
+    """The tail ends with a line it also said earlier ("he could wait no longer"). The new
+    leg's first words match that ending early on; the repeat is all of the tail, not that."""
+    tail = (
+        "and thick peppered flowerfat and sauce stuffed it into you his belly counseled him "
+        "he could wait no longer for a full hour he had paced up and down waiting but he "
+        "could wait no longer"
+    ).split()
+    new = "the redcolored he could wait no longer for a full hour he had".split()
+    assert overlap_words(tail, new, complete=False) is None  # not past the tail yet
+    new += "paced up and down waiting but he could wait no longer after early nightfall".split()
+    assert overlap_words(tail, new, complete=False) == len(new) - 3
+
+
+def test_one_common_word_at_the_tails_end_decides_nothing() -> None:
+    """The lost leg's text ended in "the"; the new leg's "the" three lines earlier is not its
+    end: the seam waits for the tail's last words in a row."""
+    tail = (
+        "he could wait no longer after early nightfall the yellow lamps would light up here "
+        "and there the squalid quarter of the"
+    ).split()
+    new = "could wait no longer after early nightfall the".split()
+    assert overlap_words(tail, new, complete=False) is None
+    new += "yellow lamps would light up here and there the squalid quarter of the brothels".split()
+    assert overlap_words(tail, new, complete=False) == len(new) - 1
