@@ -233,24 +233,16 @@ class Errors:
 
 
 def errors(reference: str, hypothesis: str) -> Errors:
-    """Substitutions, deletions and insertions of a minimum-edit alignment.
+    """Substitutions, deletions and insertions of a minimum-edit alignment (``jiwer``).
 
     Deletions are what a captioning stream must never add: words said and never shown.
     """
+    import jiwer  # lazy: benches and tests only
+
     ref, hyp = normalize(reference), normalize(hypothesis)
-    n, m = len(ref), len(hyp)
-    # cost[i][j] = (edits, deletions, insertions) for ref[:i] against hyp[:j]
-    prev = [(j, 0, j) for j in range(m + 1)]
-    for i in range(1, n + 1):
-        cur = [(i, i, 0)]
-        for j in range(1, m + 1):
-            sub = prev[j - 1]
-            options = (
-                (sub[0] + (ref[i - 1] != hyp[j - 1]), sub[1], sub[2]),
-                (prev[j][0] + 1, prev[j][1] + 1, prev[j][2]),
-                (cur[j - 1][0] + 1, cur[j - 1][1], cur[j - 1][2] + 1),
-            )
-            cur.append(min(options))
-        prev = cur
-    edits, deletions, insertions = prev[m]
-    return Errors(n, edits - deletions - insertions, deletions, insertions)
+    if not ref:
+        return Errors(0, 0, 0, len(hyp))
+    if not hyp:
+        return Errors(len(ref), 0, len(ref), 0)
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return Errors(len(ref), out.substitutions, out.deletions, out.insertions)
