@@ -95,7 +95,9 @@ class Timeline:
     """What was sent and what came back, in the session's audio time and wall time."""
 
     sent_wall: list[float] = field(default_factory=list)
-    """Wall time at which each chunk (``CHUNK`` samples) went out."""
+    """Wall time at which each chunk went out ..."""
+    sent_audio: list[float] = field(default_factory=list)
+    """... and the audio time (s) at its end (chunks at a clip's end are shorter)."""
     words: list[tuple[str, float, float]] = field(default_factory=list)
     """Streamed words: (normalised word, arrival wall time, audio time sent at arrival)."""
     text: str = ""
@@ -167,6 +169,7 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
                     await stream.send_audio(float_to_pcm16(piece.astype(np.float32)))
                     sent += len(piece)
                     timeline.sent_wall.append(time.monotonic())
+                    timeline.sent_audio.append(sent / SAMPLE_RATE)
                     if audio_now() >= next_window:
                         await asyncio.sleep(args.settle)  # the window's last words arrive
                         rss_trace.append((audio_now(), rss_of(pid)))
@@ -238,11 +241,12 @@ def window_line(
     edits = edit_distance([w for w, _ in ref_words], hyp_words)
     lags = []
     sent = np.asarray(timeline.sent_wall)
+    ends = np.asarray(timeline.sent_audio)
     for i, j in pairs:
         word, end = ref_words[i]
         if j <= last and hyp[j][0] == word:
-            k = min(int(np.ceil(end * SAMPLE_RATE / CHUNK)) - 1, len(sent) - 1)
-            lags.append(hyp[j][1] - sent[max(k, 0)])
+            k = min(int(np.searchsorted(ends, end - 1e-6)), len(sent) - 1)
+            lags.append(hyp[j][1] - sent[k])
     lag = lag_summary(lags)
     return {
         "audio_min": round(hi / 60, 1),
