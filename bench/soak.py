@@ -10,7 +10,10 @@ until ``--hours`` of audio have gone by, in 100 ms appends at ``--pace`` x real 
 
 * ``local``: the engine in this process (``LocalBackend``); RSS is this process's;
 * ``serve``: ``python -m components serve`` as a child process, reached through a continuous
-  stream (handovers every ``--stream-seconds`` of audio if given); RSS is the server's.
+  stream (handovers every ``--stream-seconds`` of audio if given); RSS is the server's;
+* ``sagemaker``: the real SDK through the local SageMaker front (a stand-in for AWS's router,
+  which ends every stream after ``--front-stream-seconds``, so the chain replays often) to
+  ``container/serve`` (bridge and engine server); RSS is the engine server's.
 
 Every ``--window`` minutes of audio one JSON line: the engine process's RSS, word lag p50/p95
 (wall seconds from sending the chunk that holds a word's end to the delta that carries it),
@@ -78,6 +81,33 @@ def rss_of(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def engine_pid(root: int) -> int:
+    """The engine server among ``root``'s descendants (``container/serve`` starts it beside
+    the bridge); ``root`` itself if there is none."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"components serve" in command or b"components.server" in command:
+            return pid
+        todo += children.get(pid, [])
+    return root
 
 
 # --------------------------------------------------------------------------- the long session
@@ -200,6 +230,30 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
             after = rss_of(os.getpid())
         finally:
             await engine.aclose()
+    elif args.path == "sagemaker":
+        from components.continuity import ContinuityPolicy, ContinuousStream
+        from tests.support_sagemaker import running_container, running_front
+
+        front_args = ("--max-stream-seconds", str(args.front_stream_seconds))
+        with running_container() as container, running_front(container, args=front_args) as front:
+            engine = engine_pid(container.process.pid)
+            with front.environ():
+                backend = front.backend()
+                policy = ContinuityPolicy(max_stream_seconds=args.stream_seconds)
+                chain = await ContinuousStream.open(backend, policy=policy, label="soak")
+
+                def stats() -> dict[str, int]:
+                    return {
+                        "handovers": chain.stats.handovers,
+                        "reconnects": chain.stats.reconnects,
+                    }
+
+                try:
+                    await run(chain, engine, stats)
+                    await asyncio.sleep(args.settle)
+                    after = rss_of(engine)
+                finally:
+                    await backend.aclose()
     else:
         from components.backends.websocket import RealtimeWSBackend
         from components.continuity import ContinuityPolicy, ContinuousStream
@@ -445,7 +499,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hours", type=float, default=2.0, help="audio of the soak session")
     p.add_argument("--pace", type=float, default=2.0, help="x real time (see above)")
-    p.add_argument("--path", choices=("local", "serve"), default="serve")
+    p.add_argument("--path", choices=("local", "serve", "sagemaker"), default="serve")
+    p.add_argument(
+        "--front-stream-seconds",
+        type=float,
+        default=60.0,
+        help="sagemaker: the local front ends each stream after this long (wall clock)",
+    )
     p.add_argument("--window", type=float, default=10.0, help="minutes of audio per line")
     p.add_argument("--stream-seconds", type=float, default=None, help="hand over this often")
     p.add_argument("--settle", type=float, default=3.0, help="s to wait for the last words")

@@ -297,6 +297,20 @@ def cut_repetition(
     return words
 
 
+def cut_runs(words: list[str], times: int, max_ngram: int = 8, *, after: int = 0) -> list[str]:
+    """Cut ``words`` where a phrase (of up to ``max_ngram`` words) is said ``times`` times in
+    a row, keeping its first occurrence; the first ``after`` words are never cut."""
+    norm = [normalize_word(w) for w in words]
+    for i in range(len(norm)):
+        for n in range(1, max_ngram + 1):
+            if i + n * times > len(norm) or i + n * times <= after:
+                continue
+            gram = norm[i : i + n]
+            if all(norm[i + k * n : i + (k + 1) * n] == gram for k in range(1, times)):
+                return words[: max(i + n, after)]
+    return words
+
+
 def is_loop(word: str) -> bool:
     """A "word" that is one phrase over and over without spaces ("the...the...the...")."""
     if len(word) < 24:
@@ -646,8 +660,12 @@ class StreamingPolicy:
         # One word said over and over (five times and more) is a loop whatever the audio: a
         # stutter or a chant of one word is no caption, a decoder's loop often is.
         stutter = cut_repetition(recent + flat[:flat_end], reps, 1, after=len(recent))
-        if len(stutter) - len(recent) < flat_end:
-            flat_end = len(stutter) - len(recent)
+        # Likewise a phrase said more than ``max_repeats`` times in a row ("thank you" six
+        # times over a noisy passage): people repeat a line, rarely four times on end.
+        chant = cut_runs(recent + flat[:flat_end], reps + 1, after=len(recent))
+        cut = min(len(stutter), len(chant)) - len(recent)
+        if cut < flat_end:
+            flat_end = cut
             self.unprompted = True
         looped = cut_repetition(recent + flat[:flat_end], reps, after=len(recent), min_ngram=2)
         loop_at = len(looped) - len(recent)

@@ -650,20 +650,20 @@ def test_segments_after_the_audio_and_loops_are_dropped() -> None:
     assert request is not None
     late = Hypothesis((Piece(" real words", None, 0.5), Piece(" invented", request.duration)))
     assert policy.words_of(request, late) == [["real", "words"]]
-    loop = Hypothesis.of(" go on go on go on go on")  # eight words in one second
+    loop = Hypothesis.of(" go on go on go on")  # six words in one second
     assert policy.words_of(request, loop) == [["go", "on"]]
     glued = Hypothesis.of(" than the" + "...the" * 40)
     assert policy.words_of(request, glued) == [["than"]]
 
 
 def test_a_repeat_the_audio_has_room_for_is_speech() -> None:
-    """The same words as a loop, over audio long enough to say them: a chant, kept."""
+    """A phrase said three times, over audio long enough to say it: a chant, kept."""
     policy = make()
     talk(policy, 3.0)
     request = policy.request()
     assert request is not None
-    chant = Hypothesis.of(" go on go on go on go on")
-    assert policy.words_of(request, chant) == [["go", "on"] * 4]
+    chant = Hypothesis.of(" go on go on go on")
+    assert policy.words_of(request, chant) == [["go", "on"] * 3]
     twice = Hypothesis.of(" Go forward ten meters.", " Go forward ten meters.", ends=(1.4,))
     assert policy.words_of(request, twice) == [
         ["Go", "forward", "ten", "meters."],
@@ -795,3 +795,14 @@ def test_a_final_decode_that_stops_short_of_the_speech_is_continued() -> None:
     policy.apply(again, Hypothesis.of(" Go forward ten meters.", ends=(4.9,)))
     assert policy.transcript == "Go forward ten meters. Go forward ten meters."
     assert policy.request() is None and policy.done
+
+
+def test_a_phrase_four_times_on_end_is_a_loop_whatever_the_audio() -> None:
+    policy = make()
+    talk(policy, 6.0)
+    request = policy.request()
+    assert request is not None
+    loop = Hypothesis.of(" thank you thank you thank you thank you thank you for supporting")
+    assert policy.words_of(request, loop) == [["thank", "you"]]
+    three = Hypothesis.of(" stuff it into you stuff it into you stuff it into you")
+    assert policy.words_of(request, three) == [["stuff", "it", "into", "you"] * 3]
