@@ -244,6 +244,7 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
 
                 def stats() -> dict[str, int]:
                     return {
+                        "legs": chain.stats.legs,
                         "handovers": chain.stats.handovers,
                         "reconnects": chain.stats.reconnects,
                     }
