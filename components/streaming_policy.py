@@ -46,7 +46,7 @@ import dataclasses
 import math
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 _NORM = re.compile(r"[^\w']+")
@@ -267,6 +267,29 @@ def says_no_speech(hypothesis: Hypothesis) -> bool:
     return hypothesis.no_speech_prob > 0.6 and hypothesis.avg_logprob < -1.0
 
 
+def cut_runs(
+    words: list[str],
+    times: Callable[[int], int],
+    max_ngram: int = 8,
+    *,
+    after: int = 0,
+    min_ngram: int = 1,
+) -> list[str]:
+    """Cut ``words`` where a phrase of n words is said ``times(n)`` times in a row, keeping
+    its first occurrence. The first ``after`` words are context (text already committed):
+    only a run that goes on past them counts, and they are never cut."""
+    norm = [normalize_word(w) for w in words]
+    for i in range(len(norm)):
+        for n in range(min_ngram, max_ngram + 1):
+            need = times(n)
+            if i + n * need > len(norm) or i + n * need <= after:
+                continue
+            gram = norm[i : i + n]
+            if all(norm[i + k * n : i + (k + 1) * n] == gram for k in range(1, need)):
+                return words[: max(i + n, after)]
+    return words
+
+
 def cut_repetition(
     words: list[str],
     max_repeats: int = 3,
@@ -279,36 +302,14 @@ def cut_repetition(
 
     Single words need two repeats more ("words words words words" is speech; five times in a
     row from a decoder is a loop); phrases of three words or more only one in all ("go
-    forward ten meters go forward ten meters": speakers rarely say a phrase twice over, a
-    looping decoder does). The first occurrence of the phrase is kept. The first ``after``
-    words are context (text already committed): only a loop that goes on past them counts,
-    and they are never cut.
+    forward ten meters go forward ten meters": a suspect, which the policy then judges by
+    the audio). The first occurrence of the phrase is kept; see :func:`cut_runs`.
     """
-    norm = [normalize_word(w) for w in words]
-    n_words = len(norm)
-    for i in range(n_words):
-        for n in range(min_ngram, max_ngram + 1):
-            need = max_repeats + 2 if n == 1 else max_repeats if n == 2 else 2
-            if i + n * need > n_words or i + n * need <= after:
-                continue
-            gram = norm[i : i + n]
-            if all(norm[i + k * n : i + (k + 1) * n] == gram for k in range(1, need)):
-                return words[: max(i + n, after)]
-    return words
 
+    def times(n: int) -> int:
+        return max_repeats + 2 if n == 1 else max_repeats if n == 2 else 2
 
-def cut_runs(words: list[str], times: int, max_ngram: int = 8, *, after: int = 0) -> list[str]:
-    """Cut ``words`` where a phrase (of up to ``max_ngram`` words) is said ``times`` times in
-    a row, keeping its first occurrence; the first ``after`` words are never cut."""
-    norm = [normalize_word(w) for w in words]
-    for i in range(len(norm)):
-        for n in range(1, max_ngram + 1):
-            if i + n * times > len(norm) or i + n * times <= after:
-                continue
-            gram = norm[i : i + n]
-            if all(norm[i + k * n : i + (k + 1) * n] == gram for k in range(1, times)):
-                return words[: max(i + n, after)]
-    return words
+    return cut_runs(words, times, max_ngram, after=after, min_ngram=min_ngram)
 
 
 def is_loop(word: str) -> bool:
@@ -662,7 +663,7 @@ class StreamingPolicy:
         stutter = cut_repetition(recent + flat[:flat_end], reps, 1, after=len(recent))
         # Likewise a phrase said more than ``max_repeats`` times in a row ("thank you" six
         # times over a noisy passage): people repeat a line, rarely four times on end.
-        chant = cut_runs(recent + flat[:flat_end], reps + 1, after=len(recent))
+        chant = cut_runs(recent + flat[:flat_end], lambda n: reps + 1, after=len(recent))
         cut = min(len(stutter), len(chant)) - len(recent)
         if cut < flat_end:
             flat_end = cut
