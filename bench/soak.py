@@ -436,8 +436,17 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
             started = time.monotonic()
             counts = asyncio.run(_storm(url, speech, args))
             wall = time.monotonic() - started
-            time.sleep(args.settle)
-            stats = httpx.get(f"{server}/stats").json()
+            # Wait for the server to let go (it releases a vanished session on its own), at
+            # most ``settle`` seconds: what is still open then is left over.
+            deadline = time.monotonic() + args.settle
+            while True:
+                stats = httpx.get(f"{server}/stats").json()
+                open_now = stats["sessions_active"] + stats["requests_active"]
+                if open_now + (stats.get("engine_streams") or 0) == 0:
+                    break
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             after = {name: rss_of(pid) for name, pid in pids.items()}
         finally:
             if bridge is not None:
