@@ -394,6 +394,9 @@ class StreamingPolicy:
     voiced_marks: list[tuple[float, float]] = field(default_factory=list)
     """(audio end, seconds of voice so far) at each push inside the window: how much speech
     a stretch of the window holds."""
+    guarded: bool = False
+    """The latest decode's words were cut by a loop or echo guard: its text says nothing of
+    the audio after the cut, which is therefore not counted as decoded."""
     unprompted: bool = False
     """A hypothesis looped: decode without the text prompt until the phrase is committed.
     Earlier text is what most often leads a small model into a loop, and it tends to loop
@@ -642,6 +645,7 @@ class StreamingPolicy:
 
         A loop also turns the text prompt off for the rest of the phrase (``unprompted``).
         """
+        self.guarded = False
         if says_no_speech(hypothesis):
             return []
         pieces: list[list[str]] = []
@@ -663,7 +667,9 @@ class StreamingPolicy:
         stutter = cut_repetition(recent + flat[:flat_end], reps, 1, after=len(recent))
         # Likewise a phrase said more than ``max_repeats`` times in a row ("thank you" six
         # times over a noisy passage): people repeat a line, rarely four times on end.
-        chant = cut_runs(recent + flat[:flat_end], lambda n: reps + 1, after=len(recent))
+        chant = cut_runs(
+            recent + flat[:flat_end], lambda n: reps + 1, after=len(recent), min_ngram=2
+        )
         cut = min(len(stutter), len(chant)) - len(recent)
         if cut < flat_end:
             flat_end = cut
@@ -684,6 +690,7 @@ class StreamingPolicy:
             if len(kept) == flat_end:
                 self.repeats_kept += 1
         if len(kept) < len(flat):
+            self.guarded = True
             left = len(kept)
             out: list[list[str]] = []
             for p in pieces:
@@ -753,11 +760,15 @@ class StreamingPolicy:
             base, old_tail = len(self.committed), self.tail
             self._cut_between_words(request, hypothesis.spans)
             return self._update(base, old_tail)
-        if request.final and not self.retried and self._heard_less(request, hypothesis):
+        pieces = self.words_of(request, hypothesis)
+        if request.final and not self.retried and (
+            self.guarded or self._heard_less(request, hypothesis)
+        ):
             # The voice detector heard speech the decoder left out: it called the audio
             # silence, or it skipped a passage (a phrase said again reads, to a decoder that
-            # has it in its context, like the context). A final decode settles its audio
-            # for good: before that, decode it once more without the text prompt.
+            # has it in its context, like the context), or a guard cut its text short. A
+            # final decode settles its audio for good: before that, decode it once more
+            # without the text prompt.
             self.retried = True
             self.unprompted = True
             return Update(delta="", partial=None)
@@ -765,9 +776,11 @@ class StreamingPolicy:
         if self.previewing:
             # A preview's guess is only on screen; decisions start from a clean tail.
             self.tail, self.previewing = [], False
-        pieces = self.words_of(request, hypothesis)
-        self.decoded_until = max(self.decoded_until, request.end)
-        self.covered_until = max(self.covered_until, request.end)
+        if not self.guarded or request.final:
+            # A guarded decode's text stops at its cut: the audio after it still waits for a
+            # decode (and the stream's end for a final one, rather than a settle).
+            self.decoded_until = max(self.decoded_until, request.end)
+            self.covered_until = max(self.covered_until, request.end)
         words = [w for p in pieces for w in p]
         boundaries = self._boundaries(request, hypothesis, pieces)
         if request.kind == "cut" and request.end not in self.gaps:

@@ -806,3 +806,49 @@ def test_a_phrase_four_times_on_end_is_a_loop_whatever_the_audio() -> None:
     assert policy.words_of(request, loop) == [["thank", "you"]]
     three = Hypothesis.of(" stuff it into you stuff it into you stuff it into you")
     assert policy.words_of(request, three) == [["stuff", "it", "into", "you"] * 3]
+
+
+def test_one_word_four_times_is_speech_and_what_follows_it_is_kept() -> None:
+    """"Here are some more words words words words and that should be all": one word four
+    times on end is emphasis (the loop guard for one word starts at five)."""
+    policy = make()
+    policy.committed = "here are some more words.".split()
+    talk(policy, 4.0)
+    request = policy.request()
+    assert request is not None
+    said = Hypothesis.of(" Words words words. And that should be all.")
+    assert policy.words_of(request, said) == [
+        "Words words words. And that should be all.".split()
+    ]
+    assert not policy.guarded
+
+
+def test_audio_after_a_guard_cut_is_not_counted_as_decoded() -> None:
+    """A decode cut by a guard says nothing of the audio after the cut: that audio is decoded
+    again, and at the end of the stream a final decode runs rather than a settle."""
+    policy = make()
+    talk(policy, 2.0)
+    request = policy.request()
+    assert request is not None
+    policy.apply(request, Hypothesis.of(" yes yes yes yes yes yes and then we went"))
+    assert policy.guarded and policy.tail == ["yes"]
+    assert policy.decoded_until < request.end
+    policy.finish()
+    assert policy.settle() is None
+    final = policy.request()
+    assert final is not None and final.kind == "end"
+
+
+def test_a_final_decode_a_guard_cut_short_is_decoded_again() -> None:
+    policy = make()
+    policy.committed = "earlier words".split()
+    talk(policy, 2.0)
+    policy.finish()
+    request = policy.request()
+    assert request is not None and request.kind == "end" and request.prompt
+    looped = Hypothesis.of(" so so so so so so and then we went home")
+    assert policy.apply(request, looped).delta == ""
+    again = policy.request()
+    assert again is not None and again.kind == "end" and again.prompt == ""
+    assert policy.apply(again, looped).delta == " so"  # judged once more, then settled
+    assert policy.done
