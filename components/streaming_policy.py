@@ -761,8 +761,10 @@ class StreamingPolicy:
             self._cut_between_words(request, hypothesis.spans)
             return self._update(base, old_tail)
         pieces = self.words_of(request, hypothesis)
-        if request.final and not self.retried and (
-            self.guarded or self._heard_less(request, hypothesis)
+        if (
+            request.final
+            and not self.retried
+            and (self.guarded or self._heard_less(request, hypothesis))
         ):
             # The voice detector heard speech the decoder left out: it called the audio
             # silence, or it skipped a passage (a phrase said again reads, to a decoder that

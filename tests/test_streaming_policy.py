@@ -809,7 +809,7 @@ def test_a_phrase_four_times_on_end_is_a_loop_whatever_the_audio() -> None:
 
 
 def test_one_word_four_times_is_speech_and_what_follows_it_is_kept() -> None:
-    """"Here are some more words words words words and that should be all": one word four
+    """Said: "here are some more words words words words and that should be all". One word four
     times on end is emphasis (the loop guard for one word starts at five)."""
     policy = make()
     policy.committed = "here are some more words.".split()
@@ -817,9 +817,7 @@ def test_one_word_four_times_is_speech_and_what_follows_it_is_kept() -> None:
     request = policy.request()
     assert request is not None
     said = Hypothesis.of(" Words words words. And that should be all.")
-    assert policy.words_of(request, said) == [
-        "Words words words. And that should be all.".split()
-    ]
+    assert policy.words_of(request, said) == ["Words words words. And that should be all.".split()]
     assert not policy.guarded
 
 
