@@ -1,12 +1,12 @@
 """Live Captions: the page (Gradio Blocks), and the Hugging Face Space entry point.
 
 Wiring only: widgets, events and how a session looks; sessions, limits and the choice of
-backend live in :mod:`components.session_manager`, :mod:`components.session` and
-:mod:`components.deployment`. Run with ``python app.py`` (honours
+backend live in :mod:`components.page.manager`, :mod:`components.page.session` and
+:mod:`components.page.settings`. Run with ``python app.py`` (honours
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, default http://127.0.0.1:7860).
 
-How audio gets in: the microphone control (:mod:`components.mic_widget`, a ``gr.HTML`` with
-its own script) sends 50 ms frames over one WebSocket to :mod:`components.mic_link`, which
+How audio gets in: the microphone control (:mod:`components.page.mic_widget`, a ``gr.HTML`` with
+its own script) sends 50 ms frames over one WebSocket to :mod:`components.page.mic_link`, which
 feeds the tab's session in order and acknowledges each frame; Gradio's queue only carries the
 Record event that starts the session with the chosen backend. The session counts samples in
 and out, and the page shows them.
@@ -34,15 +34,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
-from components.deployment import BackendChoice, BackendKind, Settings
-from components.languages import VOXTRAL_REALTIME_LANGUAGES, language_name
-from components.mic_link import MicLink, parse_recording
-from components.mic_widget import CSS as MIC_CSS
-from components.mic_widget import microphone
-from components.presentation import add_routes
-from components.session import SessionView
-from components.session_manager import SessionManager
-from components.tab_tokens import TabTokens
+from components.core.languages import VOXTRAL_REALTIME_LANGUAGES, language_name
+from components.page.manager import SessionManager
+from components.page.mic_link import MicLink, parse_recording
+from components.page.mic_widget import CSS as MIC_CSS
+from components.page.mic_widget import microphone
+from components.page.presentation import add_routes
+from components.page.session import SessionView
+from components.page.settings import BackendChoice, BackendKind, Settings
+from components.page.tab_tokens import TabTokens
 
 log = logging.getLogger("app")
 
@@ -66,10 +66,11 @@ _CLICK_MIC_STOP = """
 STOP_MIC_JS = "() => {" + _CLICK_MIC_STOP + "  return [];\n}"
 STOP_MIC_KEEP_INPUTS_JS = "(...inputs) => {" + _CLICK_MIC_STOP + "  return inputs;\n}"
 
-PAGE_JS = (Path(__file__).parent / "components" / "web" / "page.js").read_text(encoding="utf-8")
+WEB = Path(__file__).parent / "components" / "page" / "web"
+PAGE_JS = (WEB / "page.js").read_text(encoding="utf-8")
 """The page's keys and its presentation view (``?view=captions``)."""
 
-CSS = (Path(__file__).parent / "components" / "web" / "page.css").read_text(encoding="utf-8")
+CSS = (WEB / "page.css").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- rendering

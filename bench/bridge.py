@@ -34,7 +34,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from websockets.asyncio.server import ServerConnection, serve  # noqa: E402
 from websockets.http11 import Request, Response  # noqa: E402
 
-from components.protocol import InputAudioBufferAppend, SessionCreated, serialize  # noqa: E402
+from components.core.protocol import InputAudioBufferAppend, SessionCreated, serialize  # noqa: E402
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

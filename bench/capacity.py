@@ -39,8 +39,8 @@ from bench.common import (
     wer_of,
     word_lags,
 )
-from components.evaluation import Clip
-from components.protocol import ErrorCode
+from components.core.evaluation import Clip
+from components.core.protocol import ErrorCode
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,7 +112,7 @@ async def _step(backend: Any, engine: Any, sessions: list[Reference]) -> dict[st
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from components.backends.local import LocalBackend
-    from components.engines.whisper import WhisperEngine
+    from components.engines.whisper.engine import WhisperEngine
 
     start_machine = machine()
     refs = references_apart(select_clips(args.clips), beam5=False)

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from components.audio import float_to_pcm16, load_file  # noqa: E402
-from components.evaluation import Clip, corpus_wer, load_clips, normalize  # noqa: E402
-from components.protocol import (  # noqa: E402
+from components.core.audio import float_to_pcm16, load_file  # noqa: E402
+from components.core.evaluation import Clip, corpus_wer, load_clips, normalize  # noqa: E402
+from components.core.protocol import (  # noqa: E402
     SAMPLE_RATE,
     ErrorEvent,
     TranscriptionDelta,
@@ -110,7 +110,7 @@ def references(clips: list[Clip], model: Any, *, beam5: bool = True) -> list[Ref
 def _references_job(clip_ids: list[str], beam5: bool) -> list[Reference]:
     from faster_whisper import WhisperModel
 
-    from components.engines.whisper import bundled_model_path
+    from components.engines.whisper.engine import bundled_model_path
 
     path = os.environ.get("WHISPER_MODEL", "").strip() or str(bundled_model_path())
     model = WhisperModel(path, device="cpu", compute_type="int8")

@@ -4,11 +4,11 @@
     .venv/bin/python bench/continuity.py --pace 2 --clips 10
 
 The evaluation clips, 0.5 s apart, make one long recording. It is captioned twice by the same
-in-process server (``components.server`` with the bundled Whisper model), through a TCP relay
+in-process server (``components.server.app`` with the bundled Whisper model), through a TCP relay
 on loopback:
 
 * **uninterrupted**: one stream, nothing happens to it;
-* **chained**: a continuous stream (components/continuity.py) whose legs are limited to
+* **chained**: a continuous stream (components/continuity/chain.py) whose legs are limited to
   ``--stream-seconds`` (a handover in a pause every 16-21 s by default), while the relay cuts
   every open connection every ``--cut-every`` seconds of audio (a replay after each).
 
@@ -42,7 +42,7 @@ from bench.common import (
     wer_of,
     word_lags,
 )
-from components.evaluation import normalize
+from components.core.evaluation import normalize
 
 TARGETS = {"wer_ratio": 1.05, "words_lost": 0, "lost_audio_s": 0.0}
 SEAM_WINDOW_S = 5.0
@@ -68,7 +68,7 @@ async def _caption(
     url: str, audio: Any, *, pace: float, policy: Any, relay: Any, cut_every: float | None
 ) -> tuple[Any, Any, list[float]]:
     from components.backends.websocket import RealtimeWSBackend
-    from components.continuity import ContinuousStream, StreamNotice
+    from components.continuity.chain import ContinuousStream, StreamNotice
 
     seams: list[float] = []
     sent = [0.0]
@@ -95,9 +95,9 @@ async def _caption(
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     import uvicorn
 
-    from components.continuity import ContinuityPolicy
-    from components.engines.whisper import WhisperEngine
-    from components.server import ServerSettings, create_app
+    from components.continuity.chain import ContinuityPolicy
+    from components.engines.whisper.engine import WhisperEngine
+    from components.server.app import ServerSettings, create_app
     from tests.support_relay import TcpRelay
 
     refs = references_apart(select_clips(args.clips), beam5=False)
@@ -187,7 +187,7 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-        logging.getLogger("components.continuity").setLevel(logging.INFO)
+        logging.getLogger("components.continuity.chain").setLevel(logging.INFO)
     print(json.dumps(asyncio.run(_run(args)), indent=2))
 
 

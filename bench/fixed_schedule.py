@@ -45,11 +45,11 @@ from bench.common import (
     wer_of,
     word_lags,
 )
+from components.core.evaluation import edit_distance, normalize
+from components.core.protocol import SAMPLE_RATE
 from components.engines.scheduler import Work
-from components.engines.whisper import VadStream, WhisperEngine, _AudioWindow, _StreamState
-from components.evaluation import edit_distance, normalize
-from components.protocol import SAMPLE_RATE
-from components.streaming_policy import PolicyConfig, StreamingPolicy
+from components.engines.whisper.engine import VadStream, WhisperEngine, _AudioWindow, _StreamState
+from components.engines.whisper.policy import PolicyConfig, StreamingPolicy
 
 
 class _Slot:

@@ -49,7 +49,7 @@ from bench.common import (
     wer_of,
     word_lags,
 )
-from components.protocol import SAMPLE_RATE
+from components.core.protocol import SAMPLE_RATE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from components.backends.local import LocalBackend
-    from components.engines.whisper import WhisperEngine
+    from components.engines.whisper.engine import WhisperEngine
 
     refs = references_apart(select_clips(args.clips), beam5=not args.no_beam5)
     engine = None

@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from components.audio import load_file  # noqa: E402
-from components.evaluation import Clip, load_clips, normalize, wer  # noqa: E402
+from components.core.audio import load_file  # noqa: E402
+from components.core.evaluation import Clip, load_clips, normalize, wer  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 SILENCE_BEFORE = 1.5
@@ -344,7 +344,7 @@ def main() -> None:
 
     from faster_whisper import WhisperModel
 
-    from components.engines.whisper import bundled_model_path
+    from components.engines.whisper.engine import bundled_model_path
 
     model = WhisperModel(str(bundled_model_path()), device="cpu", compute_type="int8")
     references = {c.id: offline_words(model, c) for c in chosen}

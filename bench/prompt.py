@@ -9,7 +9,7 @@ chunks, once per configuration:
 * ``none``: no session options (what every client sent before prompts existed);
 * ``blank``: an empty prompt and ``language: en`` (must match ``none`` word for word);
 * one run per terms placement (``lead``, ``trail``, ``start``; see
-  ``components.engines.whisper.TERMS_PLACEMENTS``) with each clip's proper nouns and terms
+  ``components.engines.whisper.engine.TERMS_PLACEMENTS``) with each clip's proper nouns and terms
   as the prompt. Clips without any get no prompt in every run.
 
 Printed as JSON: corpus WER of each run and its ratio to ``none``, WER over the clips that
@@ -38,11 +38,11 @@ import time
 import numpy as np
 
 from bench.common import machine, ratio, replay, select_clips, wer_of
-from components.audio import load_file
 from components.backends.local import LocalBackend
-from components.engines.whisper import TERMS_PLACEMENTS, DecodeItem, WhisperEngine
-from components.evaluation import normalize
-from components.protocol import NO_OPTIONS, SessionOptions
+from components.core.audio import load_file
+from components.core.evaluation import normalize
+from components.core.protocol import NO_OPTIONS, SessionOptions
+from components.engines.whisper.engine import TERMS_PLACEMENTS, DecodeItem, WhisperEngine
 
 TERMS = {
     "librispeech-1221-135766-0002": "Hester Prynne",

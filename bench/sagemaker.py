@@ -1,9 +1,9 @@
 """What the SageMaker path adds per event, against a direct WebSocket to the same server.
 
-Processes on loopback, all real: the engine server (``components.server``) running a fast echo
+Processes on loopback, all real: the engine server (``components.server.app``) running a fast echo
 engine — one ``transcription.delta`` per audio chunk, at once, so no model time is in the
 figures — the container's bridge (``python -m container.bridge``) in front of it, the local
-SageMaker front (``python -m container.local_sagemaker``, the stand-in for AWS's router) in front
+SageMaker front (``python -m components.aws.local_front``, the stand-in for AWS's router) in front
 of the bridge, and this client. The client measures, one event in flight, the time from
 ``send_audio`` to that chunk's delta:
 
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from components.protocol import (  # noqa: E402
+from components.core.protocol import (  # noqa: E402
     TranscriptEvent,
     TranscriptionDelta,
     TranscriptionDone,
@@ -75,7 +75,7 @@ class EchoEngine:
 
 def serve_echo(port: int) -> None:
     """Child process: the real Realtime server over :class:`EchoEngine`."""
-    from components.server import ServerSettings, serve
+    from components.server.app import ServerSettings, serve
 
     settings = ServerSettings(port=port, served_model_name=MODEL, idle_timeout=600.0)
     asyncio.run(serve(EchoEngine(), settings, log_level="warning"))
@@ -126,7 +126,7 @@ def start_front(bridge_port: int, log: Any) -> tuple[subprocess.Popen[bytes], di
         [
             sys.executable,
             "-m",
-            "container.local_sagemaker",
+            "components.aws.local_front",
             "--container",
             f"http://127.0.0.1:{bridge_port}",
             "--port",
@@ -205,7 +205,7 @@ class Path_:
 
 
 async def measure(args: argparse.Namespace, server_port: int, env: dict[str, str]) -> None:
-    from components.backends.sagemaker import SageMakerBackend
+    from components.backends.sagemaker.client import SageMakerBackend
     from components.backends.websocket import RealtimeWSBackend
 
     os.environ.update(env)

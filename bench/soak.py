@@ -56,9 +56,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import align, lag_summary, machine, references_apart  # noqa: E402
-from components.audio import float_to_pcm16  # noqa: E402
-from components.evaluation import edit_distance, load_clips  # noqa: E402
-from components.protocol import (  # noqa: E402
+from components.core.audio import float_to_pcm16  # noqa: E402
+from components.core.evaluation import edit_distance, load_clips  # noqa: E402
+from components.core.protocol import (  # noqa: E402
     SAMPLE_RATE,
     ErrorEvent,
     InputAudioBufferAppend,
@@ -104,7 +104,7 @@ def engine_pid(root: int) -> int:
                 command = f.read().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"components serve" in command or b"components.server" in command:
+        if b"components serve" in command or b"components.server.app" in command:
             return pid
         todo += children.get(pid, [])
     return root
@@ -144,7 +144,7 @@ def plan(clips: int, hours: float, seed: int) -> Iterator[tuple[int, float]]:
 
 
 def _words_of(delta: str) -> list[str]:
-    from components.evaluation import normalize
+    from components.core.evaluation import normalize
 
     return normalize(delta)
 
@@ -220,7 +220,7 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     if args.path == "local":
         from components.backends.local import LocalBackend
-        from components.engines.whisper import WhisperEngine
+        from components.engines.whisper.engine import WhisperEngine
 
         engine = WhisperEngine.from_env()
         stream = await LocalBackend(engine).open()
@@ -231,7 +231,7 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
         finally:
             await engine.aclose()
     elif args.path == "sagemaker":
-        from components.continuity import ContinuityPolicy, ContinuousStream
+        from components.continuity.chain import ContinuityPolicy, ContinuousStream
         from tests.support_sagemaker import running_container, running_front
 
         front_args = ("--max-stream-seconds", str(args.front_stream_seconds))
@@ -257,7 +257,7 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
                     await backend.aclose()
     else:
         from components.backends.websocket import RealtimeWSBackend
-        from components.continuity import ContinuityPolicy, ContinuousStream
+        from components.continuity.chain import ContinuityPolicy, ContinuousStream
 
         with running_server("--engine", "whisper") as url:
             policy = ContinuityPolicy(max_stream_seconds=args.stream_seconds)
@@ -414,7 +414,7 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
     """Start the server (and the bridge), run the storm against it, read what is left."""
     import httpx
 
-    from components.audio import load_file
+    from components.core.audio import load_file
 
     speech = load_file(str(next(c.path for c in load_clips() if c.id == "jfk")))
     with running_server("--engine", "whisper", "--max-sessions", str(args.concurrency)) as server:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import soundfile as sf
 
-from components.evaluation import load_clips
+from components.core.evaluation import load_clips
 from tests.support_vllm import ENGINE_ENV, missing
 
 
@@ -88,7 +88,7 @@ async def measure(engine: Any, audio: list[np.ndarray], sessions: int) -> dict[s
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.update(ENGINE_ENV)
-    from components.engines.vllm import VllmEngine, _vllm_version
+    from components.engines.vllm.engine import VllmEngine, _vllm_version
 
     clips = load_clips()[: args.clips]
     audio = [sf.read(c.path, dtype="float32")[0] for c in clips]

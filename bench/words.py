@@ -34,8 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, ratio, replay
-from components.audio import load_file
-from components.evaluation import Errors, errors, load_clips, load_conversations
+from components.core.audio import load_file
+from components.core.evaluation import Errors, errors, load_clips, load_conversations
 
 ZERO = Errors(0, 0, 0, 0)
 
@@ -76,7 +76,7 @@ def _cases(which: str, only: set[str] | None) -> list[Case]:
 def _offline(cases: list[Case]) -> None:
     from faster_whisper import WhisperModel
 
-    from components.engines.whisper import bundled_model_path
+    from components.engines.whisper.engine import bundled_model_path
 
     model = WhisperModel(str(bundled_model_path()), device="cpu", compute_type="int8")
     for case in cases:
@@ -92,7 +92,7 @@ def _offline(cases: list[Case]) -> None:
 
 async def _stream_all(cases: list[Case], pace: float) -> list[tuple[str, dict[str, Any]]]:
     from components.backends.local import LocalBackend
-    from components.engines.whisper import WhisperEngine
+    from components.engines.whisper.engine import WhisperEngine
 
     engine = WhisperEngine.from_env()
     backend = LocalBackend(engine)

@@ -2,7 +2,7 @@
 
 import sys
 
-from components.cli import main
+from components.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

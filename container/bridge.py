@@ -8,7 +8,7 @@ possible: one upstream WebSocket per client, frames forwarded as they are, no JS
 the text path.
 
 What the bridge adds is meaning at the edges, because a SageMaker client only ever sees what
-the container says: an ``error`` event (``components.protocol``) before every close the client
+the container says: an ``error`` event (``components.core.protocol``) before every close the client
 did not ask for, the upstream's own close code and reason passed through, 1013 "try again
 later" when the bridge or the engine is full, 1011 when the engine is gone. A binary frame that
 holds UTF-8 JSON (a SageMaker client that did not set ``DataType=UTF8``) is forwarded as text,
@@ -44,8 +44,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from components.languages import VOXTRAL_REALTIME_LANGUAGES, option_refusal
-from components.protocol import (
+from components.core.languages import VOXTRAL_REALTIME_LANGUAGES, option_refusal
+from components.core.protocol import (
     ErrorCode,
     ProtocolError,
     SessionUpdate,

@@ -41,8 +41,8 @@ DEFAULT_VLLM_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_SERVED_MODEL_NAME = "live-captions"
 """The model id clients send in ``session.update``, whichever engine runs (``SERVED_MODEL_NAME``).
 
-The same default as the SageMaker client (``components.backends.sagemaker``) and the deployment,
-so a client needs no configuration to talk to a container it did not deploy itself."""
+The same default as the SageMaker client (``components.backends.sagemaker.client``) and the
+deployment, so a client needs no configuration to talk to a container it did not deploy itself."""
 ENGINES = ("vllm", "whisper")
 SM_VLLM_PREFIX = "SM_VLLM_"
 SM_VLLM_RESERVED = frozenset({"MODEL", "HOST", "PORT", "SERVED_MODEL_NAME"})

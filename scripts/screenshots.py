@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.page import SILENCE_BEFORE, launch_browser, padded, start_app  # noqa: E402
-from components.evaluation import load_clips  # noqa: E402
+from components.core.evaluation import load_clips  # noqa: E402
 
 HD = {"width": 1920, "height": 1080}
 DESKTOP = {"width": 1280, "height": 860}

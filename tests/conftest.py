@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.evaluation import Clip, eval_dir, load_clips
+from components.core.evaluation import Clip, eval_dir, load_clips
 from tests.support_server import ServerURL, running_server
 from tests.support_vllm import (
     ENGINE_ENV,

@@ -1,6 +1,6 @@
 """Run the SageMaker path on one machine for tests: the container and the local front.
 
-AWS's router cannot run here, so ``container.local_sagemaker`` stands in for it (HTTP/2 + TLS,
+AWS's router cannot run here, so ``components.aws.local_front`` stands in for it (HTTP/2 + TLS,
 SigV4, event-stream framing); everything behind it is the real container.
 
     from tests.support_sagemaker import running_container, running_front
@@ -16,7 +16,7 @@ SigV4, event-stream framing); everything behind it is the real container.
 ``running_container`` starts ``container/serve`` (``ENGINE=whisper`` by default: the embedded
 CPU engine behind the bridge) on free ports, serving the model as ``live-captions`` (the
 client's default), and waits for the bridge's ``/ping`` to answer 200. ``running_front``
-starts ``python -m container.local_sagemaker --port 0`` and reads the address, CA and
+starts ``python -m components.aws.local_front --port 0`` and reads the address, CA and
 credentials from what it prints. Both are stopped (SIGTERM, then SIGKILL) on exit and their
 output is kept in a log whose tail is shown when they fail to start.
 """
@@ -172,7 +172,7 @@ class Front:
 
     def backend(self, **kwargs: Any) -> Any:
         """A ``SageMakerBackend`` for this front (credentials from the environment)."""
-        from components.backends.sagemaker import SageMakerBackend
+        from components.backends.sagemaker.client import SageMakerBackend
 
         options: dict[str, Any] = {
             "endpoint_url": self.endpoint_url,
@@ -200,13 +200,13 @@ def running_front(
     timeout: float = 30.0,
     args: Sequence[str] = (),
 ) -> Iterator[Front]:
-    """Start ``python -m container.local_sagemaker`` on a free port in front of ``container``."""
+    """Start ``python -m components.aws.local_front`` on a free port in front of ``container``."""
     container_url = container.url if isinstance(container, Container) else container
     tls_dir = tempfile.TemporaryDirectory(prefix="local-sagemaker-test-")
     command = [
         sys.executable,
         "-m",
-        "container.local_sagemaker",
+        "components.aws.local_front",
         "--container",
         container_url,
         "--port",

@@ -11,7 +11,7 @@
     def test_x(server): ...
 
 For tests that must look inside the server (its live counters), :class:`BackgroundLoop` and
-:func:`serve_app` run an app from ``components.server.create_app`` under uvicorn in this
+:func:`serve_app` run an app from ``components.server.app.create_app`` under uvicorn in this
 process, on an event loop in a thread of its own:
 
     with BackgroundLoop() as bg, serve_app(bg, app) as url: ...

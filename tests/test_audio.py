@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soxr
 
-from components import audio
+from components.core import audio
 
 
 def _signal(rate: int, seconds: float, channels: int = 1) -> np.ndarray:

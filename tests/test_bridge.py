@@ -3,7 +3,7 @@
 The bridge runs in its own event loop on a thread (as in production it runs in its own
 process); the clients run in the test's loop. The upstream is a stand-in for the engine server:
 a real ``websockets`` server on loopback that speaks the Realtime protocol through
-``components.protocol`` and can be told (through the model name) to close, abort or send odd
+``components.core.protocol`` and can be told (through the model name) to close, abort or send odd
 frames, so every edge of the relay can be driven on purpose.
 """
 
@@ -29,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from components.protocol import (
+from components.core.protocol import (
     ErrorCode,
     ErrorEvent,
     InputAudioBufferAppend,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from components.evaluation import Clip, wer
+from components.core.evaluation import Clip, wer
 from tests.support_server import REPO_ROOT, ServerURL, free_port, server_fixture
 
 KEY = "cli-key"
@@ -164,7 +164,7 @@ def test_local_backend_needs_no_server(clips: dict[str, Clip]) -> None:
 
 def test_sagemaker_backend_through_the_local_front(clips: dict[str, Clip]) -> None:
     """The whole SageMaker path: the real SDK, the local front (AWS's router cannot run here,
-    so container.local_sagemaker stands in for it), the real container with the Whisper engine.
+    so components.aws.local_front stands in for it), the real container with the Whisper engine.
     """
     from tests.support_sagemaker import running_container, running_front
 

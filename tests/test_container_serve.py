@@ -28,9 +28,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from components.audio import float_to_pcm16, load_file
-from components.evaluation import Clip, wer
-from components.protocol import (
+from components.core.audio import float_to_pcm16, load_file
+from components.core.evaluation import Clip, wer
+from components.core.protocol import (
     ErrorCode,
     ErrorEvent,
     InputAudioBufferAppend,
@@ -278,7 +278,7 @@ def test_weights_in_the_model_directory_win_over_the_model_name(tmp_path: Path) 
 
 
 def test_the_default_model_name_is_the_sagemaker_clients() -> None:
-    from components.backends.sagemaker import DEFAULT_MODEL
+    from components.backends.sagemaker.client import DEFAULT_MODEL
 
     assert DEFAULT_SERVED_MODEL_NAME == DEFAULT_MODEL
 

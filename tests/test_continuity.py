@@ -1,4 +1,4 @@
-"""Sessions that outlive their streams (components/continuity.py), over real parts.
+"""Sessions that outlive their streams (components/continuity/chain.py), over real parts.
 
 A recording of about 49 s (six LibriSpeech clips with short pauses between them) goes through
 real servers (``python -m components serve`` with the bundled Whisper model), through a TCP
@@ -24,10 +24,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from components.audio import float_to_pcm16, load_file
 from components.backends.base import Backend
 from components.backends.websocket import RealtimeWSBackend
-from components.continuity import (
+from components.continuity.chain import (
     ContinuityPolicy,
     ContinuityStats,
     ContinuousStream,
@@ -36,9 +35,10 @@ from components.continuity import (
     _Seam,
     overlap_words,
 )
-from components.errors import BackendError
-from components.evaluation import Clip, load_clips, normalize, wer
-from components.protocol import TranscriptionDone
+from components.core.audio import float_to_pcm16, load_file
+from components.core.errors import BackendError
+from components.core.evaluation import Clip, load_clips, normalize, wer
+from components.core.protocol import TranscriptionDone
 from tests.support_relay import TcpRelay
 from tests.support_sagemaker import SageMakerSetup, sagemaker_fixture
 from tests.support_server import ServerURL, running_server
@@ -212,7 +212,7 @@ async def test_a_handover_waits_for_a_pause(
 ) -> None:
     """With a 20 s limit (a pause is sought in its last 7 s), each leg ends in one of the
     recording's pauses, not mid-word."""
-    caplog.set_level("INFO", logger="components.continuity")
+    caplog.set_level("INFO", logger="components.continuity.chain")
     result = await caption(
         RealtimeWSBackend(server.ws), recording, policy=ContinuityPolicy(max_stream_seconds=20)
     )

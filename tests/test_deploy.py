@@ -1,4 +1,4 @@
-"""Deployment (container/deploy.py) against moto, a stand-in for AWS's control plane.
+"""Deployment (components/aws/deploy.py) against moto, a stand-in for AWS's control plane.
 
 AWS itself cannot be reached from here, so moto answers SageMaker and Application Auto Scaling
 in process. Two gaps of moto 5.2 are bridged and named where they are: its instance-type list
@@ -17,7 +17,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from container import deploy
+from components.aws import deploy
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/live-captions:1"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-exec"

@@ -17,13 +17,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from components.audio import float_to_pcm16
 from components.backends.local import LocalBackend
 from components.backends.websocket import RealtimeWSBackend
-from components.continuity import ContinuityPolicy
-from components.engines.whisper import WhisperEngine, bundled_model_path
-from components.evaluation import Conversation, errors, load_conversations
-from components.protocol import SAMPLE_RATE, TranscriptionDone
+from components.continuity.chain import ContinuityPolicy
+from components.core.audio import float_to_pcm16
+from components.core.evaluation import Conversation, errors, load_conversations
+from components.core.protocol import SAMPLE_RATE, TranscriptionDone
+from components.engines.whisper.engine import WhisperEngine, bundled_model_path
 from tests.support_relay import TcpRelay
 from tests.support_server import ServerURL, running_server
 from tests.test_continuity import Recording, caption, cut_at, relay_url

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from components.audio import float_to_pcm16, load_file
 from components.backends.base import Backend, RealtimeStream
 from components.backends.local import LocalBackend
-from components.engines.whisper import WhisperEngine
-from components.errors import ConnectionLost
-from components.evaluation import Clip, wer
-from components.protocol import (
+from components.core.audio import float_to_pcm16, load_file
+from components.core.errors import ConnectionLost
+from components.core.evaluation import Clip, wer
+from components.core.protocol import (
     SAMPLE_RATE,
     ErrorEvent,
     ServerEvent,
@@ -22,6 +21,7 @@ from components.protocol import (
     TranscriptionDone,
     TranscriptionPartial,
 )
+from components.engines.whisper.engine import WhisperEngine
 
 
 @pytest.fixture(scope="module")

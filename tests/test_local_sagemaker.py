@@ -1,4 +1,4 @@
-"""The local SageMaker front (container/local_sagemaker.py), a stand-in for AWS's router.
+"""The local SageMaker front (components/aws/local_front.py), a stand-in for AWS's router.
 
 Requests come from the real AWS SDK (aws-sdk-sagemaker-runtime-http2 over awscrt, HTTP/2 and
 TLS with a trustme CA). Behind the front runs a small WebSocket container written for these
@@ -35,11 +35,11 @@ from smithy_aws_event_stream.events import EventHeaderEncoder, EventMessage
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from components import protocol
-from components.backends.sagemaker import SageMakerBackend
-from components.errors import AuthError, Busy, ConnectionLost, NotFound, RemoteError
-from container import local_sagemaker as front_mod
-from container.local_sagemaker import Credentials, LocalSageMaker
+from components.aws import local_front as front_mod
+from components.aws.local_front import Credentials, LocalSageMaker
+from components.backends.sagemaker.client import SageMakerBackend
+from components.core import protocol
+from components.core.errors import AuthError, Busy, ConnectionLost, NotFound, RemoteError
 from tests.support_sagemaker import running_front
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

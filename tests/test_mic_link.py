@@ -21,11 +21,11 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from components.audio import load_file
-from components.deployment import BackendChoice, BackendKind, Settings
-from components.evaluation import Clip, wer
-from components.mic_link import MicLink, parse_recording
-from components.session_manager import SessionManager
+from components.core.audio import load_file
+from components.core.evaluation import Clip, wer
+from components.page.manager import SessionManager
+from components.page.mic_link import MicLink, parse_recording
+from components.page.settings import BackendChoice, BackendKind, Settings
 from tests.support_server import BackgroundLoop, serve_app
 
 LOCAL = BackendChoice(BackendKind.LOCAL)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from components import protocol as p
+from components.core import protocol as p
 
 
 def test_client_events_round_trip() -> None:

@@ -1,7 +1,7 @@
 """SageMakerBackend over the whole SageMaker path, with real parts everywhere but AWS.
 
 The client is the real AWS SDK (aws-sdk-sagemaker-runtime-http2 over awscrt: HTTP/2, TLS
-trusting a trustme CA, SigV4). AWS's router cannot run here, so ``container.local_sagemaker``
+trusting a trustme CA, SigV4). AWS's router cannot run here, so ``components.aws.local_front``
 stands in for it; behind it runs the real container (``container/serve``, ``ENGINE=whisper``:
 the bridge and the embedded CPU engine server with the bundled tiny.en model), transcribing real
 speech from the evaluation set. One container and one front serve the whole module.
@@ -17,11 +17,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.audio import float_to_pcm16, load_file
-from components.backends.sagemaker import Boto3CredentialsResolver, SageMakerBackend
-from components.errors import AuthError, BackendError, BackendUnavailable, NotFound, RemoteError
-from components.evaluation import Clip, wer
-from components.protocol import TranscriptionDelta, TranscriptionDone
+from components.backends.sagemaker.client import Boto3CredentialsResolver, SageMakerBackend
+from components.core.audio import float_to_pcm16, load_file
+from components.core.errors import (
+    AuthError,
+    BackendError,
+    BackendUnavailable,
+    NotFound,
+    RemoteError,
+)
+from components.core.evaluation import Clip, wer
+from components.core.protocol import TranscriptionDelta, TranscriptionDone
 from tests.support_sagemaker import REPO_ROOT, SageMakerSetup, sagemaker_fixture
 
 BRIDGE_MAX_MESSAGE_BYTES = 256 * 1024
@@ -276,8 +282,8 @@ def test_service_failures_map_to_actionable_errors() -> None:
     from smithy_core.exceptions import CallError, SmithyError
     from smithy_core.response import ResponseMetadata
 
-    from components.backends.sagemaker_errors import map_error
-    from components.errors import Busy, ConnectionLost
+    from components.backends.sagemaker.errors import map_error
+    from components.core.errors import Busy, ConnectionLost
 
     def mapped(exc: BaseException) -> BackendError:
         return map_error(exc, endpoint="ep", region="eu-west-1", url="https://x:8443")
@@ -293,7 +299,7 @@ def test_service_failures_map_to_actionable_errors() -> None:
         return error
 
     not_found = mapped(InputValidationError(message="Endpoint ep of account 1 not found."))
-    assert isinstance(not_found, NotFound) and "container.deploy status" in str(not_found)
+    assert isinstance(not_found, NotFound) and "components.aws.deploy status" in str(not_found)
     creating = mapped(InputValidationError(message="Endpoint ep is not in service (Creating)."))
     assert isinstance(creating, BackendUnavailable)
     model = mapped(ModelError(message="failed", original_status_code=500, log_stream_arn="arn:l"))

@@ -10,8 +10,8 @@ import asyncio
 
 import numpy as np
 
+from components.core.protocol import SAMPLE_RATE
 from components.engines.scheduler import Outcome, Scheduler, Work
-from components.protocol import SAMPLE_RATE
 
 
 class Recorder:

@@ -22,16 +22,16 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from components.audio import float_to_pcm16, load_file
-from components.evaluation import Clip, corpus_wer, wer
-from components.limits import AudioQueue, SessionSlots
-from components.protocol import (
+from components.core.audio import float_to_pcm16, load_file
+from components.core.evaluation import Clip, corpus_wer, wer
+from components.core.protocol import (
     InputAudioBufferAppend,
     InputAudioBufferCommit,
     SessionUpdate,
     serialize,
 )
-from components.server import ServerSettings, ServerState, create_app
+from components.server.app import ServerSettings, ServerState, create_app
+from components.server.limits import AudioQueue, SessionSlots
 from tests.support_server import BackgroundLoop, serve_app
 
 CHUNK = 3200  # bytes: 100 ms of PCM16 at 16 kHz
@@ -59,7 +59,7 @@ def bg() -> Iterator[BackgroundLoop]:
 
 @pytest.fixture(scope="module")
 def engine(bg: BackgroundLoop) -> Iterator[Any]:
-    from components.engines.whisper import WhisperEngine
+    from components.engines.whisper.engine import WhisperEngine
 
     async def build() -> Any:
         return WhisperEngine.from_env()

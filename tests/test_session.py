@@ -20,19 +20,19 @@ import pytest
 import soundfile
 import soxr
 
-from components.audio import float_to_pcm16, load_file
-from components.deployment import (
+from components.core.audio import float_to_pcm16, load_file
+from components.core.errors import BackendError
+from components.core.evaluation import Clip, wer
+from components.core.protocol import NO_OPTIONS
+from components.page.manager import SessionManager
+from components.page.session import CaptionSession, SessionState
+from components.page.settings import (
     BackendChoice,
     BackendKind,
     InvalidChoice,
     Settings,
     validate_choice,
 )
-from components.errors import BackendError
-from components.evaluation import Clip, wer
-from components.protocol import NO_OPTIONS
-from components.session import CaptionSession, SessionState
-from components.session_manager import SessionManager
 from tests.support_relay import TcpRelay
 from tests.support_server import free_port, running_server
 

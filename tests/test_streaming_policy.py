@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from components.streaming_policy import (
+from components.engines.whisper.policy import (
     DecodeRequest,
     Hypothesis,
     Piece,

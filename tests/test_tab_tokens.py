@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.tab_tokens import TabTokens
+from components.page.tab_tokens import TabTokens
 
 
 def test_one_token_per_tab_and_back() -> None:

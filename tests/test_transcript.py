@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.transcript import (
+from components.core.transcript import (
     MAX_CUE_CHARS,
     Cue,
     Transcript,

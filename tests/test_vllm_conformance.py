@@ -35,9 +35,9 @@ import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from components.audio import float_to_pcm16
-from components.evaluation import Clip
-from components.protocol import (
+from components.core.audio import float_to_pcm16
+from components.core.evaluation import Clip
+from components.core.protocol import (
     InputAudioBufferAppend,
     InputAudioBufferCommit,
     SessionUpdate,

@@ -21,18 +21,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from components.core.evaluation import Clip
+from components.core.protocol import ErrorCode, TranscriptionDelta, TranscriptionDone
 from components.engines import registry
-from components.engines import vllm as vllm_engine
 from components.engines.base import EngineError, EngineUnavailable
-from components.engines.voxtral_stream import (
+from components.engines.vllm.engine import engine as vllm_engine
+from components.engines.vllm.voxtral import (
     VOXTRAL_REALTIME_AUDIO,
     Frame,
     FrameFeeder,
     StreamSpec,
     VoxtralFramer,
 )
-from components.evaluation import Clip
-from components.protocol import ErrorCode, TranscriptionDelta, TranscriptionDone
 
 SPEC = StreamSpec.from_audio_settings(**VOXTRAL_REALTIME_AUDIO)
 CLIP_ID = "librispeech-1089-134686-0000"

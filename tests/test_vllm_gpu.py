@@ -16,11 +16,11 @@ import pytest
 import pytest_asyncio
 import soundfile as sf
 
-from components.engines import vllm as vllm_engine
+from components.core.evaluation import Clip, wer
+from components.core.protocol import TranscriptionDelta, TranscriptionDone
 from components.engines.base import EngineUnavailable
-from components.engines.voxtral_stream import VOXTRAL_REALTIME_AUDIO, StreamSpec, VoxtralFramer
-from components.evaluation import Clip, wer
-from components.protocol import TranscriptionDelta, TranscriptionDone
+from components.engines.vllm.engine import engine as vllm_engine
+from components.engines.vllm.voxtral import VOXTRAL_REALTIME_AUDIO, StreamSpec, VoxtralFramer
 
 CLEAN_CLIPS = ("librispeech-1089-134686-0000", "librispeech-1089-134691-0000")
 WER_BOUND = 0.15

@@ -4,7 +4,7 @@
 ``RealtimeWSBackend``, by ``python -m components transcribe --url``, and, inside the SageMaker
 container, by the bridge: ``container/serve`` with ``ENGINE=vllm`` starts vLLM through
 ``VLLM_COMMAND`` and the real AWS SDK reaches it through the local SageMaker front (AWS's
-router cannot run here; ``container.local_sagemaker`` stands in for it). The project's own
+router cannot run here; ``components.aws.local_front`` stands in for it). The project's own
 server on the real vLLM engine (``python -m components serve --engine vllm``) is reached the
 same way. Each path ends in ``transcription.done`` with usage; each failure is a sentence.
 The model's weights are random, so its text is letters, not words: these tests check the
@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from components.audio import float_to_pcm16
 from components.backends.websocket import RealtimeWSBackend
-from components.errors import BackendError, NotFound
-from components.evaluation import Clip
-from components.protocol import ServerEvent, TranscriptionDelta, TranscriptionDone
+from components.core.audio import float_to_pcm16
+from components.core.errors import BackendError, NotFound
+from components.core.evaluation import Clip
+from components.core.protocol import ServerEvent, TranscriptionDelta, TranscriptionDone
 from tests.support_sagemaker import Container, running_container, running_front
 from tests.support_server import REPO_ROOT, ServerURL
 from tests.support_vllm import (

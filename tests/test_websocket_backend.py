@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from components.audio import float_to_pcm16, load_file
 from components.backends.websocket import RealtimeWSBackend, models_url, realtime_url
-from components.errors import AuthError, BackendUnavailable, Busy, ConnectionLost, NotFound
-from components.evaluation import Clip, corpus_wer, wer
-from components.protocol import (
+from components.core.audio import float_to_pcm16, load_file
+from components.core.errors import AuthError, BackendUnavailable, Busy, ConnectionLost, NotFound
+from components.core.evaluation import Clip, corpus_wer, wer
+from components.core.protocol import (
     ServerEvent,
     TranscriptionDelta,
     TranscriptionDone,

@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 import numpy as np
 import pytest
 
-from components.audio import load_file
-from components.engines.base import Engine, EngineError, EngineUnavailable
-from components.engines.whisper import DecodeItem, VadStream, WhisperEngine, without_ellipses
-from components.evaluation import Clip, wer
-from components.protocol import (
+from components.core.audio import load_file
+from components.core.evaluation import Clip, wer
+from components.core.protocol import (
     NO_OPTIONS,
     SAMPLE_RATE,
     ErrorCode,
@@ -22,6 +20,8 @@ from components.protocol import (
     TranscriptionDone,
     TranscriptionPartial,
 )
+from components.engines.base import Engine, EngineError, EngineUnavailable
+from components.engines.whisper.engine import DecodeItem, VadStream, WhisperEngine, without_ellipses
 
 CHUNK = 1600  # 100 ms
 

@@ -10,7 +10,7 @@ the other way, whether the engine is in-process, behind a WebSocket, or behind S
         ...                             # TranscriptionDone | ErrorEvent; ends after done
     await stream.cancel()               # at any time: release everything, idempotent
 
-Connection-level failures raise :class:`~components.errors.BackendError` subclasses from
+Connection-level failures raise :class:`~components.core.errors.BackendError` subclasses from
 ``open()``, ``send_audio()`` or the iteration; protocol-level errors arrive as ``ErrorEvent``.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from components.protocol import NO_OPTIONS, ServerEvent, SessionOptions
+from components.core.protocol import NO_OPTIONS, ServerEvent, SessionOptions
 
 
 @runtime_checkable
@@ -42,5 +42,5 @@ class Backend(Protocol):
         self, *, partials: bool = False, options: SessionOptions = NO_OPTIONS
     ) -> RealtimeStream:
         """Start a stream; a refused ``options`` raises
-        :class:`~components.errors.InvalidOption` (from here or from the first events)."""
+        :class:`~components.core.errors.InvalidOption` (from here or from the first events)."""
         ...

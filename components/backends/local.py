@@ -18,10 +18,9 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from components.audio import pcm16_to_float
-from components.engines.base import Engine, EngineError, check_engine_options
-from components.errors import Busy, ConnectionLost, InvalidOption
-from components.protocol import (
+from components.core.audio import pcm16_to_float
+from components.core.errors import Busy, ConnectionLost, InvalidOption
+from components.core.protocol import (
     NO_OPTIONS,
     SAMPLE_RATE,
     ErrorCode,
@@ -30,6 +29,7 @@ from components.protocol import (
     SessionOptions,
     TranscriptionDone,
 )
+from components.engines.base import Engine, EngineError, check_engine_options
 
 log = logging.getLogger(__name__)
 

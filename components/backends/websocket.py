@@ -5,11 +5,11 @@ One stream is one WebSocket session: ``session.created`` is awaited, then ``sess
 audio goes out as base64 PCM16 appends and :meth:`RealtimeWSStream.finish` is the final
 commit. Iteration yields the server's events and ends after ``transcription.done``.
 
-Connection failures become :mod:`components.errors` exceptions whose message says what to do:
+Connection failures become :mod:`components.core.errors` exceptions whose message says what to do:
 refused, DNS or timeout -> BackendUnavailable; HTTP 401/403 -> AuthError; close 1013 or
 ``server_busy`` -> Busy; ``model_not_found`` -> NotFound; a socket that drops before ``done``
 -> ConnectionLost. Error events that leave the session usable (``invalid_audio``,
-``overloaded``...) are yielded as :class:`~components.protocol.ErrorEvent`.
+``overloaded``...) are yielded as :class:`~components.core.protocol.ErrorEvent`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from websockets.exceptions import (
     InvalidURI,
 )
 
-from components.errors import (
+from components.core.errors import (
     AuthError,
     BackendError,
     BackendUnavailable,
@@ -39,7 +39,7 @@ from components.errors import (
     RemoteError,
     StreamExpired,
 )
-from components.protocol import (
+from components.core.protocol import (
     NO_OPTIONS,
     OPTION_CODES,
     ErrorCode,

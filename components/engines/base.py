@@ -2,18 +2,18 @@
 
 An engine turns one stream of audio into transcript events. The audio iterator yields float32
 mono 16 kHz chunks of any length as they arrive; it ends when the speaker is done (the
-protocol's final commit). The engine yields :class:`~components.protocol.TranscriptionDelta`
-(append-only confirmed text), optionally :class:`~components.protocol.TranscriptionPartial`
+protocol's final commit). The engine yields :class:`~components.core.protocol.TranscriptionDelta`
+(append-only confirmed text), optionally :class:`~components.core.protocol.TranscriptionPartial`
 (the revisable tail, only when ``partials`` is true), and exactly one
-:class:`~components.protocol.TranscriptionDone` last. Failures are raised as
+:class:`~components.core.protocol.TranscriptionDone` last. Failures are raised as
 :class:`EngineError`. Cancelling the consuming task must release everything the request held.
 
 One engine object serves every session at once; it owns whatever scheduling that needs.
 
-Each stream may carry :class:`~components.protocol.SessionOptions` (language, prompt). An engine
-says what it can honour (``languages``, ``takes_prompt``) so that a server refuses an option at
-``session.update``, before any audio, with :func:`check_options`; ``transcribe`` checks again for
-callers in the same process.
+Each stream may carry :class:`~components.core.protocol.SessionOptions` (language, prompt).
+An engine says what it can honour (``languages``, ``takes_prompt``) so that a server refuses an
+option at ``session.update``, before any audio, with :func:`check_options`; ``transcribe``
+checks again for callers in the same process.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from components.languages import option_refusal
-from components.protocol import NO_OPTIONS, ErrorCode, SessionOptions, TranscriptEvent
+from components.core.languages import option_refusal
+from components.core.protocol import NO_OPTIONS, ErrorCode, SessionOptions, TranscriptEvent
 
 
 class EngineError(Exception):

@@ -25,7 +25,9 @@ def create_engine(kind: str = "auto") -> tuple[Engine, str]:
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}")
     if kind in ("auto", "vllm"):
-        from components.engines import vllm as vllm_engine  # light: imports vLLM lazily
+        from components.engines.vllm.engine import (
+            engine as vllm_engine,  # light: imports vLLM lazily
+        )
 
         try:
             engine = vllm_engine.VllmEngine.from_env()
@@ -37,7 +39,7 @@ def create_engine(kind: str = "auto") -> tuple[Engine, str]:
             log.info(note)
     else:
         note = ""
-    from components.engines.whisper import WhisperEngine
+    from components.engines.whisper.engine import WhisperEngine
 
     engine = WhisperEngine.from_env()
     return engine, note or engine.name

@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from components.engines.base import EngineError
-from components.protocol import (
+from components.core.protocol import (
     SAMPLE_RATE,
     ErrorCode,
     ErrorEvent,
@@ -35,6 +34,7 @@ from components.protocol import (
     TranscriptionDone,
     TranscriptionPartial,
 )
+from components.engines.base import EngineError
 
 log = logging.getLogger(__name__)
 

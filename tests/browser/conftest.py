@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from components.evaluation import Clip
+from components.core.evaluation import Clip
 from tests.support_server import REPO_ROOT, free_port, stop_process
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from components.evaluation import Clip, wer
+from components.core.evaluation import Clip, wer
 from tests.browser.conftest import SILENCE_AFTER, SILENCE_BEFORE, start_app, stop_app
 from tests.browser.test_page import MAX_WER, CaptionPage
 

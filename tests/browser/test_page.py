@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from components.evaluation import Clip, wer
+from components.core.evaluation import Clip, wer
 from tests.browser.conftest import SILENCE_BEFORE, padded_wav, start_app, stop_app
 from tests.support_server import free_port
 
@@ -311,7 +311,7 @@ def test_an_uploaded_recording_is_captioned_as_if_live(
 @pytest.fixture(scope="module")
 def sagemaker_page_url(playwright: Any) -> Iterator[str]:
     """The page, offering only SageMaker (allowlist of one), in front of the local SageMaker
-    stand-in (``container.local_sagemaker``, SigV4 + HTTP/2 + TLS) and the real container."""
+    stand-in (``components.aws.local_front``, SigV4 + HTTP/2 + TLS) and the real container."""
     from tests.support_sagemaker import running_container, running_front
 
     with running_container() as container, running_front(container) as front:

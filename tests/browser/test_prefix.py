@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from components.evaluation import Clip, wer
+from components.core.evaluation import Clip, wer
 from tests.browser.conftest import padded_wav, start_app, stop_app
 from tests.browser.test_page import MAX_WER, CaptionPage, _speech_seconds
 from tests.support_prefix_proxy import prefix_proxy

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from components.evaluation import Clip
+from components.core.evaluation import Clip
 from tests.browser.conftest import padded_wav
 from tests.browser.test_page import CaptionPage, _speech_seconds
 

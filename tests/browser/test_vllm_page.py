@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from components.evaluation import Clip
+from components.core.evaluation import Clip
 from tests.browser.conftest import padded_wav, start_app, stop_app
 from tests.browser.test_page import OTHER, CaptionPage, _speech_seconds
 from tests.support_vllm import VllmServer

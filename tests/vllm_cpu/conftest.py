@@ -59,7 +59,7 @@ def engine(bg: Any) -> Iterator[Any]:
     }
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
-    from components.engines.vllm import VllmEngine
+    from components.engines.vllm.engine import VllmEngine
 
     async def build() -> Any:
         return VllmEngine.from_env()

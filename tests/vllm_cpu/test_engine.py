@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from components.engines.base import EngineError
-from components.engines.voxtral_stream import VoxtralFramer
-from components.evaluation import Clip
-from components.protocol import (
+from components.core.evaluation import Clip
+from components.core.protocol import (
     NO_OPTIONS,
     ErrorCode,
     SessionOptions,
     TranscriptionDelta,
     TranscriptionDone,
 )
+from components.engines.base import EngineError
+from components.engines.vllm.voxtral import VoxtralFramer
 from tests.test_server import wait_until
 from tests.vllm_cpu.conftest import MAX_MODEL_LEN, Observed, unfinished
 
@@ -254,9 +254,9 @@ def test_a_continuous_stream_hands_over_before_the_models_maximum_length(
 ) -> None:
     """The engine names its limit (``max_stream_seconds``); a session longer than it moves to
     a new request in time, so it never meets ``session_too_long``."""
-    from components.audio import float_to_pcm16
     from components.backends.local import LocalBackend
-    from components.continuity import ContinuousStream
+    from components.continuity.chain import ContinuousStream
+    from components.core.audio import float_to_pcm16
 
     backend = LocalBackend(engine)
     limit = engine.spec.max_audio_seconds(MAX_MODEL_LEN)

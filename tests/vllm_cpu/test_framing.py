@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from components.engines.voxtral_stream import VoxtralFramer
-from components.evaluation import Clip
+from components.core.evaluation import Clip
+from components.engines.vllm.voxtral import VoxtralFramer
 
 CLIP = "librispeech-1089-134686-0001"  # 3.3 s
 UNEVEN = (1, 7, 160, 333, 1601, 4000, 15_999, 97)

@@ -1,4 +1,4 @@
-"""The realtime server (``components.server``) over the real vLLM engine, on real sockets.
+"""The realtime server (``components.server.app``) over the real vLLM engine, on real sockets.
 
 The protocol behaviour and limits ``tests/test_server.py`` checks with the Whisper engine, here
 with ``VllmEngine`` on vLLM's CPU build: event order and usage, a new request after done,
@@ -23,9 +23,9 @@ import soundfile as sf
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from components.audio import float_to_pcm16
-from components.evaluation import Clip
-from components.protocol import InputAudioBufferAppend, InputAudioBufferCommit, serialize
+from components.core.audio import float_to_pcm16
+from components.core.evaluation import Clip
+from components.core.protocol import InputAudioBufferAppend, InputAudioBufferCommit, serialize
 from tests.test_server import (
     CHUNK,
     Server,

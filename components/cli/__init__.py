@@ -1,0 +1,1 @@
+"""``python -m components``: serve a realtime endpoint or transcribe a file."""

@@ -1,0 +1,921 @@
+"""A caption session as a sequence of streams, so that it outlives every stream's limit.
+
+Every stream a backend opens ends some day: SageMaker ends a bidirectional stream after 30
+minutes, a server at its maximum session length, a model at its maximum length, a network at
+its first hiccup. :class:`ContinuousStream` is one stream to its user (the page's session,
+``transcribe``) and runs a chain of *legs* underneath, one backend stream each:
+
+* **Planned handover.** When a leg nears its known limit, the first pause in speech (or, if
+  nobody pauses, a hard deadline) ends it: it gets the final commit, the next leg opens and
+  takes the audio from there on. The old leg's last text comes first, then the new leg's, so
+  the transcript is one text with nothing to repair at the seam.
+* **Unplanned loss.** Audio sent to a leg stays in a bounded replay buffer. When a leg breaks,
+  a new one opens (with backoff; the attempt count resets after a leg that ran well) and gets
+  the audio again from a little before the point its predecessor's text had reached. The
+  words the new leg repeats are found by aligning its first words with the transcript's tail,
+  and dropped.
+
+Only audio older than the replay buffer can be lost, and that is reported
+(:class:`StreamNotice`). The legs' events reach the user in order, one leg after the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from components.backends.base import Backend, RealtimeStream
+from components.core.errors import BackendError, Busy, ConnectionLost, RemoteError, StreamExpired
+from components.core.protocol import (
+    NO_OPTIONS,
+    SAMPLE_RATE,
+    ErrorCode,
+    ErrorEvent,
+    ServerEvent,
+    SessionOptions,
+    TranscriptionDelta,
+    TranscriptionDone,
+    TranscriptionPartial,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+EVENT_QUEUE_SIZE = 512
+"""Events one leg may hold while the legs before it are still being read (then its reader
+waits, and the backend's own flow control holds the server back)."""
+
+MAX_MARKS = 4096
+"""Deltas whose audio marks are kept (for finding a seam's tail): hours of text need only the
+newest minutes."""
+
+FINAL_TIMEOUT_SECONDS = 30.0
+"""How long a retiring leg may take to deliver its last text before the next leg is opened
+anyway (when the backend refuses a second stream meanwhile)."""
+
+_ENDING_CODES = {
+    ErrorCode.SESSION_TOO_LONG,
+    ErrorCode.IDLE_TIMEOUT,
+    ErrorCode.AUDIO_BUFFER_FULL,
+    ErrorCode.PROCESSING_ERROR,
+    ErrorCode.SERVER_BUSY,
+}
+"""Error events after which a stream ends: the chain continues on a new leg instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContinuityPolicy:
+    """When to hand over, what to replay, how to reconnect (all times in seconds)."""
+
+    max_stream_seconds: float | None = None
+    """The longest leg; None takes the backend's and its server's own limits."""
+    handover_window: float = 60.0
+    """How long before a leg's limit a pause is sought to end it (at most 35 % of the limit)."""
+    handover_margin: float = 10.0
+    """How long before the limit a leg is ended even mid-speech (at most 15 % of the limit),
+    leaving it time to deliver its last text."""
+    min_pause: float = 0.3
+    """Quiet this long counts as a pause to hand over in."""
+    pause_rms: float = 0.01
+    """Frame loudness (about -40 dBFS) below which audio is quiet."""
+    replay_seconds: float = 120.0
+    """Audio kept for resending after a loss: the bound on what can be recovered."""
+    replay_margin: float = 15.0
+    """Audio resent from before the point the lost leg's text had reached when its last
+    delta arrived (text is confirmed a few seconds behind the audio)."""
+    max_failures: int = 5
+    """Failed attempts in a row (opens that fail, legs that die young) before giving up."""
+    backoff_base: float = 0.5
+    backoff_cap: float = 10.0
+    good_stream_seconds: float = 30.0
+    """A leg that ran this long resets the failure count."""
+    replay_speed: float = 4.0
+    """Replayed audio goes out at this multiple of real time (0: at once). A streaming engine
+    decodes audio as it arrives; a long burst decoded as one window is less accurate (a small
+    Whisper model may skip its first sentence)."""
+    seam_hold_seconds: float = 6.0
+    """Longest a replaying leg's text is held back while its overlap is being found."""
+
+    def handover_points(self, limit: float) -> tuple[float, float]:
+        """(start seeking a pause, end regardless), as leg ages, for a leg limited to ``limit``."""
+        window = min(self.handover_window, 0.35 * limit)
+        margin = min(self.handover_margin, 0.15 * limit)
+        return limit - window, limit - margin
+
+
+@dataclass(frozen=True, slots=True)
+class StreamNotice:
+    """Something the user of a continuous stream may want to show."""
+
+    kind: Literal["handover", "reconnecting", "reconnected", "audio_lost"]
+    message: str
+    lost_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class ContinuityStats:
+    legs: int = 0
+    handovers: int = 0
+    """Planned: a leg ended before its limit."""
+    reconnects: int = 0
+    """Unplanned: a leg broke and another took over its audio."""
+    replayed_samples: int = 0
+    lost_samples: int = 0
+    """Audio that could not be resent (older than the replay buffer)."""
+    dropped_words: int = 0
+    """Words a replaying leg repeated at its seam (dropped)."""
+
+
+# --------------------------------------------------------------------------- seams
+
+_WORD = re.compile(r"\S+")
+
+
+def _norm(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
+def _words(text: str) -> list[tuple[str, int]]:
+    """Normalised words of ``text`` with the offset just after each (punctuation alone skipped)."""
+    out = []
+    for m in _WORD.finditer(text):
+        norm = _norm(m.group())
+        if norm:
+            out.append((norm, m.end()))
+    return out
+
+
+FREE_SKIP = 8
+"""Tail words a replay may leave out at no cost: a delta's words are stamped with the audio
+sent when it arrived, so the first of them can lie before the point the replay starts at."""
+
+
+def _seam_alignments(tail: list[str], new: list[str]) -> list[tuple[int, int, int]]:
+    """For every length k of ``new``'s beginning: (edits, matches, matched words in a row at
+    its end) of its best alignment with an end of ``tail``.
+
+    One edit-distance table gives every k at once: row i aligns ``tail[:i]``, and the first
+    column lets the alignment start later in ``tail``: free for the first ``FREE_SKIP``
+    words (their audio may lie before the replay), one edit each after that (the replay
+    repeats the rest of the tail; a match far down the tail is a phrase the tail itself
+    said twice).
+    """
+    n = len(tail)
+    # cell: (edits, -matches, matched words in a row ending here)
+    prev: list[tuple[int, int, int]] = [(max(0, i - FREE_SKIP), 0, 0) for i in range(n + 1)]
+    out = []
+    for j in range(1, len(new) + 1):
+        cur: list[tuple[int, int, int]] = [(j, 0, 0)]
+        for i in range(1, n + 1):
+            same = tail[i - 1] == new[j - 1]
+            diag = prev[i - 1]
+            options = (
+                (
+                    diag[0] + (0 if same else 1),
+                    diag[1] - (1 if same else 0),
+                    diag[2] + 1 if same else 0,
+                ),
+                (cur[i - 1][0] + 1, cur[i - 1][1], 0),  # a tail word the new leg lacks
+                (prev[i][0] + 1, prev[i][1], 0),  # a new word the tail lacks
+            )
+            cur.append(min(options, key=lambda c: (c[0], c[1], -c[2])))
+        edits, negative, run = cur[n]
+        out.append((edits, -negative, run))
+        prev = cur
+    return out
+
+
+def _reach(tail: list[str], new: list[str]) -> tuple[int, int]:
+    """Where in ``tail`` all of ``new`` best aligns with a stretch of it (free start, free
+    end): (the tail index after the stretch, matched words)."""
+    n = len(tail)
+    prev: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (edits, -matches)
+    for j in range(1, len(new) + 1):
+        cur: list[tuple[int, int]] = [(j, 0)]
+        for i in range(1, n + 1):
+            same = tail[i - 1] == new[j - 1]
+            diag = prev[i - 1]
+            cur.append(
+                min(
+                    (diag[0] + (0 if same else 1), diag[1] - (1 if same else 0)),
+                    (cur[i - 1][0] + 1, cur[i - 1][1]),
+                    (prev[i][0] + 1, prev[i][1]),
+                )
+            )
+        prev = cur
+    best = min(range(n + 1), key=lambda i: (prev[i][0], prev[i][1], -i))
+    return best, -prev[best][1]
+
+
+def overlap_words(tail: list[str], new: list[str], *, complete: bool) -> int | None:
+    """How many of ``new``'s first words repeat the end of ``tail`` (normalised words).
+
+    ``tail`` is the transcript's end that the replayed audio may contain again; ``new`` what
+    the replaying leg has said so far. None means: not decidable yet, wait for more words
+    (unless ``complete``: the leg has no more to say, or it has been held long enough).
+
+    The replayed audio starts inside the tail's audio, so what the new leg repeats is its
+    *first* words, and they repeat the tail's *last* ones: the overlap is the beginning of
+    ``new`` that best aligns with an end of ``tail``. Matching anywhere else would take a
+    phrase the speaker really said again after the tail (an answer, a line repeated) for
+    the repeat and drop it.
+    """
+    if not tail or not new:
+        return 0 if complete or not tail else None
+    enough = min(3, len(tail))
+    best, best_score, decided = 0, 0, False
+    for k, (edits, matches, run) in enumerate(_seam_alignments(tail, new), start=1):
+        score = matches - edits
+        if matches >= enough and score > 0 and score >= best_score:
+            best, best_score, decided = k, score, run >= enough
+    if decided:
+        return best  # the tail's last words are matched in a row: the rest is new
+    if not complete and len(new) < len(tail) + 4:
+        return None
+    return best
+
+
+@dataclass(slots=True)
+class _Seam:
+    """A replaying leg's start: its text is held until its repeat of the tail is found."""
+
+    replay_from: int
+    tail: list[str] = field(default_factory=list)
+    held: str = ""
+    held_since: float | None = None
+    resolved: bool = False
+
+    def take(self, *, complete: bool, expired: bool = False) -> str | None:
+        """The held text minus the repeated words, once that is known (else None).
+
+        ``expired``: the hold ran out while the leg goes on. If everything the new leg has
+        said so far repeats a stretch of the tail that ends before the tail does (a slow
+        engine has not caught up with the replayed audio yet), those words are dropped, the
+        tail is shortened to what is still ahead, and the seam stays open: deciding now
+        would let the rest of the tail through a second time.
+        """
+        new = [w for w, _ in _words(self.held)]
+        if expired and new:
+            reach, matches = _reach(self.tail, new)
+            if matches >= max(3, (3 * len(new) + 3) // 4) and reach < len(self.tail) - 1:
+                self.tail = self.tail[reach:]
+                self.dropped += len(new)
+                self.held, self.held_since = "", None
+                return None
+        k = overlap_words(self.tail, new, complete=complete)
+        if k is None:
+            return None
+        self.resolved = True
+        words = _words(self.held)
+        cut = words[k - 1][1] if k else 0
+        rest = self.held[cut:]
+        self.dropped += k
+        self.held = ""
+        return rest
+
+    dropped: int = 0
+
+
+# --------------------------------------------------------------------------- replay buffer
+
+
+class ReplayBuffer:
+    """The last ``max_samples`` of audio sent, addressed by session sample offset."""
+
+    def __init__(self, max_samples: int) -> None:
+        self._max = max_samples
+        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._samples = 0
+        self.end = 0
+
+    @property
+    def start(self) -> int:
+        return self._chunks[0][0] if self._chunks else self.end
+
+    def append(self, pcm16: bytes) -> int:
+        """Keep ``pcm16``; return its offset."""
+        offset = self.end
+        n = len(pcm16) // 2
+        if n:
+            self._chunks.append((offset, pcm16))
+            self._samples += n
+            self.end += n
+        while self._chunks and self._samples - len(self._chunks[0][1]) // 2 >= self._max:
+            _, old = self._chunks.popleft()
+            self._samples -= len(old) // 2
+        return offset
+
+    def read(self, start: int, end: int | None = None) -> tuple[int, bytes]:
+        """The audio from ``start`` (or the oldest kept, if later) to ``end``; its real start."""
+        end = self.end if end is None else end
+        begin = max(start, self.start)
+        parts = []
+        for offset, pcm in self._chunks:
+            n = len(pcm) // 2
+            lo, hi = max(begin, offset), min(end, offset + n)
+            if lo < hi:
+                parts.append(pcm[(lo - offset) * 2 : (hi - offset) * 2])
+        return begin, b"".join(parts)
+
+
+# --------------------------------------------------------------------------- legs
+
+
+@dataclass(eq=False)
+class _Leg:
+    number: int
+    stream: RealtimeStream
+    start: int
+    """Session offset (samples) of its first sample."""
+    seam: _Seam | None = None
+    opened: float = field(default_factory=time.monotonic)
+    sent: int = 0
+    end: int | None = None
+    """Offset after its last sample, once it takes no more (final commit sent)."""
+    last_delta: int | None = None
+    """Offset the audio sent to it had reached when its latest delta arrived."""
+    failure: BackendError | None = None
+    done: TranscriptionDone | None = None
+    text: str = ""
+    """What its deltas said."""
+    taken_over: bool = False
+    """Another leg was opened for its unfinished audio."""
+    events: asyncio.Queue[tuple[Any, ...]] = field(
+        default_factory=lambda: asyncio.Queue(EVENT_QUEUE_SIZE)
+    )
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    reader: asyncio.Task[None] | None = None
+    quiet: float = 0.0
+
+    @property
+    def age(self) -> float:
+        """How far it is toward its limit: wall time, or audio time when sent faster."""
+        return max(time.monotonic() - self.opened, self.sent / SAMPLE_RATE)
+
+
+def _voice_frames(pcm16: bytes, threshold: float) -> np.ndarray:
+    """Per 20 ms frame: whether it is louder than ``threshold``."""
+    samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+    frame = SAMPLE_RATE // 50
+    n = len(samples) // frame
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    frames = samples[: n * frame].reshape(n, frame)
+    return np.sqrt(np.mean(frames * frames, axis=1)) > threshold
+
+
+class ContinuousStream:
+    """One stream to its user, a chain of backend streams underneath (see module docstring).
+
+    Use it like any :class:`~components.backends.base.RealtimeStream`: ``send_audio`` as audio
+    comes, ``finish`` once, iterate the events (one ``TranscriptionDone`` for the whole
+    session, usage summed over the legs), ``cancel`` to abandon. ``send_audio`` waits while a
+    broken leg is replaced; it raises only when the chain gives up.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        partials: bool = False,
+        options: SessionOptions = NO_OPTIONS,
+        policy: ContinuityPolicy | None = None,
+        on_notice: Callable[[StreamNotice], None] | None = None,
+        label: str = "",
+    ) -> None:
+        self.backend = backend
+        self.partials = partials
+        self.options = options
+        """Every leg gets the same language and prompt."""
+        self.policy = policy or ContinuityPolicy()
+        self.stats = ContinuityStats()
+        self._on_notice = on_notice
+        self._label = label or "stream"
+        self._lock = asyncio.Lock()
+        self._buffer = ReplayBuffer(int(self.policy.replay_seconds * SAMPLE_RATE))
+        self._legs: list[_Leg] = []
+        self._legs_changed = asyncio.Event()
+        self._leg: _Leg | None = None
+        self._finishing = False
+        self._closed = False
+        self._failures = 0
+        self._text = ""
+        self._marks: list[tuple[int, int]] = []  # (end of a delta in _text, its leg's mark)
+        self._usage = Usage()
+        self._usage_known = False
+        self._iterating = False
+
+    @classmethod
+    async def open(
+        cls,
+        backend: Backend,
+        *,
+        partials: bool = False,
+        options: SessionOptions = NO_OPTIONS,
+        policy: ContinuityPolicy | None = None,
+        on_notice: Callable[[StreamNotice], None] | None = None,
+        label: str = "",
+    ) -> ContinuousStream:
+        """Open the first leg; its failure is raised as it is (a backend that is not there)."""
+        chain = cls(
+            backend,
+            partials=partials,
+            options=options,
+            policy=policy,
+            on_notice=on_notice,
+            label=label,
+        )
+        stream = await backend.open(partials=partials, options=options)
+        chain._add_leg(stream, start=0, after=None)
+        return chain
+
+    # ------------------------------------------------------------------ audio side
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        if self._finishing:
+            raise RuntimeError("send_audio() after finish()")
+        if len(pcm16) % 2:
+            raise ValueError("PCM16 audio must have an even number of bytes")
+        if not pcm16:
+            return
+        async with self._lock:
+            self._check_open()
+            leg = await self._live_leg()
+            cut = self._handover_point(leg, pcm16)
+            if cut is None:
+                await self._send(leg, pcm16)
+                return
+            if cut:
+                await self._send(leg, pcm16[:cut])
+            await self._hand_over(self._live_leg_now())
+            if cut < len(pcm16):
+                await self._send(await self._live_leg(), pcm16[cut:])
+
+    async def finish(self) -> None:
+        """The audio is complete: the last leg gets the final commit."""
+        async with self._lock:
+            if self._finishing:
+                return
+            self._check_open()
+            leg = await self._live_leg()
+            self._finishing = True
+            leg.end = self._buffer.end
+            try:
+                await leg.stream.finish()
+            except BackendError as exc:
+                leg.failure = leg.failure or exc  # the reader's end repairs it
+
+    async def cancel(self) -> None:
+        """Abandon every leg now (idempotent)."""
+        self._closed = True
+        legs = list(self._legs)
+        for leg in legs:
+            with contextlib.suppress(Exception):
+                await leg.stream.cancel()
+        for leg in legs:
+            if leg.reader is not None and not leg.reader.done():
+                leg.reader.cancel()
+        await asyncio.gather(
+            *(leg.reader for leg in legs if leg.reader is not None), return_exceptions=True
+        )
+        self._legs_changed.set()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionLost("The stream was cancelled.")
+
+    def _live_leg_now(self) -> _Leg:
+        assert self._leg is not None
+        return self._leg
+
+    async def _live_leg(self) -> _Leg:
+        """The leg taking audio now, replacing a broken one first."""
+        leg = self._live_leg_now()
+        if leg.failure is not None and not leg.taken_over:
+            await self._take_over(leg)
+        return self._live_leg_now()
+
+    async def _send(self, leg: _Leg, pcm16: bytes) -> None:
+        self._buffer.append(pcm16)  # kept before sending: a failed send is replayed
+        leg.sent += len(pcm16) // 2
+        try:
+            await leg.stream.send_audio(pcm16)
+        except BackendError as exc:
+            if not exc.retryable:
+                raise
+            leg.failure = leg.failure or exc
+            await self._take_over(leg)
+
+    def _limit(self, leg: _Leg) -> float | None:
+        limits = [
+            self.policy.max_stream_seconds,
+            getattr(self.backend, "max_stream_seconds", None),
+            getattr(leg.stream, "expires_in", None),
+        ]
+        known = [float(x) for x in limits if x]
+        return min(known) if known else None
+
+    def _handover_point(self, leg: _Leg, pcm16: bytes) -> int | None:
+        """Where in ``pcm16`` the leg should end (byte offset), or None to keep it."""
+        limit = self._limit(leg)
+        if limit is None:
+            return None
+        seek_at, end_at = self.policy.handover_points(limit)
+        age = leg.age
+        seconds = len(pcm16) / 2 / SAMPLE_RATE
+        if age + seconds < seek_at:
+            leg.quiet = 0.0
+            return None
+        frame_seconds = 1 / 50
+        for i, loud in enumerate(_voice_frames(pcm16, self.policy.pause_rms)):
+            leg.quiet = 0.0 if loud else leg.quiet + frame_seconds
+            at = age + (i + 1) * frame_seconds
+            if leg.quiet >= self.policy.min_pause - 1e-9 and at >= seek_at:
+                return (i + 1) * (SAMPLE_RATE // 50) * 2
+        if age + seconds >= end_at:
+            log.info(
+                "%s: no pause before leg %d's limit: ending it mid-speech", self._label, leg.number
+            )
+            return len(pcm16)
+        return None
+
+    async def _hand_over(self, old: _Leg) -> None:
+        """End ``old`` here (final commit) and continue on a new leg."""
+        old.end = self._buffer.end
+        try:
+            await old.stream.finish()
+        except BackendError as exc:
+            old.failure = old.failure or exc
+        self.stats.handovers += 1
+        log.info(
+            "%s: handing over from leg %d at %.1f s (leg age %.1f s)",
+            self._label,
+            old.number,
+            old.end / SAMPLE_RATE,
+            old.age,
+        )
+        stream = await self._open_leg(retiring=old, reason=None)
+        self._add_leg(stream, start=self._buffer.end, after=old)
+        self._notify("handover", "Continuing on a new stream.")
+
+    async def _take_over(self, lost: _Leg) -> None:
+        """Open a leg for ``lost``'s unfinished audio: replay it, then continue live (or finish
+        it, when ``lost`` had already ended)."""
+        lost.taken_over = True
+        lived = time.monotonic() - lost.opened
+        if lived >= self.policy.good_stream_seconds:
+            self._failures = 0
+        reason = lost.failure or ConnectionLost("The stream ended early.")
+        if not reason.retryable:
+            raise reason
+        expired = isinstance(reason, StreamExpired)
+        if not expired:
+            self._failures += 1
+        log.warning("%s: leg %d lost after %.1f s: %s", self._label, lost.number, lived, reason)
+        end = lost.end
+        while True:
+            replay_from = self._coverage(lost)
+            if not expired:
+                self._notify("reconnecting", "Connection lost; reconnecting…")
+            stream = await self._open_leg(retiring=None, reason=reason)
+            begin, audio = self._buffer.read(replay_from, end)
+            if begin > replay_from:
+                self._lost(begin - replay_from)
+            leg = self._add_leg(stream, start=begin, after=lost, seam=_Seam(replay_from=begin))
+            if end is None:
+                self._leg = leg
+            self.stats.reconnects += 0 if expired else 1
+            self.stats.replayed_samples += len(audio) // 2
+            try:
+                await self._replay(leg, audio)
+                if end is not None or self._finishing:
+                    leg.end = end if end is not None else self._buffer.end
+                    await stream.finish()
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+                leg.failure = leg.failure or exc
+                leg.taken_over = True
+                self._failures += 1
+                reason, lost = exc, leg
+                continue
+            break
+        log.info(
+            "%s: leg %d continues from %.1f s (%.1f s replayed)",
+            self._label,
+            leg.number,
+            begin / SAMPLE_RATE,
+            len(audio) / 2 / SAMPLE_RATE,
+        )
+        if not expired:
+            self._notify("reconnected", "Reconnected; captions continue.")
+
+    async def _replay(self, leg: _Leg, audio: bytes) -> None:
+        step = SAMPLE_RATE // 5 * 2  # 200 ms per append
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        speed = self.policy.replay_speed
+        for i in range(0, len(audio), step):
+            piece = audio[i : i + step]
+            if speed > 0:
+                delay = started + i / 2 / SAMPLE_RATE / speed - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await leg.stream.send_audio(piece)
+            leg.sent += len(piece) // 2
+
+    def _coverage(self, leg: _Leg) -> int:
+        """Where the replay for a lost leg starts: a margin before its text's reach."""
+        if leg.last_delta is None or (leg.seam is not None and not leg.seam.resolved):
+            return leg.start
+        margin = int(self.policy.replay_margin * SAMPLE_RATE)
+        return max(leg.start, leg.last_delta - margin)
+
+    async def _open_leg(self, *, retiring: _Leg | None, reason: BackendError | None) -> Any:
+        """A new backend stream, retried with backoff; raises once the attempts are spent."""
+        policy = self.policy
+        while True:
+            self._check_open()
+            if self._failures > policy.max_failures:
+                raise self._give_up(reason)
+            if self._failures:
+                delay = min(policy.backoff_cap, policy.backoff_base * 2 ** (self._failures - 1))
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            try:
+                return await self.backend.open(partials=self.partials, options=self.options)
+            except Busy as exc:
+                if retiring is not None and not retiring.ended.is_set():
+                    # The backend counts the retiring leg: open once it has finished.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(retiring.ended.wait(), FINAL_TIMEOUT_SECONDS)
+                    retiring = None
+                    continue
+                reason = exc
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+                reason = exc
+            self._failures += 1
+            log.warning(
+                "%s: could not open a stream (attempt %d): %s", self._label, self._failures, reason
+            )
+
+    def _give_up(self, reason: BackendError | None) -> BackendError:
+        detail = str(reason).strip().rstrip(".") if reason else "no detail"
+        attempts = self.policy.max_failures + 1
+        message = (
+            f"The connection to {self.backend.name} was lost and could not be restored "
+            f"after {attempts} attempts ({detail})."
+        )
+        error_type = type(reason) if isinstance(reason, BackendError) else ConnectionLost
+        return error_type(message)
+
+    def _add_leg(
+        self, stream: Any, *, start: int, after: _Leg | None, seam: _Seam | None = None
+    ) -> _Leg:
+        self.stats.legs += 1
+        leg = _Leg(number=self.stats.legs, stream=stream, start=start, seam=seam)
+        if after is not None and after in self._legs:
+            self._legs.insert(self._legs.index(after) + 1, leg)
+        else:  # the first leg, or one whose predecessor has been read already
+            self._legs.append(leg)
+        if after is None or after is self._leg:
+            self._leg = leg
+        leg.reader = asyncio.create_task(self._read(leg), name=f"{self._label}-leg-{leg.number}")
+        self._legs_changed.set()
+        return leg
+
+    def _lost(self, samples: int) -> None:
+        self.stats.lost_samples += samples
+        seconds = samples / SAMPLE_RATE
+        log.warning("%s: %.1f s of audio could not be resent", self._label, seconds)
+        self._notify(
+            "audio_lost",
+            f"{seconds:.1f} s of audio could not be recovered after the connection was lost; "
+            "the captions may miss a few words there.",
+            lost_seconds=seconds,
+        )
+
+    def _notify(self, kind: Any, message: str, *, lost_seconds: float = 0.0) -> None:
+        if self._on_notice is not None:
+            try:
+                self._on_notice(StreamNotice(kind, message, lost_seconds))
+            except Exception:
+                log.exception("%s: notice handler failed", self._label)
+
+    # ------------------------------------------------------------------ event side
+
+    async def _read(self, leg: _Leg) -> None:
+        """Move one leg's events into its queue, stamped with the audio it had been sent."""
+        ending: ErrorEvent | None = None
+        events = aiter(leg.stream)
+        try:
+            async for event in events:
+                match event:
+                    case TranscriptionDelta(delta=delta):
+                        leg.last_delta = leg.start + leg.sent
+                        leg.text += delta
+                        log.debug("%s: leg %d delta %r", self._label, leg.number, delta)
+                        await leg.events.put(("delta", delta, leg.last_delta))
+                    case TranscriptionPartial(text=text):
+                        await leg.events.put(("partial", text))
+                    case TranscriptionDone(text=final):
+                        log.debug("%s: leg %d done %r", self._label, leg.number, final[-80:])
+                        rest = _unsent_rest(leg.text, final)
+                        if rest:  # the final text says more than the deltas did
+                            await leg.events.put(("delta", rest, leg.start + leg.sent))
+                        leg.done = event
+                        return
+                    case ErrorEvent() if event.code in _ENDING_CODES:
+                        ending = event  # the stream ends next: the reason, if it does
+                    case ErrorEvent():
+                        await leg.events.put(("error", event))
+                    case _:
+                        pass
+            leg.failure = leg.failure or _ended_error(ending)
+        except asyncio.CancelledError:
+            raise
+        except BackendError as exc:
+            leg.failure = leg.failure or exc
+        except Exception as exc:  # a backend's bug must not end the session unexplained
+            log.exception("%s: leg %d failed", self._label, leg.number)
+            leg.failure = leg.failure or ConnectionLost(f"The stream failed: {exc}")
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            with contextlib.suppress(Exception):
+                await leg.stream.cancel()  # release it: a leg is read once, to its end
+            log.debug(
+                "%s: leg %d ended (%s)",
+                self._label,
+                leg.number,
+                "done" if leg.done is not None else leg.failure,
+            )
+            leg.ended.set()
+            with contextlib.suppress(asyncio.QueueFull):  # else the drain sees ``ended``
+                leg.events.put_nowait(("end",))
+
+    def __aiter__(self) -> AsyncIterator[ServerEvent]:
+        if self._iterating:
+            raise RuntimeError("a stream can be iterated only once")
+        self._iterating = True
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[ServerEvent]:
+        first = True
+        while True:
+            while not self._legs:
+                if self._closed:
+                    return
+                self._legs_changed.clear()
+                await self._legs_changed.wait()
+            leg = self._legs[0]  # legs leave the list once read: an hours-long chain stays small
+            if not first:
+                yield TranscriptionPartial(text="")
+            first = False
+            async for event in self._drain(leg):
+                yield event
+            if self._closed:
+                return
+            if leg.done is not None and leg.end is not None:
+                self._add_usage(leg.done.usage)
+                if self._finishing and len(self._legs) == 1:
+                    yield TranscriptionDone(
+                        text=self._text, usage=self._usage if self._usage_known else None
+                    )
+                    return
+            else:
+                if leg.done is not None:
+                    self._add_usage(leg.done.usage)
+                    leg.failure = leg.failure or ConnectionLost(
+                        "The backend ended the stream before the audio did."
+                    )
+                async with self._lock:
+                    if not leg.taken_over:
+                        await self._take_over(leg)
+            self._legs.remove(leg)
+
+    async def _drain(self, leg: _Leg) -> AsyncIterator[ServerEvent]:
+        seam = leg.seam
+        if seam is not None:
+            seam.tail = self._tail_words(seam.replay_from)
+        first = True
+        while True:
+            item = await self._next(leg)
+            kind = item[0]
+            text = ""
+            mark = leg.start + leg.sent
+            if kind == "delta":
+                text, mark = item[1], item[2]
+            if seam is not None and not seam.resolved:
+                if kind == "delta":
+                    seam.held += text
+                    if seam.held_since is None:
+                        seam.held_since = time.monotonic()
+                if kind in ("delta", "hold_expired", "end"):
+                    held = seam.held
+                    taken = seam.take(complete=kind != "delta", expired=kind == "hold_expired")
+                    if taken is None:
+                        continue
+                    log.debug(
+                        "%s: leg %d seam: tail %r, new %r", self._label, leg.number, seam.tail, held
+                    )
+                    self.stats.dropped_words += seam.dropped
+                    log.info(
+                        "%s: leg %d repeated %d words at its seam",
+                        self._label,
+                        leg.number,
+                        seam.dropped,
+                    )
+                    text = taken
+                    if kind != "delta":
+                        kind = "delta" if text else kind
+            if kind == "delta" and text:
+                if first and self._text and not self._text[-1].isspace():
+                    if not text[0].isspace():
+                        text = " " + text
+                first = False
+                self._text += text
+                self._marks.append((len(self._text), mark))
+                if len(self._marks) > MAX_MARKS:
+                    del self._marks[: MAX_MARKS // 4]
+                yield TranscriptionDelta(delta=text)
+                if item[0] == "end":
+                    return
+            elif kind == "partial":
+                if seam is None or seam.resolved:
+                    yield TranscriptionPartial(text=item[1])
+            elif kind == "error":
+                yield item[1]
+            elif kind == "end":
+                return
+
+    async def _next(self, leg: _Leg) -> tuple[Any, ...]:
+        """The leg's next event; ``("hold_expired",)`` when its seam has waited long enough."""
+        seam = leg.seam
+        while True:
+            if leg.events.empty() and leg.ended.is_set():
+                return ("end",)
+            wait = 0.5
+            if seam is not None and not seam.resolved and seam.held_since is not None:
+                left = seam.held_since + self.policy.seam_hold_seconds - time.monotonic()
+                if left <= 0:
+                    return ("hold_expired",)
+                wait = min(wait, left)
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(leg.events.get(), wait)
+
+    def _tail_words(self, replay_from: int) -> list[str]:
+        """The transcript's words that a replay from ``replay_from`` may repeat."""
+        start_char = 0
+        for end_char, mark in reversed(self._marks):
+            # A delta that arrived when the audio had reached ``mark`` holds words that end
+            # before it: none of them is in audio replayed from ``mark`` on.
+            if mark <= replay_from:
+                start_char = end_char
+                break
+        tail = [w for w, _ in _words(self._text[start_char:])]
+        return tail[-80:]
+
+    def _add_usage(self, usage: Usage | None) -> None:
+        if usage is None:
+            return
+        self._usage_known = True
+        self._usage = Usage(
+            prompt_tokens=self._usage.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self._usage.completion_tokens + usage.completion_tokens,
+        )
+
+
+def _unsent_rest(sent: str, final: str) -> str:
+    """The part of a stream's final text its deltas did not carry (deltas are the contract;
+    a final text that disagrees with them is ignored)."""
+    have, full = " ".join(sent.split()), " ".join(final.split())
+    if not full.startswith(have) or len(full) <= len(have):
+        return ""
+    rest = full[len(have) :]
+    return rest.lstrip() if sent[-1:].isspace() else rest
+
+
+def _ended_error(ending: ErrorEvent | None) -> BackendError:
+    if ending is None:
+        return ConnectionLost("The stream closed before the final transcript.")
+    if ending.code == ErrorCode.SESSION_TOO_LONG:
+        return StreamExpired(f"The server ended the session at its maximum length: {ending.error}")
+    if ending.code == ErrorCode.SERVER_BUSY:
+        return Busy(f"The server is busy: {ending.error}")
+    if ending.code == ErrorCode.PROCESSING_ERROR:
+        return RemoteError(f"The engine could not transcribe: {ending.error}")
+    return ConnectionLost(f"The server closed the session: {ending.error}")

@@ -1,0 +1,223 @@
+"""What a deployment of the page offers, and the check of what a visitor picks.
+
+:class:`Settings` reads the deployment's environment: which backends visitors may use
+(``SAGEMAKER_ENDPOINTS`` allowlist, ``ALLOW_CUSTOM_URL``), limits (``MAX_SESSIONS``,
+``MAX_SESSION_SECONDS``, ``MAX_STREAM_SECONDS``, ``MAX_PROMPT_CHARS``) and defaults.
+:func:`validate_choice` is the server-side gate for a :class:`BackendChoice` and the session
+options that travel with it: the page's widgets only mirror it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from components.core.errors import BackendError, NotFound
+from components.core.protocol import MAX_PROMPT_CHARS, ProtocolError, SessionOptions
+
+PUBLIC_PROMPT_CHARS = 200
+"""A public deployment's default bound on what a visitor may put in "Names and terms"."""
+
+_ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+_REGION_NAME = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+
+
+class BackendKind(StrEnum):
+    LOCAL = "local"
+    SAGEMAKER = "sagemaker"
+    REALTIME = "realtime"
+
+
+class InvalidChoice(BackendError):
+    """The backend settings are incomplete or malformed (fixable in the page's settings)."""
+
+
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value in ("1", "true", "yes", "on")
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number") from None
+    if number <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What this deployment offers and allows; see README section "page" for the variables."""
+
+    max_sessions: int = 8
+    max_session_seconds: float = 4 * 3600.0
+    idle_seconds: float = 30.0
+    max_stream_seconds: float | None = None
+    """Hand over to a new backend stream at least this often (None: at the backend's limits)."""
+    local_enabled: bool = True
+    local_engine: str = "auto"
+    sagemaker_endpoints: tuple[str, ...] = ()
+    sagemaker_endpoint: str = ""
+    sagemaker_region: str = "us-east-1"
+    realtime_url: str = ""
+    realtime_model: str | None = None
+    realtime_api_key: str | None = None
+    allow_custom_url: bool = True
+    public: bool = False
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    """Longest "Names and terms" text a visitor may send (``MAX_PROMPT_CHARS``)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        public = _env_bool(env, "PUBLIC_DEPLOYMENT", bool(env.get("SPACE_ID")))
+        endpoints = tuple(
+            e.strip() for e in env.get("SAGEMAKER_ENDPOINTS", "").split(",") if e.strip()
+        )
+        region = (
+            env.get("SAGEMAKER_REGION")
+            or env.get("AWS_REGION")
+            or env.get("AWS_DEFAULT_REGION")
+            or "us-east-1"
+        ).strip()
+        return cls(
+            max_sessions=int(_env_number(env, "MAX_SESSIONS", 8)),
+            max_session_seconds=_env_number(env, "MAX_SESSION_SECONDS", 4 * 3600.0),
+            idle_seconds=_env_number(env, "SESSION_IDLE_SECONDS", 30.0),
+            max_stream_seconds=(
+                _env_number(env, "MAX_STREAM_SECONDS", 1.0)
+                if env.get("MAX_STREAM_SECONDS", "").strip()
+                else None
+            ),
+            local_enabled=_env_bool(env, "LOCAL_BACKEND", True),
+            local_engine=env.get("LIVE_CAPTIONS_ENGINE", "auto").strip() or "auto",
+            sagemaker_endpoints=endpoints,
+            sagemaker_endpoint=env.get("SAGEMAKER_ENDPOINT", "").strip()
+            or (endpoints[0] if endpoints else ""),
+            sagemaker_region=region,
+            realtime_url=env.get("REALTIME_URL", "").strip(),
+            realtime_model=env.get("REALTIME_MODEL") or None,
+            realtime_api_key=env.get("LIVE_CAPTIONS_API_KEY") or None,
+            allow_custom_url=_env_bool(env, "ALLOW_CUSTOM_URL", not public),
+            public=public,
+            max_prompt_chars=min(
+                MAX_PROMPT_CHARS,
+                int(
+                    _env_number(
+                        env, "MAX_PROMPT_CHARS", PUBLIC_PROMPT_CHARS if public else MAX_PROMPT_CHARS
+                    )
+                ),
+            ),
+        )
+
+    @property
+    def allowed_endpoints(self) -> tuple[str, ...] | None:
+        """Endpoint names visitors may invoke; ``None`` means any (a private deployment)."""
+        if self.sagemaker_endpoints:
+            return self.sagemaker_endpoints
+        if self.public:
+            return (self.sagemaker_endpoint,) if self.sagemaker_endpoint else ()
+        return None
+
+    @property
+    def region_locked(self) -> bool:
+        """On a public deployment visitors cannot move the Space's credentials to another region."""
+        return self.public or bool(self.sagemaker_endpoints)
+
+    @property
+    def kinds(self) -> tuple[BackendKind, ...]:
+        """Backends this deployment offers, in the page's order."""
+        kinds = []
+        if self.local_enabled:
+            kinds.append(BackendKind.LOCAL)
+        if self.allowed_endpoints != ():
+            kinds.append(BackendKind.SAGEMAKER)
+        if self.allow_custom_url or self.realtime_url:
+            kinds.append(BackendKind.REALTIME)
+        return tuple(kinds)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendChoice:
+    """What the visitor picked in the page; checked against :class:`Settings` before use."""
+
+    kind: BackendKind | str = BackendKind.LOCAL
+    endpoint: str = ""
+    region: str = ""
+    url: str = ""
+    language: str = ""
+    """ISO-639-1 code, or "" for the engine's default."""
+    prompt: str = ""
+    """Names and terms for the engine to spell right."""
+
+    @property
+    def options(self) -> SessionOptions:
+        return SessionOptions(language=self.language or None, prompt=self.prompt or None)
+
+
+def validate_choice(choice: BackendChoice, settings: Settings) -> BackendChoice:
+    """Return the choice as it will be used, or raise a :class:`BackendError` saying why not.
+
+    This is the server-side gate: the page's widgets only mirror it, so a visitor calling the
+    page's API directly gets the same refusals.
+    """
+    try:
+        kind = BackendKind(str(choice.kind))
+    except ValueError:
+        raise InvalidChoice(
+            f"Unknown backend {choice.kind!r}; choose Local, SageMaker or a Realtime URL."
+        ) from None
+    if kind not in settings.kinds:
+        raise NotFound(f"The {kind.value} backend is not offered on this deployment.")
+    try:
+        options = SessionOptions.checked(
+            choice.language, choice.prompt, max_prompt_chars=settings.max_prompt_chars
+        )
+    except ProtocolError as exc:
+        raise InvalidChoice(exc.message) from None
+    extra = {"language": options.language or "", "prompt": options.prompt or ""}
+    if kind is BackendKind.LOCAL:
+        return BackendChoice(kind, **extra)
+    if kind is BackendKind.SAGEMAKER:
+        endpoint = (choice.endpoint or "").strip() or settings.sagemaker_endpoint
+        allowed = settings.allowed_endpoints
+        if not endpoint:
+            raise InvalidChoice("Enter the name of a SageMaker endpoint.")
+        if allowed is not None and endpoint not in allowed:
+            raise NotFound(
+                f"Endpoint {endpoint!r} is not allowed on this deployment; "
+                f"choose one of: {', '.join(allowed)}."
+            )
+        if not _ENDPOINT_NAME.match(endpoint):
+            raise InvalidChoice(
+                f"{endpoint!r} is not a valid SageMaker endpoint name "
+                "(letters, digits and hyphens, at most 63)."
+            )
+        if settings.region_locked:
+            region = settings.sagemaker_region
+        else:
+            region = (choice.region or "").strip() or settings.sagemaker_region
+        if not _REGION_NAME.match(region):
+            raise InvalidChoice(f"{region!r} is not an AWS region name (for example us-east-1).")
+        return BackendChoice(kind, endpoint=endpoint, region=region, **extra)
+    url = (choice.url or "").strip() or settings.realtime_url
+    if not settings.allow_custom_url and url != settings.realtime_url:
+        raise NotFound(
+            "Custom server URLs are disabled on this deployment (ALLOW_CUSTOM_URL); "
+            f"use {settings.realtime_url or 'another backend'}."
+        )
+    if not re.match(r"^wss?://[^\s/]+", url):
+        raise InvalidChoice(
+            "Enter a Realtime server URL such as ws://127.0.0.1:8000/v1/realtime (ws:// or wss://)."
+        )
+    return BackendChoice(kind, url=url, **extra)
