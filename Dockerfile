@@ -22,7 +22,7 @@ WORKDIR /opt/program
 # The bridge's packages only (vLLM is in the image already), pinned as in requirements.txt and
 # installed apart from vLLM's environment so that neither can upgrade the other's dependencies.
 COPY requirements.txt /opt/program/requirements.txt
-RUN grep -E '^(fastapi|starlette|uvicorn(\[standard\])?|websockets|httpx)==' requirements.txt \
+RUN grep -E '^(fastapi|starlette|uvicorn(\[standard\])?|websockets|httpx|prometheus-client)==' requirements.txt \
         > /tmp/bridge-requirements.txt \
     && python3 -m pip install --target /opt/bridge-packages -r /tmp/bridge-requirements.txt \
     && rm /tmp/bridge-requirements.txt

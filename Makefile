@@ -50,6 +50,8 @@ bench-vllm: vllm-cpu
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 
 bench: install
 	$(PY) bench/latency.py --local

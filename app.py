@@ -36,6 +36,7 @@ import gradio as gr
 
 from components.core.languages import VOXTRAL_REALTIME_LANGUAGES, language_name
 from components.page.manager import SessionManager
+from components.page.metrics import add_metrics_route
 from components.page.mic_link import MicLink, parse_recording
 from components.page.mic_widget import CSS as MIC_CSS
 from components.page.mic_widget import microphone
@@ -519,6 +520,7 @@ def main() -> None:
             prevent_thread_lock=True,
         )
         add_routes(app, manager, tokens)
+        add_metrics_route(app, manager.metrics)
         link.add_route(app)
         demo.block_thread()
     finally:

@@ -97,7 +97,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     from components.continuity.chain import ContinuityPolicy
     from components.engines.whisper.engine import WhisperEngine
-    from components.server.app import ServerSettings, create_app
+    from components.server.app import create_app
+    from components.server.state import ServerSettings
     from tests.support_relay import TcpRelay
 
     refs = references_apart(select_clips(args.clips), beam5=False)

@@ -75,7 +75,8 @@ class EchoEngine:
 
 def serve_echo(port: int) -> None:
     """Child process: the real Realtime server over :class:`EchoEngine`."""
-    from components.server.app import ServerSettings, serve
+    from components.server.app import serve
+    from components.server.state import ServerSettings
 
     settings = ServerSettings(port=port, served_model_name=MODEL, idle_timeout=600.0)
     asyncio.run(serve(EchoEngine(), settings, log_level="warning"))

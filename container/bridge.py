@@ -40,11 +40,13 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from components.core.languages import VOXTRAL_REALTIME_LANGUAGES, option_refusal
+from components.core.metrics import CONTENT_TYPE, LiveValues, gauge, render
 from components.core.protocol import (
     ErrorCode,
     ProtocolError,
@@ -333,6 +335,33 @@ class Bridge:
         self.config = config
         self.active = 0
         self._probe: HealthProbe | None = None
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._streams = Counter(
+            "live_captions_bridge_streams",
+            "Client streams, by who closed them (client, bridge, upstream)",
+            ["closed_by"],
+            registry=self.registry,
+        )
+        self._bytes = Counter(
+            "live_captions_bridge_bytes",
+            "Bytes relayed, by direction (in: client to engine)",
+            ["direction"],
+            registry=self.registry,
+        )
+        self._refused = Counter(
+            "live_captions_bridge_refused",
+            "Streams refused because the bridge was at its limit",
+            registry=self.registry,
+        )
+        self.registry.register(
+            LiveValues(
+                lambda: [gauge("live_captions_bridge_streams_active", "Streams open", self.active)]
+            )
+        )
+
+    async def metrics(self) -> Response:
+        """Prometheus text: streams open and closed, refusals, bytes relayed."""
+        return Response(render(self.registry), media_type=CONTENT_TYPE)
 
     async def start(self) -> None:
         self._probe = HealthProbe(
@@ -398,6 +427,7 @@ class Bridge:
                 reason = truncate_reason(f"no stream route {wanted}; use {STREAM_PATH}")
                 await self._close(websocket, stats, 1008, reason, closed_by="bridge")
             elif self.active >= self.config.max_connections:
+                self._refused.inc()
                 await self._refuse(
                     websocket,
                     stats,
@@ -414,6 +444,9 @@ class Bridge:
                     self.active -= 1
         finally:
             elapsed = time.monotonic() - stats.started
+            self._streams.labels(closed_by=stats.closed_by or "unknown").inc()
+            self._bytes.labels(direction="in").inc(stats.bytes_in)
+            self._bytes.labels(direction="out").inc(stats.bytes_out)
             log.info(
                 "%s %s closed by %s: code=%s reason=%r in=%dB/%d frames out=%dB/%d frames %.1fs",
                 conn_id,
@@ -689,6 +722,7 @@ def create_app(config: BridgeConfig | None = None) -> FastAPI:
     app.state.bridge = bridge
     app.add_api_route("/ping", bridge.ping, methods=["GET", "POST"])
     app.add_api_route("/v1/models", bridge.models, methods=["GET"])
+    app.add_api_route("/metrics", bridge.metrics, methods=["GET"])
     for path in STREAM_PATHS:
         app.add_api_websocket_route(path, bridge.handle)
     # Any other path still gets an accepted socket and a close that says what to use.

@@ -56,6 +56,7 @@ from container.bridge import (
     upstream_close_for,
     uvicorn_config,
 )
+from tests.support_metrics import value
 
 WAIT = 10.0
 """Upper bound for any single wait in these tests (a hang fails instead of blocking CI)."""
@@ -753,3 +754,25 @@ def test_error_frames_are_protocol_events() -> None:
     frame = error_frame(ErrorCode.UPSTREAM_UNAVAILABLE, "x")
     assert json.loads(frame)["type"] == "error"
     assert parse_server_event(frame) == ErrorEvent("x", "upstream_unavailable")
+
+
+async def test_metrics_count_streams_refusals_and_bytes(
+    make_bridge: BridgeFactory, upstream: StandInUpstream
+) -> None:
+    """``/metrics``: one relayed stream, closed by its client, and one refused at the limit."""
+    fresh = make_bridge(upstream_url=upstream.url, max_connections=1)
+    held = await open_stream(fresh.ws_url())
+    assert isinstance(await next_event(held), SessionCreated)
+    refused = await open_stream(fresh.ws_url())
+    assert (await next_event(refused)).code == "server_busy"
+    await closed_with(refused)
+    append = serialize(InputAudioBufferAppend(pcm(0.25)))
+    await held.send(append)
+    await held.close(1000)
+    await wait_until(lambda: fresh.active == 0)
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(fresh.http_url("/metrics"))).text
+    assert value(text, "live_captions_bridge_streams_active") == 0
+    assert value(text, "live_captions_bridge_refused_total") == 1
+    assert value(text, "live_captions_bridge_streams_total", closed_by="client") == 1
+    assert value(text, "live_captions_bridge_bytes_total", direction="in") == len(append)

@@ -30,8 +30,10 @@ from components.core.protocol import (
     SessionUpdate,
     serialize,
 )
-from components.server.app import ServerSettings, ServerState, create_app
+from components.server.app import create_app
 from components.server.limits import AudioQueue, SessionSlots
+from components.server.state import ServerSettings, ServerState
+from tests.support_metrics import value
 from tests.support_server import BackgroundLoop, serve_app
 
 CHUNK = 3200  # bytes: 100 ms of PCM16 at 16 kHz
@@ -498,3 +500,36 @@ async def test_audio_queue_is_bounded_and_wakes_its_waiters() -> None:
     closed.close()  # an abandoned queue releases everyone waiting on it
     await asyncio.wait_for(blocked, 1)
     assert await closed.get() is None
+
+
+async def test_metrics_count_sessions_audio_errors_and_first_captions(
+    bg: BackgroundLoop, engine: Any, pcm: dict[str, bytes]
+) -> None:
+    """``/metrics`` is Prometheus text, and its figures follow what happened on the wire."""
+    audio = pcm[CLEAN[0]]
+    with _server(bg, engine, max_sessions=2) as fresh:
+        events = await transcribe(fresh, audio)
+        assert deltas(events)
+        async with connect(fresh.ws) as ws:
+            assert (await recv(ws))["type"] == "session.created"
+            await ws.send("{not json")
+            assert (await recv(ws, 10))["code"] == "invalid_json"
+        assert await wait_until(lambda: fresh.state.slots.active == 0)
+        async with httpx.AsyncClient() as http:
+            reply = await http.get(f"{fresh.url}/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    text = reply.text
+    assert value(text, "live_captions_sessions_total") == 2
+    assert value(text, "live_captions_sessions_active") == 0
+    assert value(text, "vllm:num_requests_running") == 0
+    assert value(text, "live_captions_errors_total", code="invalid_json") == 1
+    assert value(text, "live_captions_audio_seconds_total") == pytest.approx(len(audio) / 32_000)
+    assert value(text, "vllm:time_to_first_token_seconds_count") == 1
+    assert value(text, "live_captions_engine_streams") == 0
+
+
+async def test_metrics_need_the_api_key_when_one_is_set(auth_server: Server) -> None:
+    async with httpx.AsyncClient(base_url=auth_server.url) as http:
+        assert (await http.get("/metrics")).status_code == 401
+        good = {"Authorization": "Bearer s3cret-key"}
+        assert (await http.get("/metrics", headers=good)).status_code == 200

@@ -23,6 +23,7 @@ import soxr
 from components.core.audio import float_to_pcm16, load_file
 from components.core.errors import BackendError
 from components.core.evaluation import Clip, wer
+from components.core.metrics import render
 from components.core.protocol import NO_OPTIONS
 from components.page.manager import SessionManager
 from components.page.session import CaptionSession, SessionState
@@ -33,6 +34,7 @@ from components.page.settings import (
     Settings,
     validate_choice,
 )
+from tests.support_metrics import value
 from tests.support_relay import TcpRelay
 from tests.support_server import free_port, running_server
 
@@ -83,9 +85,9 @@ class TappedManager(SessionManager):
         super().__init__(settings)
         self.sent: dict[str, list[bytes]] = {}
 
-    async def _build_backend(self, choice: BackendChoice, session: CaptionSession) -> Any:
-        backend = await super()._build_backend(choice, session)
-        return _TapBackend(backend, self.sent.setdefault(session.id, []))
+    async def acquire_backend(self, choice: BackendChoice, session_id: str) -> Any:
+        backend = await super().acquire_backend(choice, session_id)
+        return _TapBackend(backend, self.sent.setdefault(session_id, []))
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -150,6 +152,13 @@ async def test_browser_audio_reaches_the_engine_exactly(
     assert wer(reference, view.text) <= 0.3, view.text
     assert view.exports is not None
     assert view.exports["txt"].read_text(encoding="utf-8").strip() == view.text
+
+    # The page's /metrics counted the session once it ended, with its figures.
+    text = render(manager.metrics.registry).decode()
+    assert (value(text, "live_captions_sessions_total", state="done") or 0) >= 1
+    assert (value(text, "live_captions_first_caption_seconds_count") or 0) >= 1
+    assert (value(text, "live_captions_audio_seconds_total") or 0) >= expected / 16_000
+    assert value(text, "live_captions_engine_streams") is not None
 
 
 async def test_stop_flushes_the_last_words(manager: TappedManager, clips: dict[str, Clip]) -> None:

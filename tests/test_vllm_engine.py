@@ -25,7 +25,7 @@ from components.core.evaluation import Clip
 from components.core.protocol import ErrorCode, TranscriptionDelta, TranscriptionDone
 from components.engines import registry
 from components.engines.base import EngineError, EngineUnavailable
-from components.engines.vllm.engine import engine as vllm_engine
+from components.engines.vllm import engine as vllm_engine
 from components.engines.vllm.voxtral import (
     VOXTRAL_REALTIME_AUDIO,
     Frame,

@@ -19,7 +19,7 @@ import soundfile as sf
 from components.core.evaluation import Clip, wer
 from components.core.protocol import TranscriptionDelta, TranscriptionDone
 from components.engines.base import EngineUnavailable
-from components.engines.vllm.engine import engine as vllm_engine
+from components.engines.vllm import engine as vllm_engine
 from components.engines.vllm.voxtral import VOXTRAL_REALTIME_AUDIO, StreamSpec, VoxtralFramer
 
 CLEAN_CLIPS = ("librispeech-1089-134686-0000", "librispeech-1089-134691-0000")

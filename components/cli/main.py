@@ -514,7 +514,8 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from components.engines.registry import create_engine
-    from components.server.app import ServerSettings, serve
+    from components.server.app import serve
+    from components.server.state import ServerSettings
 
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -25,9 +25,7 @@ def create_engine(kind: str = "auto") -> tuple[Engine, str]:
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}")
     if kind in ("auto", "vllm"):
-        from components.engines.vllm.engine import (
-            engine as vllm_engine,  # light: imports vLLM lazily
-        )
+        from components.engines.vllm import engine as vllm_engine  # imports vLLM lazily
 
         try:
             engine = vllm_engine.VllmEngine.from_env()

@@ -168,6 +168,11 @@ class Scheduler:
     def active(self) -> int:
         return len(self._slots)
 
+    @property
+    def pending_seconds(self) -> float:
+        """Audio waiting for a round, over all streams (the engine's queue depth)."""
+        return sum(s.pending_seconds for s in self._slots.values())
+
     # ------------------------------------------------------------------ slots
 
     def open(self, slot_id: str, state: Any, *, partials: bool) -> Slot:

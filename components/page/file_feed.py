@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from components.core.protocol import SAMPLE_RATE
 
-if TYPE_CHECKING:
-    from components.page.session import CaptionSession
-
 log = logging.getLogger(__name__)
 
 FILE_CHUNK_SECONDS = 0.1
 """Chunk length when an uploaded recording is streamed as if live."""
+
+
+class FedSession(Protocol):
+    """What a file feeds: a caption session, seen as a microphone would see it."""
+
+    id: str
+
+    def feed(self, rate: int, chunk: np.ndarray) -> bool:
+        """Take the next chunk; False once the session takes no more audio."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def fail(self, message: str) -> None: ...
 
 
 def read_audio_file(path: str) -> tuple[int, np.ndarray]:
@@ -37,17 +48,13 @@ def read_audio_file(path: str) -> tuple[int, np.ndarray]:
     return SAMPLE_RATE, load_file(path)
 
 
-async def feed_file(session: CaptionSession, path: str) -> None:
+async def feed_file(session: FedSession, path: str) -> None:
     loop = asyncio.get_running_loop()
     try:
         rate, data = await asyncio.to_thread(read_audio_file, path)
     except Exception as exc:
         log.warning("session %s: cannot read %s: %s", session.id, path, exc)
-        with session._lock:
-            session._fail_locked(
-                "The file could not be read as audio. Try a WAV, FLAC, OGG or MP3 file."
-            )
-        session._wake_threadsafe()
+        session.fail("The file could not be read as audio. Try a WAV, FLAC, OGG or MP3 file.")
         return
     step = max(1, int(rate * FILE_CHUNK_SECONDS))
     start_time = loop.time()

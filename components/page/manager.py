@@ -19,6 +19,7 @@ from typing import Any
 from components.backends.base import Backend
 from components.core.errors import BackendError, BackendUnavailable, Busy
 from components.page.file_feed import feed_file
+from components.page.metrics import PageMetrics
 from components.page.session import FINISHED, CaptionSession
 from components.page.settings import (
     BackendChoice,
@@ -66,6 +67,21 @@ class SessionManager:
         self._sagemaker: dict[str, Any] = {}  # used on the loop only
         self.export_dir = Path(tempfile.mkdtemp(prefix="live-captions-"))
         self._closed = False
+        self.metrics = PageMetrics()
+        self.metrics.watch(self._live_counts)
+
+    def _live_counts(self) -> dict[str, float]:
+        with self._lock:
+            counts: dict[str, float] = {
+                "sessions_active": len(self._active),
+                "local_sessions_active": self._local_active,
+            }
+        future = self._engine_future
+        if future is not None and future.done() and future.exception() is None:
+            engine_counts = getattr(future.result()[0], "counts", None)
+            if callable(engine_counts):
+                counts.update({f"engine_{k}": v for k, v in engine_counts().items()})
+        return counts
 
     # ------------------------------------------------------------------ engine
 
@@ -125,7 +141,7 @@ class SessionManager:
             return "Local engine (unavailable)"
         return f"{getattr(future.result()[0], 'name', 'Local engine')}, in-process"
 
-    async def _build_backend(self, choice: BackendChoice, session: CaptionSession) -> Backend:
+    async def acquire_backend(self, choice: BackendChoice, session_id: str) -> Backend:
         kind = BackendKind(str(choice.kind))
         if kind is BackendKind.LOCAL:
             try:
@@ -170,7 +186,7 @@ class SessionManager:
         except ValueError as exc:
             raise InvalidChoice(f"{exc}.") from None
 
-    def _backend_released(self, choice: BackendChoice) -> None:
+    def release_backend(self, choice: BackendChoice) -> None:
         if str(choice.kind) == BackendKind.LOCAL:
             with self._lock:
                 self._local_active = max(0, self._local_active - 1)
@@ -203,9 +219,7 @@ class SessionManager:
                     f"All {self.settings.max_sessions} caption sessions of this page are in use. "
                     "Try again in a minute."
                 )
-            session = CaptionSession(self, owner, choice, key=key, source=source)
-            if error is not None:
-                session._error = error
+            session = CaptionSession(self, owner, choice, key=key, source=source, refused=error)
             slot.current = session
             self._sessions[session.id] = session
             self._active.add(session.id)
@@ -218,8 +232,10 @@ class SessionManager:
     def stream_file(self, owner: str, choice: BackendChoice, path: str) -> CaptionSession:
         """Start a session fed from an audio file at real-time pace, as if it were a microphone."""
         session = self.start(owner, choice, source="file")
-        if session._error is None:
-            session._feeder = asyncio.run_coroutine_threadsafe(feed_file(session, path), self.loop)
+        if session.error is None:
+            session.attach_feeder(
+                asyncio.run_coroutine_threadsafe(feed_file(session, path), self.loop)
+            )
         return session
 
     def current(self, owner: str) -> CaptionSession | None:
@@ -265,9 +281,12 @@ class SessionManager:
         with self._lock:
             return len(self._active)
 
-    def _session_ended(self, session: CaptionSession) -> None:
+    def session_ended(self, session_id: str) -> None:
         with self._lock:
-            self._active.discard(session.id)
+            self._active.discard(session_id)
+            session = self._sessions.get(session_id)
+        if session is not None:
+            self.metrics.session_ended(session.view())
 
     def _prune_locked(self, owner: str, keep: set[str]) -> None:
         """Forget an owner's older finished sessions, and anyone's finished an hour ago (a tab
@@ -294,7 +313,7 @@ class SessionManager:
             s.cancel()
 
         async def _close() -> None:
-            tasks = [s._task for s in sessions if s._task is not None and not s._task.done()]
+            tasks = [t for s in sessions if (t := s.task) is not None and not t.done()]
             if tasks:
                 await asyncio.wait(tasks, timeout=timeout / 2)
             for backend in self._sagemaker.values():

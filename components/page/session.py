@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -46,10 +46,7 @@ from components.core.protocol import (
     TranscriptionPartial,
 )
 from components.core.transcript import Transcript, write_exports
-from components.page.settings import BackendChoice, BackendKind, InvalidChoice
-
-if TYPE_CHECKING:
-    from components.page.manager import SessionManager
+from components.page.settings import BackendChoice, BackendKind, InvalidChoice, Settings
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +185,31 @@ def server_error_message(event: ErrorEvent) -> str:
     return f"The caption server reported an error: {detail}" + (f" ({code})." if code else ".")
 
 
+class SessionHost(Protocol):
+    """What a session needs from whatever hosts it (the page's :class:`SessionManager`): its
+    event loop and settings, where finished transcripts go, and backends to stream to."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def export_dir(self) -> Path: ...
+
+    async def acquire_backend(self, choice: BackendChoice, session_id: str) -> Backend:
+        """A backend for session ``session_id``'s ``choice``; raises :class:`BackendError`
+        with a sentence if there is none."""
+        ...
+
+    def release_backend(self, choice: BackendChoice) -> None:
+        """The session is done with the backend :meth:`acquire_backend` gave it."""
+
+    def session_ended(self, session_id: str) -> None:
+        """The session has finished (its files, if any, are written)."""
+
+
 class CaptionSession:
     """One recording, from the first chunk to the final transcript.
 
@@ -197,21 +219,22 @@ class CaptionSession:
 
     def __init__(
         self,
-        manager: SessionManager,
+        host: SessionHost,
         owner: str,
         choice: BackendChoice,
         *,
         key: str | None = None,
         source: str = "microphone",
+        refused: str | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.owner = owner
         self.key = key
         self.source = source
         self.choice = choice
-        self._manager = manager
-        self._loop = manager.loop
-        self._settings = manager.settings
+        self._host = host
+        self._loop = host.loop
+        self._settings = host.settings
         self._lock = threading.Lock()
         self._changes = _Changes()
         self._resampler = StreamResampler()
@@ -227,7 +250,8 @@ class CaptionSession:
         self._accepting = True
         self._stop_requested = False
         self._stop_at = 0.0
-        self._error: str | None = None
+        self._error: str | None = refused
+        """Why the session failed (or was refused before it started), None while it has not."""
         self._notice: str | None = None
         self._backend_label = _choice_label(choice)
         self._exports: dict[str, Path] | None = None
@@ -400,6 +424,27 @@ class CaptionSession:
         if self._feeder is not None:
             self._feeder.cancel()
 
+    @property
+    def error(self) -> str | None:
+        """Why the session failed or was refused, None if it has not."""
+        with self._lock:
+            return self._error
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The session's task on the host's loop (None before it is scheduled)."""
+        return self._task
+
+    def fail(self, message: str) -> None:
+        """End the session with ``message`` for the page (from any thread)."""
+        with self._lock:
+            self._fail_locked(message)
+        self._wake_threadsafe()
+
+    def attach_feeder(self, feeder: concurrent.futures.Future[None]) -> None:
+        """The task feeding this session from a file: cancelled when the session is."""
+        self._feeder = feeder
+
     def start(self) -> None:
         """Schedule :meth:`_run` on the manager's loop (called once, by the manager).
 
@@ -424,7 +469,7 @@ class CaptionSession:
         try:
             if self._error is not None:
                 raise InvalidChoice(self._error)
-            backend = await self._manager._build_backend(self.choice, self)
+            backend = await self._host.acquire_backend(self.choice, self.id)
             backend_held = True
             with self._lock:
                 self._backend_label = backend.name
@@ -450,13 +495,13 @@ class CaptionSession:
                 self._pending_samples = 0
                 self._transcript.set_partial("")
             if backend_held:
-                self._manager._backend_released(self.choice)
+                self._host.release_backend(self.choice)
             if final is not SessionState.CANCELLED:
                 await self._write_exports()
             with self._lock:  # finished only now, so a finished view always has its files
                 self._state = final
                 self.ended = time.monotonic()
-            self._manager._session_ended(self)
+            self._host.session_ended(self.id)
             self._bump()
 
     def _failed(self, message: str) -> None:
@@ -470,7 +515,7 @@ class CaptionSession:
             if not self._transcript.text:
                 return
             snapshot = self._transcript
-        directory = self._manager.export_dir / self.id
+        directory = self._host.export_dir / self.id
         stem = "captions-" + time.strftime("%Y%m%d-%H%M%S")
         try:
             paths = await asyncio.to_thread(write_exports, snapshot, directory, stem)

@@ -33,6 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from components.core.audio import pcm16_seconds
 from components.core.protocol import (
     NO_OPTIONS,
+    SAMPLE_RATE,
     ErrorCode,
     ErrorEvent,
     InputAudioBufferAppend,
@@ -54,7 +55,7 @@ from components.engines.base import Engine, EngineError, check_engine_options
 from components.server.limits import AudioQueue
 
 if TYPE_CHECKING:
-    from components.server.app import ServerState
+    from components.server.state import ServerState
 
 logger = logging.getLogger("components.server.app")
 
@@ -349,6 +350,7 @@ class RealtimeSession:
                 self._touch()
         self._queue.put_nowait(audio)
         self.audio_bytes += len(audio)
+        self.state.metrics.audio_seconds.inc(len(audio) / (2 * SAMPLE_RATE))  # PCM16
         return None
 
     def _commit(self, final: bool) -> None:
@@ -401,6 +403,7 @@ class RealtimeSession:
         self, queue: AudioQueue, partials: bool, options: SessionOptions
     ) -> None:
         parts: list[str] = []
+        started = time.monotonic()
         done: TranscriptionDone | None = None
         events: AsyncIterator[TranscriptEvent | ErrorEvent] | None = None
         try:
@@ -408,6 +411,8 @@ class RealtimeSession:
             async for event in events:
                 match event:
                     case TranscriptionDelta(delta=delta):
+                        if not parts:
+                            self.state.metrics.first_caption.observe(time.monotonic() - started)
                         parts.append(delta)
                         await self._send(event)
                     case TranscriptionPartial():
@@ -456,6 +461,8 @@ class RealtimeSession:
     # ------------------------------------------------------------------ sending
 
     async def _send(self, event: ServerEvent) -> None:
+        if isinstance(event, ErrorEvent):
+            self.state.metrics.errors.labels(code=event.code or "error").inc()
         frame = serialize(event)
         async with self._send_lock:
             try:

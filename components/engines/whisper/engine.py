@@ -708,6 +708,16 @@ class WhisperEngine:
         """Streams the scheduler holds now (0 when every session has let go)."""
         return self.scheduler.active
 
+    def counts(self) -> dict[str, float]:
+        """Live figures for ``/metrics``: streams, rounds, decodes per batch, audio waiting."""
+        return {
+            "streams": self.scheduler.active,
+            "rounds": self.scheduler.rounds,
+            "decodes": self.decoder.items,
+            "batches": self.decoder.calls,
+            "queued_audio_seconds": round(self.scheduler.pending_seconds, 3),
+        }
+
     @classmethod
     def from_env(cls) -> WhisperEngine:
         """Build from ``WHISPER_*`` environment variables (see README, section Engine)."""
