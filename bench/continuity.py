@@ -68,7 +68,8 @@ async def _caption(
     url: str, audio: Any, *, pace: float, policy: Any, relay: Any, cut_every: float | None
 ) -> tuple[Any, Any, list[float]]:
     from components.backends.websocket import RealtimeWSBackend
-    from components.continuity.chain import ContinuousStream, StreamNotice
+    from components.continuity.chain import ContinuousStream
+    from components.continuity.policy import StreamNotice
 
     seams: list[float] = []
     sent = [0.0]
@@ -95,7 +96,7 @@ async def _caption(
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     import uvicorn
 
-    from components.continuity.chain import ContinuityPolicy
+    from components.continuity.policy import ContinuityPolicy
     from components.engines.whisper.engine import WhisperEngine
     from components.server.app import create_app
     from components.server.state import ServerSettings

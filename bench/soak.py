@@ -231,7 +231,8 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
         finally:
             await engine.aclose()
     elif args.path == "sagemaker":
-        from components.continuity.chain import ContinuityPolicy, ContinuousStream
+        from components.continuity.chain import ContinuousStream
+        from components.continuity.policy import ContinuityPolicy
         from tests.support_sagemaker import running_container, running_front
 
         front_args = ("--max-stream-seconds", str(args.front_stream_seconds))
@@ -257,7 +258,8 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
                     await backend.aclose()
     else:
         from components.backends.websocket import RealtimeWSBackend
-        from components.continuity.chain import ContinuityPolicy, ContinuousStream
+        from components.continuity.chain import ContinuousStream
+        from components.continuity.policy import ContinuityPolicy
 
         with running_server("--engine", "whisper") as url:
             policy = ContinuityPolicy(max_stream_seconds=args.stream_seconds)

@@ -26,15 +26,10 @@ import pytest
 
 from components.backends.base import Backend
 from components.backends.websocket import RealtimeWSBackend
-from components.continuity.chain import (
-    ContinuityPolicy,
-    ContinuityStats,
-    ContinuousStream,
-    ReplayBuffer,
-    StreamNotice,
-    _Seam,
-    overlap_words,
-)
+from components.continuity.chain import ContinuousStream
+from components.continuity.policy import ContinuityPolicy, ContinuityStats, StreamNotice
+from components.continuity.replay import ReplayBuffer
+from components.continuity.seams import Seam, overlap_words
 from components.core.audio import float_to_pcm16, load_file
 from components.core.errors import BackendError
 from components.core.evaluation import Clip, load_clips, normalize, wer
@@ -372,7 +367,7 @@ def test_a_slow_replay_keeps_its_seam_open_until_it_passes_the_tail() -> None:
         "after early nightfall the yellow lamps would light up here and there "
         "the squalid quarter of"
     ).split()
-    seam = _Seam(replay_from=0, tail=tail)
+    seam = Seam(replay_from=0, tail=tail)
     seam.held = "wait no longer for a full hour he had paced up and down waiting but he "
     seam.held += "could wait no longer after early nightfall"
     assert seam.take(complete=True, expired=True) is None and not seam.resolved

@@ -19,7 +19,7 @@ import pytest
 
 from components.backends.local import LocalBackend
 from components.backends.websocket import RealtimeWSBackend
-from components.continuity.chain import ContinuityPolicy
+from components.continuity.policy import ContinuityPolicy
 from components.core.audio import float_to_pcm16
 from components.core.evaluation import Conversation, errors, load_conversations
 from components.core.protocol import SAMPLE_RATE, TranscriptionDone

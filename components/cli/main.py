@@ -23,7 +23,8 @@ from typing import TextIO
 import numpy as np
 
 from components.backends.base import Backend
-from components.continuity.chain import ContinuityPolicy, ContinuousStream, StreamNotice
+from components.continuity.chain import ContinuousStream
+from components.continuity.policy import ContinuityPolicy, StreamNotice
 from components.core.errors import BackendError
 from components.core.protocol import (
     MAX_PROMPT_CHARS,

@@ -25,16 +25,20 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import numpy as np
+from typing import Any
 
 from components.backends.base import Backend, RealtimeStream
+from components.continuity.policy import (
+    ContinuityPolicy,
+    ContinuityStats,
+    HandoverTimer,
+    StreamNotice,
+)
+from components.continuity.replay import ReplayBuffer, replay_start
+from components.continuity.seams import Seam, words_of
 from components.core.errors import BackendError, Busy, ConnectionLost, RemoteError, StreamExpired
 from components.core.protocol import (
     NO_OPTIONS,
@@ -73,261 +77,6 @@ _ENDING_CODES = {
 """Error events after which a stream ends: the chain continues on a new leg instead."""
 
 
-@dataclass(frozen=True, slots=True)
-class ContinuityPolicy:
-    """When to hand over, what to replay, how to reconnect (all times in seconds)."""
-
-    max_stream_seconds: float | None = None
-    """The longest leg; None takes the backend's and its server's own limits."""
-    handover_window: float = 60.0
-    """How long before a leg's limit a pause is sought to end it (at most 35 % of the limit)."""
-    handover_margin: float = 10.0
-    """How long before the limit a leg is ended even mid-speech (at most 15 % of the limit),
-    leaving it time to deliver its last text."""
-    min_pause: float = 0.3
-    """Quiet this long counts as a pause to hand over in."""
-    pause_rms: float = 0.01
-    """Frame loudness (about -40 dBFS) below which audio is quiet."""
-    replay_seconds: float = 120.0
-    """Audio kept for resending after a loss: the bound on what can be recovered."""
-    replay_margin: float = 15.0
-    """Audio resent from before the point the lost leg's text had reached when its last
-    delta arrived (text is confirmed a few seconds behind the audio)."""
-    max_failures: int = 5
-    """Failed attempts in a row (opens that fail, legs that die young) before giving up."""
-    backoff_base: float = 0.5
-    backoff_cap: float = 10.0
-    good_stream_seconds: float = 30.0
-    """A leg that ran this long resets the failure count."""
-    replay_speed: float = 4.0
-    """Replayed audio goes out at this multiple of real time (0: at once). A streaming engine
-    decodes audio as it arrives; a long burst decoded as one window is less accurate (a small
-    Whisper model may skip its first sentence)."""
-    seam_hold_seconds: float = 6.0
-    """Longest a replaying leg's text is held back while its overlap is being found."""
-
-    def handover_points(self, limit: float) -> tuple[float, float]:
-        """(start seeking a pause, end regardless), as leg ages, for a leg limited to ``limit``."""
-        window = min(self.handover_window, 0.35 * limit)
-        margin = min(self.handover_margin, 0.15 * limit)
-        return limit - window, limit - margin
-
-
-@dataclass(frozen=True, slots=True)
-class StreamNotice:
-    """Something the user of a continuous stream may want to show."""
-
-    kind: Literal["handover", "reconnecting", "reconnected", "audio_lost"]
-    message: str
-    lost_seconds: float = 0.0
-
-
-@dataclass(slots=True)
-class ContinuityStats:
-    legs: int = 0
-    handovers: int = 0
-    """Planned: a leg ended before its limit."""
-    reconnects: int = 0
-    """Unplanned: a leg broke and another took over its audio."""
-    replayed_samples: int = 0
-    lost_samples: int = 0
-    """Audio that could not be resent (older than the replay buffer)."""
-    dropped_words: int = 0
-    """Words a replaying leg repeated at its seam (dropped)."""
-
-
-# --------------------------------------------------------------------------- seams
-
-_WORD = re.compile(r"\S+")
-
-
-def _norm(word: str) -> str:
-    return "".join(ch for ch in word.lower() if ch.isalnum())
-
-
-def _words(text: str) -> list[tuple[str, int]]:
-    """Normalised words of ``text`` with the offset just after each (punctuation alone skipped)."""
-    out = []
-    for m in _WORD.finditer(text):
-        norm = _norm(m.group())
-        if norm:
-            out.append((norm, m.end()))
-    return out
-
-
-FREE_SKIP = 8
-"""Tail words a replay may leave out at no cost: a delta's words are stamped with the audio
-sent when it arrived, so the first of them can lie before the point the replay starts at."""
-
-
-def _seam_alignments(tail: list[str], new: list[str]) -> list[tuple[int, int, int]]:
-    """For every length k of ``new``'s beginning: (edits, matches, matched words in a row at
-    its end) of its best alignment with an end of ``tail``.
-
-    One edit-distance table gives every k at once: row i aligns ``tail[:i]``, and the first
-    column lets the alignment start later in ``tail``: free for the first ``FREE_SKIP``
-    words (their audio may lie before the replay), one edit each after that (the replay
-    repeats the rest of the tail; a match far down the tail is a phrase the tail itself
-    said twice).
-    """
-    n = len(tail)
-    # cell: (edits, -matches, matched words in a row ending here)
-    prev: list[tuple[int, int, int]] = [(max(0, i - FREE_SKIP), 0, 0) for i in range(n + 1)]
-    out = []
-    for j in range(1, len(new) + 1):
-        cur: list[tuple[int, int, int]] = [(j, 0, 0)]
-        for i in range(1, n + 1):
-            same = tail[i - 1] == new[j - 1]
-            diag = prev[i - 1]
-            options = (
-                (
-                    diag[0] + (0 if same else 1),
-                    diag[1] - (1 if same else 0),
-                    diag[2] + 1 if same else 0,
-                ),
-                (cur[i - 1][0] + 1, cur[i - 1][1], 0),  # a tail word the new leg lacks
-                (prev[i][0] + 1, prev[i][1], 0),  # a new word the tail lacks
-            )
-            cur.append(min(options, key=lambda c: (c[0], c[1], -c[2])))
-        edits, negative, run = cur[n]
-        out.append((edits, -negative, run))
-        prev = cur
-    return out
-
-
-def _reach(tail: list[str], new: list[str]) -> tuple[int, int]:
-    """Where in ``tail`` all of ``new`` best aligns with a stretch of it (free start, free
-    end): (the tail index after the stretch, matched words)."""
-    n = len(tail)
-    prev: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (edits, -matches)
-    for j in range(1, len(new) + 1):
-        cur: list[tuple[int, int]] = [(j, 0)]
-        for i in range(1, n + 1):
-            same = tail[i - 1] == new[j - 1]
-            diag = prev[i - 1]
-            cur.append(
-                min(
-                    (diag[0] + (0 if same else 1), diag[1] - (1 if same else 0)),
-                    (cur[i - 1][0] + 1, cur[i - 1][1]),
-                    (prev[i][0] + 1, prev[i][1]),
-                )
-            )
-        prev = cur
-    best = min(range(n + 1), key=lambda i: (prev[i][0], prev[i][1], -i))
-    return best, -prev[best][1]
-
-
-def overlap_words(tail: list[str], new: list[str], *, complete: bool) -> int | None:
-    """How many of ``new``'s first words repeat the end of ``tail`` (normalised words).
-
-    ``tail`` is the transcript's end that the replayed audio may contain again; ``new`` what
-    the replaying leg has said so far. None means: not decidable yet, wait for more words
-    (unless ``complete``: the leg has no more to say, or it has been held long enough).
-
-    The replayed audio starts inside the tail's audio, so what the new leg repeats is its
-    *first* words, and they repeat the tail's *last* ones: the overlap is the beginning of
-    ``new`` that best aligns with an end of ``tail``. Matching anywhere else would take a
-    phrase the speaker really said again after the tail (an answer, a line repeated) for
-    the repeat and drop it.
-    """
-    if not tail or not new:
-        return 0 if complete or not tail else None
-    enough = min(3, len(tail))
-    best, best_score, decided = 0, 0, False
-    for k, (edits, matches, run) in enumerate(_seam_alignments(tail, new), start=1):
-        score = matches - edits
-        if matches >= enough and score > 0 and score >= best_score:
-            best, best_score, decided = k, score, run >= enough
-    if decided:
-        return best  # the tail's last words are matched in a row: the rest is new
-    if not complete and len(new) < len(tail) + 4:
-        return None
-    return best
-
-
-@dataclass(slots=True)
-class _Seam:
-    """A replaying leg's start: its text is held until its repeat of the tail is found."""
-
-    replay_from: int
-    tail: list[str] = field(default_factory=list)
-    held: str = ""
-    held_since: float | None = None
-    resolved: bool = False
-
-    def take(self, *, complete: bool, expired: bool = False) -> str | None:
-        """The held text minus the repeated words, once that is known (else None).
-
-        ``expired``: the hold ran out while the leg goes on. If everything the new leg has
-        said so far repeats a stretch of the tail that ends before the tail does (a slow
-        engine has not caught up with the replayed audio yet), those words are dropped, the
-        tail is shortened to what is still ahead, and the seam stays open: deciding now
-        would let the rest of the tail through a second time.
-        """
-        new = [w for w, _ in _words(self.held)]
-        if expired and new:
-            reach, matches = _reach(self.tail, new)
-            if matches >= max(3, (3 * len(new) + 3) // 4) and reach < len(self.tail) - 1:
-                self.tail = self.tail[reach:]
-                self.dropped += len(new)
-                self.held, self.held_since = "", None
-                return None
-        k = overlap_words(self.tail, new, complete=complete)
-        if k is None:
-            return None
-        self.resolved = True
-        words = _words(self.held)
-        cut = words[k - 1][1] if k else 0
-        rest = self.held[cut:]
-        self.dropped += k
-        self.held = ""
-        return rest
-
-    dropped: int = 0
-
-
-# --------------------------------------------------------------------------- replay buffer
-
-
-class ReplayBuffer:
-    """The last ``max_samples`` of audio sent, addressed by session sample offset."""
-
-    def __init__(self, max_samples: int) -> None:
-        self._max = max_samples
-        self._chunks: deque[tuple[int, bytes]] = deque()
-        self._samples = 0
-        self.end = 0
-
-    @property
-    def start(self) -> int:
-        return self._chunks[0][0] if self._chunks else self.end
-
-    def append(self, pcm16: bytes) -> int:
-        """Keep ``pcm16``; return its offset."""
-        offset = self.end
-        n = len(pcm16) // 2
-        if n:
-            self._chunks.append((offset, pcm16))
-            self._samples += n
-            self.end += n
-        while self._chunks and self._samples - len(self._chunks[0][1]) // 2 >= self._max:
-            _, old = self._chunks.popleft()
-            self._samples -= len(old) // 2
-        return offset
-
-    def read(self, start: int, end: int | None = None) -> tuple[int, bytes]:
-        """The audio from ``start`` (or the oldest kept, if later) to ``end``; its real start."""
-        end = self.end if end is None else end
-        begin = max(start, self.start)
-        parts = []
-        for offset, pcm in self._chunks:
-            n = len(pcm) // 2
-            lo, hi = max(begin, offset), min(end, offset + n)
-            if lo < hi:
-                parts.append(pcm[(lo - offset) * 2 : (hi - offset) * 2])
-        return begin, b"".join(parts)
-
-
 # --------------------------------------------------------------------------- legs
 
 
@@ -337,8 +86,10 @@ class _Leg:
     stream: RealtimeStream
     start: int
     """Session offset (samples) of its first sample."""
-    seam: _Seam | None = None
-    opened: float = field(default_factory=time.monotonic)
+    opened: float
+    """When it was opened (the chain's clock)."""
+    timer: HandoverTimer
+    seam: Seam | None = None
     sent: int = 0
     end: int | None = None
     """Offset after its last sample, once it takes no more (final commit sent)."""
@@ -355,23 +106,10 @@ class _Leg:
     )
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
-    quiet: float = 0.0
 
-    @property
-    def age(self) -> float:
+    def age(self, now: float) -> float:
         """How far it is toward its limit: wall time, or audio time when sent faster."""
-        return max(time.monotonic() - self.opened, self.sent / SAMPLE_RATE)
-
-
-def _voice_frames(pcm16: bytes, threshold: float) -> np.ndarray:
-    """Per 20 ms frame: whether it is louder than ``threshold``."""
-    samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
-    frame = SAMPLE_RATE // 50
-    n = len(samples) // frame
-    if n == 0:
-        return np.zeros(0, dtype=bool)
-    frames = samples[: n * frame].reshape(n, frame)
-    return np.sqrt(np.mean(frames * frames, axis=1)) > threshold
+        return max(now - self.opened, self.sent / SAMPLE_RATE)
 
 
 class ContinuousStream:
@@ -392,8 +130,10 @@ class ContinuousStream:
         policy: ContinuityPolicy | None = None,
         on_notice: Callable[[StreamNotice], None] | None = None,
         label: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
+        self._clock = clock
         self.partials = partials
         self.options = options
         """Every leg gets the same language and prompt."""
@@ -528,26 +268,12 @@ class ContinuousStream:
     def _handover_point(self, leg: _Leg, pcm16: bytes) -> int | None:
         """Where in ``pcm16`` the leg should end (byte offset), or None to keep it."""
         limit = self._limit(leg)
-        if limit is None:
-            return None
-        seek_at, end_at = self.policy.handover_points(limit)
-        age = leg.age
-        seconds = len(pcm16) / 2 / SAMPLE_RATE
-        if age + seconds < seek_at:
-            leg.quiet = 0.0
-            return None
-        frame_seconds = 1 / 50
-        for i, loud in enumerate(_voice_frames(pcm16, self.policy.pause_rms)):
-            leg.quiet = 0.0 if loud else leg.quiet + frame_seconds
-            at = age + (i + 1) * frame_seconds
-            if leg.quiet >= self.policy.min_pause - 1e-9 and at >= seek_at:
-                return (i + 1) * (SAMPLE_RATE // 50) * 2
-        if age + seconds >= end_at:
+        cut = leg.timer.cut(leg.age(self._clock()), limit, pcm16)
+        if cut is not None and leg.timer.forced:
             log.info(
                 "%s: no pause before leg %d's limit: ending it mid-speech", self._label, leg.number
             )
-            return len(pcm16)
-        return None
+        return cut
 
     async def _hand_over(self, old: _Leg) -> None:
         """End ``old`` here (final commit) and continue on a new leg."""
@@ -562,7 +288,7 @@ class ContinuousStream:
             self._label,
             old.number,
             old.end / SAMPLE_RATE,
-            old.age,
+            old.age(self._clock()),
         )
         stream = await self._open_leg(retiring=old, reason=None)
         self._add_leg(stream, start=self._buffer.end, after=old)
@@ -572,7 +298,7 @@ class ContinuousStream:
         """Open a leg for ``lost``'s unfinished audio: replay it, then continue live (or finish
         it, when ``lost`` had already ended)."""
         lost.taken_over = True
-        lived = time.monotonic() - lost.opened
+        lived = self._clock() - lost.opened
         if lived >= self.policy.good_stream_seconds:
             self._failures = 0
         reason = lost.failure or ConnectionLost("The stream ended early.")
@@ -584,14 +310,19 @@ class ContinuousStream:
         log.warning("%s: leg %d lost after %.1f s: %s", self._label, lost.number, lived, reason)
         end = lost.end
         while True:
-            replay_from = self._coverage(lost)
+            replay_from = replay_start(
+                lost.start,
+                lost.last_delta,
+                seam_open=lost.seam is not None and not lost.seam.resolved,
+                margin_samples=int(self.policy.replay_margin * SAMPLE_RATE),
+            )
             if not expired:
                 self._notify("reconnecting", "Connection lost; reconnecting…")
             stream = await self._open_leg(retiring=None, reason=reason)
             begin, audio = self._buffer.read(replay_from, end)
             if begin > replay_from:
                 self._lost(begin - replay_from)
-            leg = self._add_leg(stream, start=begin, after=lost, seam=_Seam(replay_from=begin))
+            leg = self._add_leg(stream, start=begin, after=lost, seam=Seam(replay_from=begin))
             if end is None:
                 self._leg = leg
             self.stats.reconnects += 0 if expired else 1
@@ -634,13 +365,6 @@ class ContinuousStream:
             await leg.stream.send_audio(piece)
             leg.sent += len(piece) // 2
 
-    def _coverage(self, leg: _Leg) -> int:
-        """Where the replay for a lost leg starts: a margin before its text's reach."""
-        if leg.last_delta is None or (leg.seam is not None and not leg.seam.resolved):
-            return leg.start
-        margin = int(self.policy.replay_margin * SAMPLE_RATE)
-        return max(leg.start, leg.last_delta - margin)
-
     async def _open_leg(self, *, retiring: _Leg | None, reason: BackendError | None) -> Any:
         """A new backend stream, retried with backoff; raises once the attempts are spent."""
         policy = self.policy
@@ -681,10 +405,17 @@ class ContinuousStream:
         return error_type(message)
 
     def _add_leg(
-        self, stream: Any, *, start: int, after: _Leg | None, seam: _Seam | None = None
+        self, stream: Any, *, start: int, after: _Leg | None, seam: Seam | None = None
     ) -> _Leg:
         self.stats.legs += 1
-        leg = _Leg(number=self.stats.legs, stream=stream, start=start, seam=seam)
+        leg = _Leg(
+            number=self.stats.legs,
+            stream=stream,
+            start=start,
+            opened=self._clock(),
+            timer=HandoverTimer(self.policy),
+            seam=seam,
+        )
         if after is not None and after in self._legs:
             self._legs.insert(self._legs.index(after) + 1, leg)
         else:  # the first leg, or one whose predecessor has been read already
@@ -823,7 +554,7 @@ class ContinuousStream:
                 if kind == "delta":
                     seam.held += text
                     if seam.held_since is None:
-                        seam.held_since = time.monotonic()
+                        seam.held_since = self._clock()
                 if kind in ("delta", "hold_expired", "end"):
                     held = seam.held
                     taken = seam.take(complete=kind != "delta", expired=kind == "hold_expired")
@@ -870,7 +601,7 @@ class ContinuousStream:
                 return ("end",)
             wait = 0.5
             if seam is not None and not seam.resolved and seam.held_since is not None:
-                left = seam.held_since + self.policy.seam_hold_seconds - time.monotonic()
+                left = seam.held_since + self.policy.seam_hold_seconds - self._clock()
                 if left <= 0:
                     return ("hold_expired",)
                 wait = min(wait, left)
@@ -886,7 +617,7 @@ class ContinuousStream:
             if mark <= replay_from:
                 start_char = end_char
                 break
-        tail = [w for w, _ in _words(self._text[start_char:])]
+        tail = [w for w, _ in words_of(self._text[start_char:])]
         return tail[-80:]
 
     def _add_usage(self, usage: Usage | None) -> None:

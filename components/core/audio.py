@@ -120,3 +120,24 @@ def load_file(path: str) -> np.ndarray:
 
     samples, _ = librosa.load(path, sr=SAMPLE_RATE, mono=True, dtype=np.float32)
     return samples
+
+
+def loud_frames(
+    audio: bytes | np.ndarray, threshold: float, frame_seconds: float = 0.02
+) -> np.ndarray:
+    """Per frame of ``frame_seconds``: whether its RMS is above ``threshold`` (full scale 1.0).
+
+    The crude voice measure used where no voice detector runs (the page's lag figure, pauses
+    for a handover): ``audio`` is PCM16 bytes or float samples at 16 kHz; a partial last
+    frame is left out.
+    """
+    if isinstance(audio, bytes | bytearray | memoryview):
+        samples = np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768.0
+    else:
+        samples = np.asarray(audio, dtype=np.float32)
+    frame = int(SAMPLE_RATE * frame_seconds)
+    n = len(samples) // frame
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    frames = samples[: n * frame].reshape(n, frame)
+    return np.sqrt(np.mean(frames * frames, axis=1)) > threshold

@@ -29,13 +29,14 @@ from typing import Protocol
 import numpy as np
 
 from components.backends.base import Backend, RealtimeStream
-from components.continuity.chain import (
-    ContinuityPolicy,
-    ContinuityStats,
-    ContinuousStream,
-    StreamNotice,
+from components.continuity.chain import ContinuousStream
+from components.continuity.policy import ContinuityPolicy, ContinuityStats, StreamNotice
+from components.core.audio import (
+    AudioFormatError,
+    StreamResampler,
+    float_to_pcm16,
+    loud_frames,
 )
-from components.core.audio import AudioFormatError, StreamResampler, float_to_pcm16
 from components.core.errors import BackendError, ConnectionLost
 from components.core.protocol import (
     SAMPLE_RATE,
@@ -693,13 +694,7 @@ class CaptionSession:
 
 def _voiced_seconds(samples: np.ndarray) -> float:
     """Seconds of 20 ms frames louder than VOICE_RMS (a crude speech detector for the lag)."""
-    frame = SAMPLE_RATE // 50
-    n = len(samples) // frame
-    if n == 0:
-        return 0.0
-    frames = samples[: n * frame].reshape(n, frame)
-    rms = np.sqrt(np.mean(frames * frames, axis=1))
-    return float(np.count_nonzero(rms > VOICE_RMS)) / 50
+    return float(np.count_nonzero(loud_frames(samples, VOICE_RMS))) * 0.02
 
 
 def _choice_label(choice: BackendChoice) -> str:
