@@ -135,6 +135,26 @@ class Slot:
         return out
 
 
+def choose(slots: list[Slot], min_step: float, max_batch: int) -> list[Slot]:
+    """The slots the next round serves (none: no round is due), oldest audio first.
+
+    A slot is due with a step of audio waiting (half a step while it only listens for
+    speech). A round that decodes also takes the slots half a step from due, so that their
+    decodes share its batch; a round of listening slots only (the voice detector's work)
+    pulls no one in early.
+    """
+    half = min_step / 2
+    ready = [s for s in slots if s.due(half if s.eager else min_step)]
+    if not ready:
+        return []
+    joining: list[Slot] = []
+    if not all(s.eager for s in ready):
+        joining = [s for s in slots if s not in ready and s.due(half)]
+    chosen = ready + joining
+    chosen.sort(key=lambda s: s.oldest if s.oldest is not None else float("-inf"))
+    return chosen[:max_batch]
+
+
 class Scheduler:
     """Runs rounds of the engine's ``run_round`` over the slots that have work, one at a time."""
 
@@ -148,8 +168,10 @@ class Scheduler:
         overload_lag: float = 4.0,
         warn_interval: float = 20.0,
         name: str = "engine",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run_round = run_round
+        self._clock = clock
         self.min_step = min_step
         self.max_batch = max_batch
         self.max_pending = int(max_pending_seconds * SAMPLE_RATE)
@@ -215,7 +237,7 @@ class Scheduler:
         if slot.closed or not len(chunk):
             return
         if slot.oldest is None:
-            slot.oldest = time.monotonic()
+            slot.oldest = self._clock()
         slot.pending.append(chunk)
         slot.pending_samples += len(chunk)
         if slot.pending_seconds >= (self.min_step / 2 if slot.eager else self.min_step):
@@ -232,17 +254,7 @@ class Scheduler:
     # ------------------------------------------------------------------ rounds
 
     def _pick(self) -> list[Slot]:
-        half = self.min_step / 2
-        ready = [s for s in self._slots.values() if s.due(half if s.eager else self.min_step)]
-        if not ready:
-            return []
-        joining: list[Slot] = []
-        if not all(s.eager for s in ready):
-            # A decoding round: streams half a step from due join it, so decodes batch.
-            joining = [s for s in self._slots.values() if s not in ready and s.due(half)]
-        chosen = ready + joining
-        chosen.sort(key=lambda s: s.oldest if s.oldest is not None else float("-inf"))
-        return chosen[: self.max_batch]
+        return choose(list(self._slots.values()), self.min_step, self.max_batch)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -257,13 +269,13 @@ class Scheduler:
             work = [s.take() for s in chosen]
             for s in chosen:
                 s.in_flight = True
-            started = time.monotonic()
+            started = self._clock()
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._safe_round, work)
             finally:
                 for s in chosen:
                     s.in_flight = False
-            now = time.monotonic()
+            now = self._clock()
             self.rounds += 1
             self.busy_seconds += now - started
             for slot, outcome, since in zip(chosen, outcomes, oldest, strict=True):
@@ -305,7 +317,7 @@ class Scheduler:
             slot.slow_rounds = 0
             return
         slot.slow_rounds += 1
-        now = time.monotonic()
+        now = self._clock()
         if slot.slow_rounds >= 2 and now - slot.last_warning >= self.warn_interval:
             slot.last_warning = now
             log.warning(
