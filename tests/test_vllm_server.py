@@ -106,7 +106,7 @@ async def test_realtime_ws_backend_discovers_the_model_and_reaches_done(
     client = RealtimeWSBackend(vllm_server.ws)
     done = check_done(await run(await client.open(), pcm))
     assert client.model == SERVED_MODEL
-    # vLLM counts the first frame's prompt only (README, "Differences from vLLM's server").
+    # vLLM counts the first frame's prompt only (docs/server.md, differences from vLLM's server).
     assert done.usage is not None and done.usage.prompt_tokens < done.usage.completion_tokens
 
 

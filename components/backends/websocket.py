@@ -38,11 +38,10 @@ from components.core.errors import (
     NotFound,
     RemoteError,
     StreamExpired,
+    event_error,
 )
 from components.core.protocol import (
     NO_OPTIONS,
-    OPTION_CODES,
-    ErrorCode,
     ErrorEvent,
     InputAudioBufferAppend,
     InputAudioBufferCommit,
@@ -64,11 +63,6 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 START_HINT = "Start it with `python -m components serve`"
-
-_ENDS_SESSION = {
-    ErrorCode.IDLE_TIMEOUT,
-    ErrorCode.AUDIO_BUFFER_FULL,
-}
 
 
 def realtime_url(url: str) -> str:
@@ -347,22 +341,19 @@ def _describe(exc: BaseException) -> str:
 
 def _error_for(url: str, event: ErrorEvent) -> BackendError | None:
     """The exception for an error event that ends the stream; None when it does not."""
-    code, message = event.code, event.error
-    if code == ErrorCode.MODEL_NOT_FOUND:
-        return NotFound(f"{message} (omit --model to use the server's first model)")
-    if code == ErrorCode.SERVER_BUSY:
-        return Busy(f"{url}: {message}")
-    if code == ErrorCode.UPSTREAM_UNAVAILABLE:
-        return BackendUnavailable(f"{url}: {message}")
-    if code == ErrorCode.SESSION_TOO_LONG:
-        return StreamExpired(f"The server closed the session: {message}")
-    if code in OPTION_CODES:
-        return InvalidOption(f"{url} refused the session options: {message}")
-    if code in _ENDS_SESSION:
-        return ConnectionLost(f"The server closed the session: {message}")
-    if code in (ErrorCode.PROCESSING_ERROR, ErrorCode.MODEL_NOT_VALIDATED):
-        return RemoteError(f"The server could not transcribe: {message}")
-    return None
+
+    def sentence(kind: type[BackendError], message: str) -> str:
+        if kind is NotFound:
+            return f"{message} (omit --model to use the server's first model)"
+        if kind is InvalidOption:
+            return f"{url} refused the session options: {message}"
+        if kind is RemoteError:
+            return f"The server could not transcribe: {message}"
+        if kind in (StreamExpired, ConnectionLost):
+            return f"The server closed the session: {message}"
+        return f"{url}: {message}"
+
+    return event_error(event.code, event.error, sentence)
 
 
 def _closed_error(url: str, exc: ConnectionClosed) -> BackendError:

@@ -5,6 +5,10 @@ Backends raise these; the page and the CLI show ``str(error)`` verbatim, never a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from components.core.protocol import OPTION_CODES, ErrorCode
+
 
 class BackendError(Exception):
     """Base class: a failure to open or keep a transcription stream."""
@@ -50,3 +54,32 @@ class RemoteError(BackendError):
 class StreamExpired(ConnectionLost):
     """The stream reached its backend's maximum duration (SageMaker's 30 minutes, a server's
     session length): a new stream continues the session."""
+
+
+def error_class(code: str) -> type[BackendError] | None:
+    """The exception a Realtime ``error`` event with ``code`` ends a stream with, or None for
+    an event after which the stream goes on (a warning, a refused event)."""
+    if code == ErrorCode.MODEL_NOT_FOUND:
+        return NotFound
+    if code == ErrorCode.SERVER_BUSY:
+        return Busy
+    if code == ErrorCode.UPSTREAM_UNAVAILABLE:
+        return BackendUnavailable
+    if code == ErrorCode.SESSION_TOO_LONG:
+        return StreamExpired
+    if code in OPTION_CODES:
+        return InvalidOption
+    if code in (ErrorCode.IDLE_TIMEOUT, ErrorCode.AUDIO_BUFFER_FULL):
+        return ConnectionLost
+    if code in (ErrorCode.PROCESSING_ERROR, ErrorCode.MODEL_NOT_VALIDATED):
+        return RemoteError
+    return None
+
+
+def event_error(
+    code: str, message: str, sentence: Callable[[type[BackendError], str], str]
+) -> BackendError | None:
+    """The exception for an ``error`` event (see :func:`error_class`), worded by the backend:
+    ``sentence(kind, message)`` says it in the terms of the far end the user knows."""
+    kind = error_class(code)
+    return None if kind is None else kind(sentence(kind, message))

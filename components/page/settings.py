@@ -57,7 +57,7 @@ def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What this deployment offers and allows; see README section "page" for the variables."""
+    """What this deployment offers and allows; docs/configuration.md lists the variables."""
 
     max_sessions: int = 8
     max_session_seconds: float = 4 * 3600.0

@@ -1,7 +1,7 @@
 """A vLLM-Realtime-compatible server over any Engine: WebSocket ``/v1/realtime`` and friends.
 
 A client written for ``vllm serve`` works against it unchanged: the same events, fields, error
-codes and order (see PROTOCOL.md), ``GET /health`` (200, empty body) and ``GET /v1/models``
+codes and order (docs/server.md), ``GET /health`` (200, empty body) and ``GET /v1/models``
 (the OpenAI list as vLLM shapes it). It adds what vLLM's server lacks: a session limit
 (``server_busy`` then close 1013), idle and session-length timeouts, a bounded audio queue
 with back-pressure, an optional bearer API key, ``invalid_frame`` for binary frames, and

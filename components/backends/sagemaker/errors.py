@@ -31,8 +31,9 @@ from components.core.errors import (
     NotFound,
     RemoteError,
     StreamExpired,
+    event_error,
 )
-from components.core.protocol import OPTION_CODES, ErrorCode, ErrorEvent
+from components.core.protocol import ErrorEvent
 
 _ERROR_ID = re.compile(r"id: [\w.]+#(\w+)")
 
@@ -217,34 +218,27 @@ def stream_error(code: str | None, reason: str | None, *, where: str) -> Backend
     return RemoteError(f"The model container behind {where} ended the stream ({detail}).")
 
 
-_ENDS_SESSION = {
-    ErrorCode.IDLE_TIMEOUT,
-    ErrorCode.AUDIO_BUFFER_FULL,
-}
-
-
 def session_error(event: ErrorEvent, *, where: str) -> BackendError | None:
     """The exception for an ``error`` event that ends the session; None for one that does not.
 
     The container's engine server speaks the Realtime protocol, so these are its error codes;
     the messages point at what can be changed on the SageMaker side.
     """
-    code, message = event.code, event.error
-    if code == ErrorCode.MODEL_NOT_FOUND:
-        return NotFound(
-            f"{message}: {where} serves another model name; set SAGEMAKER_MODEL (or --model) "
-            "to the container's served model name."
-        )
-    if code == ErrorCode.SERVER_BUSY:
-        return Busy(f"{where} is at its session limit ({message}); try again later.")
-    if code == ErrorCode.UPSTREAM_UNAVAILABLE:
-        return BackendUnavailable(f"The container behind {where} lost its engine: {message}")
-    if code == ErrorCode.SESSION_TOO_LONG:
-        return StreamExpired(f"{where} closed the session: {message}")
-    if code in OPTION_CODES:
-        return InvalidOption(f"{where} refused the session options: {message}")
-    if code in _ENDS_SESSION:
-        return ConnectionLost(f"{where} closed the session: {message}")
-    if code in (ErrorCode.PROCESSING_ERROR, ErrorCode.MODEL_NOT_VALIDATED):
-        return RemoteError(f"The engine behind {where} could not transcribe: {message}")
-    return None
+
+    def sentence(kind: type[BackendError], message: str) -> str:
+        if kind is NotFound:
+            return (
+                f"{message}: {where} serves another model name; set SAGEMAKER_MODEL (or "
+                "--model) to the container's served model name."
+            )
+        if kind is Busy:
+            return f"{where} is at its session limit ({message}); try again later."
+        if kind is BackendUnavailable:
+            return f"The container behind {where} lost its engine: {message}"
+        if kind is InvalidOption:
+            return f"{where} refused the session options: {message}"
+        if kind is RemoteError:
+            return f"The engine behind {where} could not transcribe: {message}"
+        return f"{where} closed the session: {message}"
+
+    return event_error(event.code, event.error, sentence)

