@@ -74,7 +74,7 @@ async def test_full_queue_makes_the_sender_wait_and_loses_nothing(
         chunk = float_to_pcm16(audio[i : i + 8000])
         await stream.send_audio(chunk)
         sent += len(chunk) // 2
-        assert stream._audio.samples <= 8000  # never more than the bound waits in the queue
+        assert stream.queued_samples <= 8000  # never more than the bound waits in the queue
     await stream.finish()
     events = await reader
     done = events[-1]

@@ -31,7 +31,7 @@ from components.core.protocol import (
     serialize,
 )
 from components.server.app import create_app
-from components.server.limits import AudioQueue, SessionSlots
+from components.server.limits import SessionSlots
 from components.server.state import ServerSettings, ServerState
 from tests.support_metrics import value
 from tests.support_server import BackgroundLoop, serve_app
@@ -477,29 +477,6 @@ def test_session_slots_have_a_ceiling() -> None:
     slots.release()
     with pytest.raises(RuntimeError):
         slots.release()
-
-
-async def test_audio_queue_is_bounded_and_wakes_its_waiters() -> None:
-    queue = AudioQueue(8)
-    assert queue.put_nowait(b"\x00" * 6)
-    assert not queue.put_nowait(b"\x00" * 4)  # would pass 8 bytes: refused, nothing queued
-    assert queue.queued_bytes == 6
-    waiter = asyncio.create_task(queue.wait_for_space(4))
-    await asyncio.sleep(0)
-    assert not waiter.done()
-    assert await queue.get() == b"\x00" * 6
-    await asyncio.wait_for(waiter, 1)  # taking a chunk made room
-    assert queue.put_nowait(b"\x01\x00")
-    queue.end()
-    chunks = [chunk async for chunk in queue.chunks()]
-    assert len(chunks) == 1 and chunks[0].dtype == np.float32
-    closed = AudioQueue(2)
-    closed.put_nowait(b"\x00\x00")
-    blocked = asyncio.create_task(closed.wait_for_space(2))
-    await asyncio.sleep(0)
-    closed.close()  # an abandoned queue releases everyone waiting on it
-    await asyncio.wait_for(blocked, 1)
-    assert await closed.get() is None
 
 
 async def test_metrics_count_sessions_audio_errors_and_first_captions(

@@ -13,10 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
-
-import numpy as np
 
 from components.core.audio import pcm16_to_float
 from components.core.errors import Busy, ConnectionLost, InvalidOption
@@ -29,69 +26,13 @@ from components.core.protocol import (
     SessionOptions,
     TranscriptionDone,
 )
+from components.engines.audio_queue import AudioQueue
 from components.engines.base import Engine, EngineError, check_engine_options
 
 log = logging.getLogger(__name__)
 
 EVENT_QUEUE_SIZE = 1024
 """Events buffered for a slow reader before the engine task waits for it."""
-
-
-class _AudioQueue:
-    """Float32 chunks bounded by their total number of samples, with an end-of-stream mark.
-
-    ``put`` waits while the queue is full (a single chunk larger than the bound is accepted
-    into an empty queue, so no chunk can wait forever). ``abort`` wakes every waiter for good.
-    """
-
-    def __init__(self, max_samples: int) -> None:
-        self._max = max(1, max_samples)
-        self._chunks: deque[np.ndarray] = deque()
-        self._samples = 0
-        self._eof = False
-        self._aborted = False
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-
-    @property
-    def samples(self) -> int:
-        return self._samples
-
-    async def put(self, chunk: np.ndarray) -> bool:
-        """Queue ``chunk``; False if the queue was aborted (the chunk is not queued)."""
-        while self._samples and self._samples + len(chunk) > self._max and not self._aborted:
-            self._writable.clear()
-            await self._writable.wait()
-        if self._aborted:
-            return False
-        self._chunks.append(chunk)
-        self._samples += len(chunk)
-        self._readable.set()
-        return True
-
-    def end(self) -> None:
-        self._eof = True
-        self._readable.set()
-
-    def abort(self) -> None:
-        self._aborted = True
-        self._chunks.clear()
-        self._samples = 0
-        self._readable.set()
-        self._writable.set()
-
-    async def chunks(self) -> AsyncIterator[np.ndarray]:
-        """Yield chunks in order until the end mark (or an abort)."""
-        while True:
-            while not self._chunks and not self._eof and not self._aborted:
-                self._readable.clear()
-                await self._readable.wait()
-            if self._aborted or not self._chunks:
-                return
-            chunk = self._chunks.popleft()
-            self._samples -= len(chunk)
-            self._writable.set()
-            yield chunk
 
 
 class LocalStream:
@@ -107,13 +48,18 @@ class LocalStream:
     ) -> None:
         self.id = f"local-{uuid.uuid4().hex[:12]}"
         self._engine = engine
-        self._audio = _AudioQueue(int(max_buffer_seconds * SAMPLE_RATE))
+        self._audio = AudioQueue(int(max_buffer_seconds * SAMPLE_RATE))
         self._events: asyncio.Queue[ServerEvent | None] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self._finished = False
         self._cancelled = False
         self._ended = False
         self._iterating = False
         self._task = asyncio.create_task(self._run(partials, options), name=f"engine {self.id}")
+
+    @property
+    def queued_samples(self) -> int:
+        """Audio (16 kHz samples) sent and not yet taken by the engine."""
+        return self._audio.queued
 
     async def _run(self, partials: bool, options: SessionOptions) -> None:
         """Drive the engine: forward its events, turn its failures into error events."""
@@ -155,7 +101,7 @@ class LocalStream:
             )
         finally:
             self._ended = True
-            self._audio.abort()
+            self._audio.close()
         await self._events.put(None)
 
     async def send_audio(self, pcm16: bytes) -> None:
@@ -186,7 +132,7 @@ class LocalStream:
         if self._cancelled:
             return
         self._cancelled = True
-        self._audio.abort()
+        self._audio.close()
         if not self._task.done():
             self._task.cancel()
             await asyncio.wait([self._task])

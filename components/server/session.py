@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from components.core.audio import pcm16_seconds
+from components.core.audio import pcm16_seconds, pcm16_to_float
 from components.core.protocol import (
     NO_OPTIONS,
     SAMPLE_RATE,
@@ -51,8 +51,8 @@ from components.core.protocol import (
     parse_client_event,
     serialize,
 )
+from components.engines.audio_queue import AudioQueue
 from components.engines.base import Engine, EngineError, check_engine_options
-from components.server.limits import AudioQueue
 
 if TYPE_CHECKING:
     from components.server.state import ServerState
@@ -125,11 +125,12 @@ class RealtimeSession:
         self.log = SessionLog(logger, {"session": self.id})
         self._buffer_bytes = self.settings.audio_buffer_bytes
         self._max_append = min(self.settings.max_append_bytes, self._buffer_bytes)
+        self._buffer_samples = self._buffer_bytes // 2  # PCM16
         self._send_lock = asyncio.Lock()
         self._validated = False
         self._partials = False
         self._options = NO_OPTIONS
-        self._queue = AudioQueue(self._buffer_bytes)
+        self._queue = AudioQueue(self._buffer_samples)
         self._request: asyncio.Task[None] | None = None
         self._request_queue: AudioQueue | None = None
         self._paused = False
@@ -321,7 +322,8 @@ class RealtimeSession:
         return None
 
     async def _append(self, audio: bytes) -> Ending | None:
-        while not self._queue.fits(len(audio)):
+        samples = pcm16_to_float(audio)
+        while not self._queue.fits(len(samples)):
             queue = self._queue
             if self._request is None or self._request_queue is not queue:
                 return Ending(
@@ -336,7 +338,9 @@ class RealtimeSession:
             # meanwhile lets TCP push back on the sender.
             self._paused = True
             try:
-                await asyncio.wait_for(queue.wait_for_space(len(audio)), self.settings.idle_timeout)
+                await asyncio.wait_for(
+                    queue.wait_for_space(len(samples)), self.settings.idle_timeout
+                )
             except TimeoutError:
                 return Ending(
                     "audio_buffer_full",
@@ -348,7 +352,7 @@ class RealtimeSession:
             finally:
                 self._paused = False
                 self._touch()
-        self._queue.put_nowait(audio)
+        self._queue.put_nowait(samples)
         self.audio_bytes += len(audio)
         self.state.metrics.audio_seconds.inc(len(audio) / (2 * SAMPLE_RATE))  # PCM16
         return None
@@ -367,7 +371,7 @@ class RealtimeSession:
             # The running request's audio ends here; audio sent from now on waits for the
             # next commit in a fresh queue.
             self._queue.end()
-            self._queue = AudioQueue(self._buffer_bytes)
+            self._queue = AudioQueue(self._buffer_samples)
         else:
             self.log.debug("final commit ignored: the running transcription is already final")
 
@@ -393,7 +397,7 @@ class RealtimeSession:
         queue.close()
         if self._queue is queue:
             # Ended before the final commit: like vLLM, drop the audio it left behind.
-            self._queue = AudioQueue(self._buffer_bytes)
+            self._queue = AudioQueue(self._buffer_samples)
         if self._request is task:
             self._request = None
             self._request_queue = None
