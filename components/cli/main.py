@@ -23,6 +23,7 @@ from typing import TextIO
 import numpy as np
 
 from components.backends.base import Backend
+from components.backends.factory import BackendSpec, Kind, build_backend
 from components.continuity.chain import ContinuousStream
 from components.continuity.policy import ContinuityPolicy, StreamNotice
 from components.core.errors import BackendError
@@ -425,33 +426,28 @@ def make_backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> B
         parser.error("--url is for the websocket backend")
     if args.endpoint and kind != "sagemaker":
         parser.error("--endpoint is for --backend sagemaker")
-    api_key = args.api_key or _env("LIVE_CAPTIONS_API_KEY")
-    if kind == "websocket":
-        from components.backends.websocket import RealtimeWSBackend
+    if kind == "sagemaker" and not args.endpoint:
+        parser.error("--backend sagemaker needs --endpoint NAME")
+    spec = BackendSpec(
+        Kind(kind),
+        url=str(args.url or _env("LIVE_CAPTIONS_URL", DEFAULT_URL)),
+        endpoint=args.endpoint,
+        region=args.region,
+        endpoint_url=args.endpoint_url,
+        ca_bundle=args.ca_bundle,
+        model=args.model,
+        api_key=args.api_key or _env("LIVE_CAPTIONS_API_KEY"),
+    )
+    engine = None
+    if spec.kind is Kind.LOCAL:
+        from components.engines.registry import create_engine
 
-        url = args.url or _env("LIVE_CAPTIONS_URL", DEFAULT_URL)
-        try:
-            return RealtimeWSBackend(str(url), model=args.model, api_key=api_key)
-        except ValueError as exc:
-            parser.error(str(exc))
-    if kind == "sagemaker":
-        if not args.endpoint:
-            parser.error("--backend sagemaker needs --endpoint NAME")
-        from components.backends.sagemaker.client import SageMakerBackend
-
-        return SageMakerBackend(
-            args.endpoint,
-            args.region,
-            endpoint_url=args.endpoint_url,
-            model=args.model,
-            ca_bundle=args.ca_bundle,
-        )
-    from components.backends.local import LocalBackend
-    from components.engines.registry import create_engine
-
-    engine, note = create_engine(args.engine or _env("LIVE_CAPTIONS_ENGINE", "auto") or "auto")
-    log.info("local engine: %s", note)
-    return LocalBackend(engine)
+        engine, note = create_engine(args.engine or _env("LIVE_CAPTIONS_ENGINE", "auto") or "auto")
+        log.info("local engine: %s", note)
+    try:
+        return build_backend(spec, engine)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def load_audio(path: str) -> np.ndarray:

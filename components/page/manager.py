@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from components.backends.base import Backend
+from components.backends.factory import BackendSpec, Kind, build_backend
 from components.core.errors import BackendError, BackendUnavailable, Busy
 from components.page.file_feed import feed_file
 from components.page.metrics import PageMetrics
@@ -158,31 +159,28 @@ class SessionManager:
                         "Try again in a minute, or choose another backend."
                     )
                 self._local_active += 1
-            from components.backends.local import LocalBackend
-
-            return LocalBackend(engine)
+            return build_backend(BackendSpec(Kind.LOCAL), engine)
         if kind is BackendKind.SAGEMAKER:
             # One backend per endpoint: it pools one HTTP/2 connection for all its streams.
             # SAGEMAKER_ENDPOINT_URL, SAGEMAKER_MODEL and AWS_CA_BUNDLE are read by it.
-            from components.backends.sagemaker.client import SageMakerBackend
-
             cache_key = f"{choice.endpoint}@{choice.region}"
             backend = self._sagemaker.get(cache_key)
             if backend is None:
+                spec = BackendSpec(Kind.SAGEMAKER, endpoint=choice.endpoint, region=choice.region)
                 try:
-                    backend = SageMakerBackend(choice.endpoint, choice.region)
+                    backend = build_backend(spec)
                 except ValueError as exc:
                     raise InvalidChoice(f"SageMaker is misconfigured here: {exc}.") from None
                 self._sagemaker[cache_key] = backend
             return backend
-        from components.backends.websocket import RealtimeWSBackend
-
+        spec = BackendSpec(
+            Kind.WEBSOCKET,
+            url=choice.url,
+            model=self.settings.realtime_model,
+            api_key=self.settings.realtime_api_key,
+        )
         try:
-            return RealtimeWSBackend(
-                choice.url,
-                model=self.settings.realtime_model,
-                api_key=self.settings.realtime_api_key,
-            )
+            return build_backend(spec)
         except ValueError as exc:
             raise InvalidChoice(f"{exc}.") from None
 
