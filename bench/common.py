@@ -9,12 +9,10 @@ needs no agreement between the two transcripts beyond the words they share.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import resource
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from components.backends.play import play  # noqa: E402
 from components.core.audio import float_to_pcm16, load_file  # noqa: E402
 from components.core.evaluation import Clip, corpus_wer, load_clips, normalize  # noqa: E402
 from components.core.protocol import (  # noqa: E402
     SAMPLE_RATE,
     ErrorEvent,
-    TranscriptionDelta,
-    TranscriptionDone,
 )
 
 ANCHORS = {
@@ -163,42 +160,21 @@ async def replay(
     ``pace`` 0 sends as fast as the stream accepts. The stream must be freshly opened.
     ``on_sent(seconds)`` is called after each chunk with the audio time sent so far.
     """
-    result = Replay(start=time.monotonic())
-    step = int(SAMPLE_RATE * chunk_ms / 1000)
-
-    async def send() -> None:
-        for i in range(0, len(audio), step):
-            chunk = audio[i : i + step]
-            end_s = (i + len(chunk)) / SAMPLE_RATE
-            if pace > 0:
-                due = result.start + end_s / pace
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await stream.send_audio(float_to_pcm16(chunk))
-            result.sent.append((end_s, time.monotonic()))
-            if on_sent is not None:
-                on_sent(end_s)
-        await stream.finish()
-
-    sender = asyncio.create_task(send())
-    try:
-        async for event in stream:
-            now = time.monotonic()
-            if isinstance(event, TranscriptionDelta):
-                result.deltas.append((now, event.delta))
-                result.text += event.delta
-            elif isinstance(event, TranscriptionDone):
-                result.done_text = event.text
-            elif isinstance(event, ErrorEvent):
-                result.errors.append(event)
-        await sender
-    finally:
-        if not sender.done():
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
-        await stream.cancel()
-    return result
+    played = await play(
+        stream,
+        float_to_pcm16(audio),
+        pace=pace,
+        chunk_seconds=chunk_ms / 1000,
+        on_sent=on_sent,
+    )
+    return Replay(
+        text=played.text,
+        done_text=played.done.text if played.done is not None else None,
+        deltas=played.deltas,
+        sent=played.sent,
+        start=played.start,
+        errors=played.errors,
+    )
 
 
 def streamed_words(replay_: Replay) -> list[tuple[str, float]]:

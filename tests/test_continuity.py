@@ -15,7 +15,6 @@ the uninterrupted stream said it once, is not.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from difflib import SequenceMatcher
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 
 from components.backends.base import Backend
+from components.backends.play import play
 from components.backends.websocket import RealtimeWSBackend
 from components.continuity.chain import ContinuousStream
 from components.continuity.policy import ContinuityPolicy, ContinuityStats, StreamNotice
@@ -33,7 +33,6 @@ from components.continuity.seams import Seam, overlap_words
 from components.core.audio import float_to_pcm16, load_file
 from components.core.errors import BackendError
 from components.core.evaluation import Clip, load_clips, normalize, wer
-from components.core.protocol import TranscriptionDone
 from tests.support_relay import TcpRelay
 from tests.support_sagemaker import SageMakerSetup, sagemaker_fixture
 from tests.support_server import ServerURL, running_server
@@ -92,29 +91,10 @@ async def caption(
         backend, policy=policy, on_notice=notices.append, label="test"
     )
 
-    async def send() -> None:
-        start = time.monotonic()
-        for i in range(0, len(rec.pcm), CHUNK * 2):
-            await stream.send_audio(rec.pcm[i : i + CHUNK * 2])
-            sent = (i + CHUNK * 2) / 2 / 16_000
-            if at_second is not None:
-                at_second(sent)
-            delay = start + sent / SPEED - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await stream.finish()
-
-    sender = asyncio.create_task(send())
-    text = None
-    try:
-        async for event in stream:
-            if isinstance(event, TranscriptionDone):
-                text = event.text
-        await sender
-    finally:
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
-        await stream.cancel()
+    played = await play(
+        stream, rec.pcm, pace=SPEED, chunk_seconds=CHUNK / 16_000, on_sent=at_second
+    )
+    text = played.done.text if played.done is not None else None
     assert text is not None
     return Run(text, stream.stats, notices)
 

@@ -24,8 +24,10 @@ import numpy as np
 
 from components.backends.base import Backend
 from components.backends.factory import BackendSpec, Kind, build_backend
+from components.backends.play import Played, play
 from components.continuity.chain import ContinuousStream
 from components.continuity.policy import ContinuityPolicy, StreamNotice
+from components.core.audio import float_to_pcm16
 from components.core.errors import BackendError
 from components.core.protocol import (
     MAX_PROMPT_CHARS,
@@ -34,6 +36,7 @@ from components.core.protocol import (
     ErrorCode,
     ErrorEvent,
     ProtocolError,
+    ServerEvent,
     SessionOptions,
     TranscriptionDelta,
     TranscriptionDone,
@@ -305,22 +308,35 @@ async def stream_file(
     """Send ``samples`` (float32 16 kHz) through a continuous stream (handovers and
     reconnections as needed, see :mod:`components.continuity.chain`); collect the timed
     transcript."""
-    from components.core.audio import float_to_pcm16
-
-    pcm = float_to_pcm16(samples)
-    step = int(CHUNK_SECONDS * SAMPLE_RATE) * 2
     transcript = Transcript()
     result = Result(transcript=transcript, audio_seconds=len(samples) / SAMPLE_RATE)
-    sent = 0  # bytes of audio handed to the stream so far: the audio clock
-
-    def clock() -> float:
-        return sent / 2 / SAMPLE_RATE
 
     def notice(note: StreamNotice) -> None:
         if note.kind in ("reconnecting", "audio_lost"):
             result.warnings.append(note.message)
             if view:
                 view.warn(note.message)
+
+    def on_event(event: ServerEvent, played: Played) -> None:
+        at = played.sent_seconds  # the audio clock: where the transcript's times come from
+        match event:
+            case TranscriptionDelta(delta=delta):
+                transcript.add_delta(delta, at)
+                if view:
+                    view.delta(delta)
+            case TranscriptionPartial(text=text):
+                transcript.set_partial(text)
+                if view:
+                    view.partial(text)
+            case TranscriptionDone(text=text, usage=usage):
+                transcript.finish(text, at)
+                result.usage = usage
+            case ErrorEvent(error=message, code=code):
+                if code != ErrorCode.OVERLOADED:
+                    raise CliError(f"the server reported an error: {message} ({code})")
+                result.warnings.append(message)
+                if view:
+                    view.warn(message)
 
     stream = await ContinuousStream.open(
         backend,
@@ -330,61 +346,19 @@ async def stream_file(
         on_notice=notice,
         label="transcribe",
     )
-
-    async def send() -> None:
-        nonlocal sent
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for offset in range(0, len(pcm), step):
-            chunk = pcm[offset : offset + step]
-            if realtime:  # a microphone delivers a chunk once it has been recorded
-                delay = start + (sent + len(chunk)) / 2 / SAMPLE_RATE - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await stream.send_audio(chunk)
-            sent += len(chunk)
-        await stream.finish()
-
-    async def receive() -> None:
-        async for event in stream:
-            match event:
-                case TranscriptionDelta(delta=delta):
-                    transcript.add_delta(delta, clock())
-                    if view:
-                        view.delta(delta)
-                case TranscriptionPartial(text=text):
-                    transcript.set_partial(text)
-                    if view:
-                        view.partial(text)
-                case TranscriptionDone(text=text, usage=usage):
-                    transcript.finish(text, clock())
-                    result.usage = usage
-                    return
-                case ErrorEvent(error=message, code=code):
-                    if code == ErrorCode.OVERLOADED:
-                        result.warnings.append(message)
-                        if view:
-                            view.warn(message)
-                        continue
-                    raise CliError(f"the server reported an error: {message} ({code})")
-        raise CliError("the stream ended without a final transcript")
-
-    sender = asyncio.create_task(send(), name="send-audio")
-    receiver = asyncio.create_task(receive(), name="receive-events")
     try:
-        pending: set[asyncio.Task[None]] = {sender, receiver}
-        while receiver in pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+        played = await play(
+            stream,
+            float_to_pcm16(samples),
+            pace=1.0 if realtime else 0.0,
+            chunk_seconds=CHUNK_SECONDS,
+            on_event=on_event,
+        )
     finally:
-        for task in (sender, receiver):
-            task.cancel()
-        await asyncio.gather(sender, receiver, return_exceptions=True)
-        await stream.cancel()
         if view:
             view.close()
+    if played.done is None:
+        raise CliError("the stream ended without a final transcript")
     return result
 
 
