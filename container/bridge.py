@@ -45,6 +45,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from components.core.env import environment, read
 from components.core.languages import VOXTRAL_REALTIME_LANGUAGES, option_refusal
 from components.core.metrics import CONTENT_TYPE, LiveValues, gauge, render
 from components.core.protocol import (
@@ -78,26 +79,6 @@ BUSY_HTTP_STATUSES = frozenset({429, 503})
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
 
 
 def health_url_for(upstream_url: str) -> str:
@@ -146,22 +127,22 @@ class BridgeConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BridgeConfig:
         """Read ``UPSTREAM_*`` and ``BRIDGE_*`` variables (docs/sagemaker.md)."""
-        env = os.environ if env is None else env
-        port = _env_int(env, "UPSTREAM_PORT", 8081)
-        url = env.get("UPSTREAM_URL", "").strip() or f"ws://127.0.0.1:{port}/v1/realtime"
-        keepalive = _env_float(env, "BRIDGE_KEEPALIVE_INTERVAL", 0.0)
-        idle = _env_float(env, "BRIDGE_IDLE_TIMEOUT", 0.0)
+        env = environment(env)
+        port = read(env, "UPSTREAM_PORT", int, 8081)
+        url = read(env, "UPSTREAM_URL", str, f"ws://127.0.0.1:{port}/v1/realtime")
+        keepalive = read(env, "BRIDGE_KEEPALIVE_INTERVAL", float, 0.0)
+        idle = read(env, "BRIDGE_IDLE_TIMEOUT", float, 0.0)
         values: dict[str, Any] = {
             "upstream_url": url,
-            "health_url": env.get("UPSTREAM_HEALTH_URL", "").strip(),
-            "api_key": env.get("UPSTREAM_API_KEY") or env.get("VLLM_API_KEY") or None,
-            "max_connections": _env_int(env, "BRIDGE_MAX_CONNECTIONS", 128),
-            "max_message_bytes": _env_int(env, "BRIDGE_MAX_MESSAGE_BYTES", 16 * 1024 * 1024),
-            "connect_timeout": _env_float(env, "UPSTREAM_CONNECT_TIMEOUT", 10.0),
-            "ping_timeout": _env_float(env, "BRIDGE_PING_TIMEOUT", 1.5),
+            "health_url": read(env, "UPSTREAM_HEALTH_URL", str, ""),
+            "api_key": read(env, "UPSTREAM_API_KEY", str) or read(env, "VLLM_API_KEY", str),
+            "max_connections": read(env, "BRIDGE_MAX_CONNECTIONS", int, 128),
+            "max_message_bytes": read(env, "BRIDGE_MAX_MESSAGE_BYTES", int, 16 * 1024 * 1024),
+            "connect_timeout": read(env, "UPSTREAM_CONNECT_TIMEOUT", float, 10.0),
+            "ping_timeout": read(env, "BRIDGE_PING_TIMEOUT", float, 1.5),
             "keepalive_interval": keepalive if keepalive > 0 else None,
             "idle_timeout": idle if idle > 0 else None,
-            "session_options": env.get("BRIDGE_SESSION_OPTIONS", "").strip().lower() or "pass",
+            "session_options": read(env, "BRIDGE_SESSION_OPTIONS", str, "pass").lower(),
         }
         values.update(overrides)
         return cls(**values)
@@ -762,8 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m container.bridge", description="SageMaker bidirectional-stream bridge"
     )
-    parser.add_argument("--host", default=os.environ.get("BRIDGE_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("BRIDGE_PORT", "8080")))
+    parser.add_argument("--host", default=read(os.environ, "BRIDGE_HOST", str, "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=read(os.environ, "BRIDGE_PORT", int, 8080))
     parser.add_argument("--upstream", default=None, help="engine WebSocket URL (UPSTREAM_URL)")
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from components.core.env import SettingError, positive, read
+
 log = logging.getLogger("container.serve")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,25 +64,20 @@ class SetupError(Exception):
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
     try:
-        value = float(raw)
-    except ValueError:
-        raise SetupError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise SetupError(f"{name} must be positive")
-    return value
+        return positive(name, read(env, name, float, default))
+    except SettingError as exc:
+        raise SetupError(str(exc)) from None
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise SetupError(f"{name}={raw!r} is not a TCP port")
-    return int(raw)
+    try:
+        port = read(env, name, int, default)
+    except SettingError as exc:
+        raise SetupError(str(exc)) from None
+    if not 0 < port < 65536:
+        raise SetupError(f"{name}={port!r} is not a TCP port")
+    return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,22 +93,21 @@ class ServeConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServeConfig:
-        engine = env.get("ENGINE", "vllm").strip().lower() or "vllm"
+        engine = read(env, "ENGINE", str, "vllm").lower()
         if engine not in ENGINES:
             raise SetupError(f"ENGINE={engine!r}: choose {' or '.join(ENGINES)}")
         config = cls(
             engine=engine,
-            bridge_host=env.get("BRIDGE_HOST", "").strip() or "127.0.0.1",
+            bridge_host=read(env, "BRIDGE_HOST", str, "127.0.0.1"),
             bridge_port=_port(env, "BRIDGE_PORT", 8080),
             upstream_port=_port(env, "UPSTREAM_PORT", 8081),
             startup_timeout=_number(env, "UPSTREAM_STARTUP_TIMEOUT", 420.0),
             stop_timeout=_number(env, "SERVE_STOP_TIMEOUT", 15.0),
             served_model_name=(
-                env.get("SERVED_MODEL_NAME", "").strip()
-                or env.get("SM_VLLM_SERVED_MODEL_NAME", "").strip()
-                or DEFAULT_SERVED_MODEL_NAME
+                read(env, "SERVED_MODEL_NAME", str)
+                or read(env, "SM_VLLM_SERVED_MODEL_NAME", str, DEFAULT_SERVED_MODEL_NAME)
             ),
-            model_dir=Path(env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model"),
+            model_dir=Path(read(env, "SM_MODEL_DIR", str, "/opt/ml/model")),
         )
         if config.bridge_port == config.upstream_port:
             raise SetupError("BRIDGE_PORT and UPSTREAM_PORT must differ")

@@ -348,7 +348,7 @@ def test_the_command_line_refuses_a_bad_setting_with_its_name() -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "BRIDGE_MAX_MESSAGE_BYTES='lots' is not an integer" in result.stderr
+    assert "BRIDGE_MAX_MESSAGE_BYTES='lots' is not a whole number" in result.stderr
 
 
 # --------------------------------------------------------------------------- /ping

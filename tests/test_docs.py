@@ -83,3 +83,30 @@ def test_every_docs_page_is_in_the_nav() -> None:
     assert pages, f"no pages under {docs_dir}"
     assert not pages - listed, f"pages missing from mkdocs.yml's nav: {sorted(pages - listed)}"
     assert not listed - pages, f"nav entries with no page: {sorted(listed - pages)}"
+
+
+# Every place a variable is read: through core.env.read, or the thin wrappers around it that
+# turn its error into the part's own (an engine that cannot start, a container that cannot).
+READ_CALL = re.compile(
+    r"""(?:\bread\(\s*[\w.]+,\s*|\b_env(?:_number)?\(\s*|\b_(?:number|port|flag)\(\s*env,\s*)"""
+    r""""([A-Z][A-Z0-9_]+)\""""
+)
+SERVER_SETTING = re.compile(r"""\(\s*"([A-Z][A-Z0-9_]+)",\s*(?:str|int|float)\s*\)""")
+
+
+def variables_read() -> set[str]:
+    """The environment variables the code reads through the one settings reader."""
+    names: set[str] = set()
+    for path in [*ROOT.glob("components/**/*.py"), *ROOT.glob("container/*.py")]:
+        names.update(READ_CALL.findall(path.read_text(encoding="utf-8")))
+    state = (ROOT / "components/server/state.py").read_text(encoding="utf-8")
+    names.update("LIVE_CAPTIONS_" + name for name in SERVER_SETTING.findall(state))
+    return names
+
+
+def test_every_variable_the_code_reads_is_documented() -> None:
+    names = variables_read()
+    assert len(names) > 40  # the scan finds the readers (a broken pattern would find none)
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md"))
+    missing = sorted(name for name in names if name not in docs)
+    assert not missing, f"read by the code, not in docs/: {missing}"

@@ -586,7 +586,7 @@ def test_settings_defaults_and_errors() -> None:
         (
             "LIVE_CAPTIONS_VLLM_MAX_MODEL_LEN",
             "lots",
-            "LIVE_CAPTIONS_VLLM_MAX_MODEL_LEN must be a whole number, got 'lots'",
+            "LIVE_CAPTIONS_VLLM_MAX_MODEL_LEN='lots' is not a whole number",
         ),
         ("LIVE_CAPTIONS_VLLM_GPU_MEMORY_UTILIZATION", "1.5", "between 0.05 and 1"),
         (
@@ -597,7 +597,7 @@ def test_settings_defaults_and_errors() -> None:
         (
             "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER",
             "maybe",
-            "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER must be 0 or 1",
+            "LIVE_CAPTIONS_VLLM_ENFORCE_EAGER='maybe' is not true or false",
         ),
     ]:
         with pytest.raises(EngineUnavailable, match=message):

@@ -28,6 +28,7 @@ from components.backends.play import Played, play
 from components.continuity.chain import ContinuousStream
 from components.continuity.policy import ContinuityPolicy, StreamNotice
 from components.core.audio import float_to_pcm16
+from components.core.env import read
 from components.core.errors import BackendError
 from components.core.protocol import (
     MAX_PROMPT_CHARS,
@@ -62,8 +63,7 @@ class CliError(Exception):
 
 
 def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or default
+    return read(os.environ, name, str, default)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,12 +9,12 @@ options that travel with it: the page's widgets only mirror it.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from components.core.env import environment, positive, read
 from components.core.errors import BackendError, NotFound
 from components.core.protocol import MAX_PROMPT_CHARS, ProtocolError, SessionOptions
 
@@ -33,26 +33,6 @@ class BackendKind(StrEnum):
 
 class InvalidChoice(BackendError):
     """The backend settings are incomplete or malformed (fixable in the page's settings)."""
-
-
-def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = env.get(name, "").strip().lower()
-    if not value:
-        return default
-    return value in ("1", "true", "yes", "on")
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a number") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +59,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        public = _env_bool(env, "PUBLIC_DEPLOYMENT", bool(env.get("SPACE_ID")))
+        env = environment(env)
+        stream = read(env, "MAX_STREAM_SECONDS", float)
+        public = read(env, "PUBLIC_DEPLOYMENT", bool, bool(env.get("SPACE_ID")))
         endpoints = tuple(
             e.strip() for e in env.get("SAGEMAKER_ENDPOINTS", "").split(",") if e.strip()
         )
@@ -91,31 +72,36 @@ class Settings:
             or "us-east-1"
         ).strip()
         return cls(
-            max_sessions=int(_env_number(env, "MAX_SESSIONS", 8)),
-            max_session_seconds=_env_number(env, "MAX_SESSION_SECONDS", 4 * 3600.0),
-            idle_seconds=_env_number(env, "SESSION_IDLE_SECONDS", 30.0),
-            max_stream_seconds=(
-                _env_number(env, "MAX_STREAM_SECONDS", 1.0)
-                if env.get("MAX_STREAM_SECONDS", "").strip()
-                else None
+            max_sessions=positive("MAX_SESSIONS", read(env, "MAX_SESSIONS", int, 8)),
+            max_session_seconds=positive(
+                "MAX_SESSION_SECONDS", read(env, "MAX_SESSION_SECONDS", float, 4 * 3600.0)
             ),
-            local_enabled=_env_bool(env, "LOCAL_BACKEND", True),
-            local_engine=env.get("LIVE_CAPTIONS_ENGINE", "auto").strip() or "auto",
+            idle_seconds=positive(
+                "SESSION_IDLE_SECONDS", read(env, "SESSION_IDLE_SECONDS", float, 30.0)
+            ),
+            max_stream_seconds=(None if stream is None else positive("MAX_STREAM_SECONDS", stream)),
+            local_enabled=read(env, "LOCAL_BACKEND", bool, True),
+            local_engine=read(env, "LIVE_CAPTIONS_ENGINE", str, "auto"),
             sagemaker_endpoints=endpoints,
-            sagemaker_endpoint=env.get("SAGEMAKER_ENDPOINT", "").strip()
-            or (endpoints[0] if endpoints else ""),
+            sagemaker_endpoint=read(
+                env, "SAGEMAKER_ENDPOINT", str, endpoints[0] if endpoints else ""
+            ),
             sagemaker_region=region,
-            realtime_url=env.get("REALTIME_URL", "").strip(),
-            realtime_model=env.get("REALTIME_MODEL") or None,
-            realtime_api_key=env.get("LIVE_CAPTIONS_API_KEY") or None,
-            allow_custom_url=_env_bool(env, "ALLOW_CUSTOM_URL", not public),
+            realtime_url=read(env, "REALTIME_URL", str, ""),
+            realtime_model=read(env, "REALTIME_MODEL", str),
+            realtime_api_key=read(env, "LIVE_CAPTIONS_API_KEY", str),
+            allow_custom_url=read(env, "ALLOW_CUSTOM_URL", bool, not public),
             public=public,
             max_prompt_chars=min(
                 MAX_PROMPT_CHARS,
-                int(
-                    _env_number(
-                        env, "MAX_PROMPT_CHARS", PUBLIC_PROMPT_CHARS if public else MAX_PROMPT_CHARS
-                    )
+                positive(
+                    "MAX_PROMPT_CHARS",
+                    read(
+                        env,
+                        "MAX_PROMPT_CHARS",
+                        int,
+                        PUBLIC_PROMPT_CHARS if public else MAX_PROMPT_CHARS,
+                    ),
                 ),
             ),
         )

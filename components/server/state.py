@@ -4,12 +4,12 @@ its live state (the engine, the session slots, the counters)."""
 from __future__ import annotations
 
 import hmac
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from components.core.env import environment, read
 from components.core.protocol import (
     DEFAULT_MAX_APPEND_BYTES,
     MAX_PROMPT_CHARS,
@@ -50,14 +50,9 @@ class ServerSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
         """Defaults overridden by ``LIVE_CAPTIONS_*`` variables (empty ones are ignored)."""
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(ENV_PREFIX + name, "").strip()
-            return value or None
+        env = environment(environ)
 
         base = cls()
-        values: dict[str, Any] = {}
         conversions: dict[str, tuple[str, type]] = {
             "host": ("HOST", str),
             "port": ("PORT", int),
@@ -69,16 +64,11 @@ class ServerSettings:
             "audio_buffer_seconds": ("AUDIO_BUFFER_SECONDS", float),
             "max_prompt_chars": ("MAX_PROMPT_CHARS", int),
         }
+        values: dict[str, Any] = {}
         for attr, (name, kind) in conversions.items():
-            raw = get(name)
-            if raw is None:
-                continue
-            try:
-                values[attr] = kind(raw)
-            except ValueError:
-                raise ValueError(
-                    f"{ENV_PREFIX}{name}={raw!r} is not a valid {kind.__name__}"
-                ) from None
+            value = read(env, ENV_PREFIX + name, kind)
+            if value is not None:
+                values[attr] = value
         return replace(base, **values).validated()
 
     def validated(self) -> ServerSettings:

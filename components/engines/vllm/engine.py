@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from components.core.env import SettingError, read
 from components.core.languages import VOXTRAL_REALTIME_LANGUAGES
 from components.core.protocol import (
     NO_OPTIONS,
@@ -144,27 +145,23 @@ def _number(
     high: float | None = None,
     whole: bool = False,
 ) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
     try:
-        value = int(raw) if whole else float(raw)
-    except ValueError:
-        kind = "a whole number" if whole else "a number"
-        raise EngineUnavailable(f"{name} must be {kind}, got {raw!r}") from None
+        value: float = (
+            read(env, name, int, int(default)) if whole else read(env, name, float, default)
+        )
+    except SettingError as exc:
+        raise EngineUnavailable(str(exc)) from None
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
-        raise EngineUnavailable(f"{name} must be {bounds}, got {raw!r}")
+        raise EngineUnavailable(f"{name} must be {bounds}, got {value!r}")
     return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise EngineUnavailable(f"{name} must be 0 or 1, got {raw!r}")
+    try:
+        return read(env, name, bool, False)
+    except SettingError as exc:
+        raise EngineUnavailable(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------ requirements

@@ -41,6 +41,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from components.core.env import SettingError, read
 from components.core.languages import ISO_639_1
 from components.core.protocol import (
     NO_OPTIONS,
@@ -84,20 +85,14 @@ TOKENS_PER_WORD = 2
 
 
 def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
+    return read(os.environ, name, str, default)
 
 
 def _env_number(name: str, default: _Number, kind: type[_Number]) -> _Number:  # noqa: UP047
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
     try:
-        return kind(raw)
-    except ValueError:
-        raise EngineUnavailable(
-            f"{name}={raw!r} is not a valid {kind.__name__}", ErrorCode.PROCESSING_ERROR
-        ) from None
+        return read(os.environ, name, kind, default)
+    except SettingError as exc:
+        raise EngineUnavailable(str(exc), ErrorCode.PROCESSING_ERROR) from None
 
 
 def keep_blas_single_threaded() -> None:
@@ -721,7 +716,7 @@ class WhisperEngine:
     @classmethod
     def from_env(cls) -> WhisperEngine:
         """Build from ``WHISPER_*`` environment variables (docs/configuration.md)."""
-        model = os.environ.get("WHISPER_MODEL", "").strip() or None
+        model = read(os.environ, "WHISPER_MODEL", str)
         default = PolicyConfig()
         threads = _env_number("WHISPER_CPU_THREADS", 0, int)
         try:
