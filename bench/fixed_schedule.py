@@ -48,8 +48,9 @@ from bench.common import (
 from components.core.evaluation import edit_distance, normalize
 from components.core.protocol import SAMPLE_RATE
 from components.engines.scheduler import Work
-from components.engines.whisper.engine import VadStream, WhisperEngine, _AudioWindow, _StreamState
+from components.engines.whisper.engine import WhisperEngine, _AudioWindow, _StreamState
 from components.engines.whisper.policy import PolicyConfig, StreamingPolicy
+from components.engines.whisper.vad import VadStream
 
 
 class _Slot:
@@ -69,7 +70,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="each evaluation clip as its own one-stream session (as bench/latency.py does)",
     )
-    p.add_argument("--confirm-span", type=float, help="agreement span (same as --set)")
     p.add_argument(
         "--set",
         action="append",
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="another setting of the policy in use (PolicyConfig field), e.g. trim_at=2.0",
     )
+    p.add_argument("--confirm-span", type=float, help="agreement span (same as --set)")
     return p
 
 

@@ -21,7 +21,9 @@ from components.core.protocol import (
     TranscriptionPartial,
 )
 from components.engines.base import Engine, EngineError, EngineUnavailable
-from components.engines.whisper.engine import DecodeItem, VadStream, WhisperEngine, without_ellipses
+from components.engines.whisper.decoder import DecodeItem, without_ellipses
+from components.engines.whisper.engine import WhisperEngine
+from components.engines.whisper.vad import VadStream
 
 CHUNK = 1600  # 100 ms
 

@@ -1,0 +1,393 @@
+"""Greedy Whisper decoding of short windows, many at once (the worker thread's side)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from components.core.languages import ISO_639_1
+from components.core.protocol import (
+    SAMPLE_RATE,
+)
+from components.engines.whisper.policy import (
+    Hypothesis,
+    Piece,
+)
+
+_Number = TypeVar("_Number", int, float)
+"""A TypeVar, not PEP 695 syntax: the engines also import under Python 3.11 (vLLM's CPU build)."""
+
+log = logging.getLogger(__name__)
+
+ENCODER_POSITIONS = 1500
+"""Whisper's encoder output length for its 30-second input."""
+PAD_SECONDS = 1.0
+"""Real silence appended to a window before encoding (then the precomputed silence follows)."""
+SHARED_PAD_SECONDS = 0.5
+"""The same while several streams share the engine: less to encode for every step."""
+ENCODE_QUANTUM = 0.5
+"""Encoder inputs are whole multiples of this many seconds (see ``WhisperDecoder.encode``)."""
+MIN_SHARED_PROMPT = 16
+"""Prompts at least this long are shortened to a common length so their decodes batch."""
+_ELLIPSIS = re.compile(r"\.{2,}|\u2026")
+TOKENS_PER_WORD = 2
+"""Tokens allowed per expected word (English averages about 1.3 with tiny.en's vocabulary)."""
+
+
+def without_ellipses(text: str) -> str:
+    """Text given to the decoder, with its trailing-off marks ("the...") taken out.
+
+    tiny.en writes "..." where a speaker hesitates. Forced back into the decoder as committed
+    text, "the..." makes it go on with "the...the...the..." for as long as it may (seen on
+    the evaluation set played back to back: ten seconds of speech lost to it).
+    """
+    return " ".join(_ELLIPSIS.sub(" ", text).split())
+
+
+TERMS_PLACEMENTS = ("lead", "trail", "start")
+"""Where a session's terms go in the decoder context: before the confirmed text in every decode
+(``lead``), after it (``trail``), or alone and only while no text is confirmed (``start``)."""
+
+WHISPER_TO_ISO = {"jw": "jv"}
+"""Whisper's own codes where they differ from ISO-639-1."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeItem:
+    audio: np.ndarray
+    prompt: str
+    prefix: str
+    terms: str = ""
+    """The session's names and terms (its prompt)."""
+    language: str | None = None
+    """ISO-639-1; None: the decoder's default."""
+    locate_end: bool = False
+    """Find where an open-ended text stops in the audio (word alignment; costs a pass)."""
+    pad: float = PAD_SECONDS
+    """Real silence (s) encoded after the audio."""
+    max_words: int | None = None
+    """Most words the new text can hold (see ``DecodeRequest.max_words``)."""
+    align: bool = False
+    """Generate nothing: find where the words of ``prefix`` lie in the audio instead."""
+
+    @property
+    def max_new_tokens(self) -> int:
+        """How many tokens the decoder may generate after the forced prefix.
+
+        A small model sometimes loops ("to consider how to consider how ..."); left alone, it
+        generates until the length limit, and one such decode made a whole round of three
+        streams twice as long. Text past the expected words is dropped anyway.
+        """
+        limit = int(12 + 8 * len(self.audio) / SAMPLE_RATE)
+        if self.max_words is not None:
+            limit = min(limit, TOKENS_PER_WORD * self.max_words + 4)  # + timestamps, end
+        return limit
+
+
+class WhisperDecoder:
+    """Greedy Whisper decoding of short windows, many at once; runs on the worker thread only."""
+
+    def __init__(
+        self,
+        model: object,
+        *,
+        language: str = "en",
+        beam_size: int = 1,
+        terms_placement: str = "lead",
+    ) -> None:
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self._ct2 = ctranslate2
+        self.model = model  # faster_whisper.WhisperModel
+        ct2_model = model.model  # type: ignore[attr-defined]
+        self.multilingual = bool(ct2_model.is_multilingual)
+        iso_to_whisper = {iso: code for code, iso in WHISPER_TO_ISO.items()}
+        if not self.multilingual:
+            self.languages: tuple[str, ...] = ("en",)
+        else:
+            codes = [WHISPER_TO_ISO.get(c, c) for c in model.supported_languages]  # type: ignore[attr-defined]
+            codes = [c for c in codes if c in ISO_639_1]
+            if language not in codes:
+                raise ValueError(f"this Whisper model has no language {language!r}")
+            self.languages = (language, *sorted(c for c in codes if c != language))
+        """ISO-639-1 codes this model transcribes, the default first."""
+        self.tokenizer = Tokenizer(
+            model.hf_tokenizer,  # type: ignore[attr-defined]
+            self.multilingual,
+            task="transcribe",
+            language=iso_to_whisper.get(language, language) if self.multilingual else "en",
+        )
+        self._tokenizers: dict[str | None, object] = {None: self.tokenizer}
+        if self.multilingual:
+            for code in self.languages:
+                self._tokenizers[code] = Tokenizer(
+                    model.hf_tokenizer,  # type: ignore[attr-defined]
+                    True,
+                    task="transcribe",
+                    language=iso_to_whisper.get(code, code),
+                )
+        self._sot = {
+            code: list(t.sot_sequence)  # type: ignore[attr-defined]
+            for code, t in self._tokenizers.items()
+        }
+        if terms_placement not in TERMS_PLACEMENTS:
+            raise ValueError(f"terms placement must be one of {', '.join(TERMS_PLACEMENTS)}")
+        self.terms_placement = terms_placement
+        self.beam_size = beam_size
+        self.suppress = list(get_suppressed_tokens(self.tokenizer, [-1]) or [])
+        self._silence = self._encode_frames(self._features(np.zeros(30 * SAMPLE_RATE)))[0]
+        self.completion_tokens = 0
+        self.calls = 0
+        """Batched generate calls so far (with ``items``: how well decodes batch)."""
+        self.items = 0
+        self.forced_tokens = 0
+        """Forced prefix tokens decoded (each costs about as much as a generated one)."""
+        self.context_tokens = 0
+        """Prompt tokens before <|startoftranscript|> (cheaper, but they slow every step)."""
+        self.seconds = {"encode": 0.0, "generate": 0.0, "align": 0.0}
+        """Time spent in each stage (for benchmarks)."""
+        self.audio_encoded = 0.0
+        """Seconds of audio the encoder ran on (windows are re-encoded at every step)."""
+        self.excess_tokens = 0
+        """Tokens generated past a decode's own limit (batched with a decode allowed more)."""
+
+    def _features(self, audio: np.ndarray) -> np.ndarray:
+        feats = self.model.feature_extractor(audio.astype(np.float32, copy=False), padding=0)  # type: ignore[attr-defined]
+        frames = min(feats.shape[-1] // 2 * 2, 2 * ENCODER_POSITIONS)
+        return feats[:, :frames]
+
+    def _encode_frames(self, feats: np.ndarray) -> np.ndarray:
+        storage = self._ct2.StorageView.from_array(np.ascontiguousarray(feats[None]))
+        return np.asarray(self.model.model.encode(storage, to_cpu=False))  # type: ignore[attr-defined]
+
+    def encode(self, audio: np.ndarray, pad: float = PAD_SECONDS) -> np.ndarray:
+        """Encoder output for ``audio`` (at most ~28 s), completed with encoded silence.
+
+        The silence after the audio is at least ``pad`` and rounds the input up to a whole
+        ``ENCODE_QUANTUM``: the encoder keeps working memory for every input length it has
+        seen, and a live stream's windows come in every length. Unrounded, one real-time
+        session grew the process by 300 MB in six minutes and never gave it back (measured:
+        400 windows of random lengths, 269 -> 580 MB; rounded to whole seconds, 279 MB flat).
+        """
+        quantum = round(ENCODE_QUANTUM * SAMPLE_RATE)
+        total = -(-(len(audio) + round(pad * SAMPLE_RATE)) // quantum) * quantum
+        padded = np.concatenate([audio, np.zeros(total - len(audio), np.float32)])
+        head = self._encode_frames(self._features(padded))[0]
+        return np.concatenate([head, self._silence[len(head) :]], axis=0)
+
+    def _prompt(self, item: DecodeItem) -> tuple[list[int], list[int], int]:
+        """(context tokens before <|startoftranscript|>, forced tokens after it, how many of the
+        context's first tokens a shortened context must keep).
+
+        The context is the previous text between timestamps, as Whisper saw it in training:
+        after plain text, tiny.en often drops its timestamps, and with them segment ends. The
+        session's terms are part of that text (see ``terms_placement``); the confirmed text is
+        what gives way when the context must be shorter.
+        """
+        tok = self.tokenizer
+        context: list[int] = []
+        keep = 0
+        text = without_ellipses(item.prompt)
+        terms = item.terms
+        placement = self.terms_placement
+        if terms and placement == "start" and text:
+            terms = ""
+        room = 448 // 2 - 3
+        named = tok.encode(" " + terms)[: room - 8] if terms else []
+        lead = named if placement in ("lead", "start") else []
+        trail = named if placement == "trail" else []
+        body = tok.encode(" " + text) if text else []
+        body = body[max(0, len(body) - (room - len(lead) - len(trail))) :] if body else []
+        body = [*lead, *body, *trail]
+        if body:
+            shown = len(text) + len(terms)
+            spoken = min(ENCODER_POSITIONS, round(shown / 15 / 0.02))  # ~15 characters/s
+            context = [tok.timestamp_begin, *body, tok.timestamp_begin + spoken]
+            keep = 1 + len(lead) if lead else 0
+        forced = [tok.timestamp_begin]
+        prefix = without_ellipses(item.prefix)
+        if prefix:
+            forced += tok.encode(" " + prefix)
+        return context, forced, keep
+
+    @staticmethod
+    def _shorten(context: list[int], keep: int, size: int) -> list[int]:
+        """The last ``size`` tokens of ``context``, except that its first ``keep`` stay."""
+        if size >= len(context):
+            return context
+        if size == 0:
+            return []
+        return context[:keep] + context[len(context) - (size - keep) :]
+
+    def decode(self, items: list[DecodeItem]) -> list[Hypothesis]:
+        """One hypothesis per item; items with prompts of a shared length decode as a batch."""
+        if not items:
+            return []
+        started = time.perf_counter()
+        encoded = [self.encode(item.audio, item.pad) for item in items]
+        self.audio_encoded += sum(len(item.audio) for item in items) / SAMPLE_RATE
+        self.seconds["encode"] += time.perf_counter() - started
+        out: list[Hypothesis | None] = [None] * len(items)
+        for i, item in enumerate(items):
+            if item.align:
+                out[i] = Hypothesis((), spans=self._spans(encoded[i], item))
+        decoding = [i for i, item in enumerate(items) if not item.align]
+        self._generate([items[i] for i in decoding], [encoded[i] for i in decoding], decoding, out)
+        return [h for h in out if h is not None]
+
+    def _generate(
+        self,
+        items: list[DecodeItem],
+        encoded: list[np.ndarray],
+        places: list[int],
+        out: list[Hypothesis | None],
+    ) -> None:
+        """Decode ``items`` into ``out`` at ``places``, batching those that can share a call."""
+        prompts = [self._prompt(item) for item in items]
+        # The decoder needs <|startoftranscript|> at the same position across a batch:
+        # shorten long contexts to a common length (never below the terms they must keep),
+        # group the short ones by exact length.
+        shared = [len(c) for c, _, _ in prompts if len(c) >= MIN_SHARED_PROMPT]
+        common = min(shared) if shared else 0
+        groups: dict[int, list[int]] = {}
+        for i, (context, _, keep) in enumerate(prompts):
+            if len(context) >= MIN_SHARED_PROMPT:
+                size = max(common, keep + 1 if keep else 0)
+            else:
+                size = len(context)
+            groups.setdefault(size, []).append(i)
+        for size, members in groups.items():
+            batch_prompts = []
+            for i in members:
+                context, forced, keep = prompts[i]
+                short = self._shorten(context, keep, size)
+                head = [self.tokenizer.sot_prev, *short] if size else []
+                sot = self._sot.get(items[i].language) or self._sot[None]
+                batch_prompts.append(head + sot + forced)
+            # CTranslate2 decodes at most min(max_length / 2, max_length - context) steps, the
+            # forced prefix included: make room for the longest prefix plus the new text.
+            context_len = size + 1 if size else 0
+            steps = max(len(prompts[i][1]) + items[i].max_new_tokens for i in members)
+            max_length = min(448, max(context_len + steps, 2 * steps) + 1)
+            features = self._ct2.StorageView.from_array(
+                np.ascontiguousarray(np.stack([encoded[i] for i in members]))
+            )
+            self.calls += 1
+            self.items += len(members)
+            started = time.perf_counter()
+            results = self.model.model.generate(  # type: ignore[attr-defined]
+                features,
+                batch_prompts,
+                beam_size=self.beam_size,
+                max_length=max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=self.suppress,
+                max_initial_timestamp_index=50,
+            )
+            self.seconds["generate"] += time.perf_counter() - started
+            for i, result in zip(members, results, strict=True):
+                forced = prompts[i][1]
+                self.forced_tokens += len(forced)
+                self.context_tokens += size
+                tokens: list[int] = list(result.sequences_ids[0])
+                if tokens[: len(forced)] == forced:
+                    tokens = tokens[len(forced) :]
+                limit = items[i].max_new_tokens
+                if len(tokens) > limit:
+                    # The same hypothesis whatever the decode was batched with.
+                    self.excess_tokens += len(tokens) - limit
+                    tokens = tokens[:limit]
+                hypothesis = self._hypothesis(result, tokens)
+                if items[i].locate_end and hypothesis.pieces and hypothesis.pieces[-1].end is None:
+                    text = [t for t in forced[1:] + tokens if t < self.tokenizer.eot]
+                    end = self._text_end(encoded[i], text, len(items[i].audio), items[i].language)
+                    hypothesis = dataclasses.replace(hypothesis, text_end=end)
+                out[places[i]] = hypothesis
+
+    def _spans(
+        self, encoded: np.ndarray, item: DecodeItem
+    ) -> tuple[tuple[float, float], ...] | None:
+        """(start, end) in the window (s) of each space-separated word of ``item.prefix``.
+
+        The aligned words split off punctuation, so they are merged back into words as spaces
+        separate them. None where the two do not match up.
+        """
+        text = item.prefix.strip()
+        if not text:
+            return None
+        tokens = self.tokenizer.encode(" " + text)
+        spans: list[list[float]] = []
+        for word in self._aligned_words(encoded, tokens, len(item.audio), item.language):
+            if word["word"].startswith(" ") or not spans:
+                spans.append([float(word["start"]), float(word["end"])])
+            else:
+                spans[-1][1] = float(word["end"])
+        if len(spans) != len(text.split()):
+            return None
+        return tuple((a, b) for a, b in spans)
+
+    def _hypothesis(self, result: object, tokens: list[int]) -> Hypothesis:
+        n = len(tokens)
+        self.completion_tokens += n
+        score = float(result.scores[0]) if result.scores else 0.0  # type: ignore[attr-defined]
+        avg_logprob = score * n / (n + 1) if n else 0.0
+        return Hypothesis(
+            pieces=self.pieces(tokens),
+            no_speech_prob=float(result.no_speech_prob),  # type: ignore[attr-defined]
+            avg_logprob=avg_logprob,
+        )
+
+    def _aligned_words(
+        self, encoded: np.ndarray, text: list[int], samples: int, language: str | None = None
+    ) -> list[dict]:
+        """The spoken words of ``text`` with their times (s) in the window, from
+        cross-attention alignment (as faster-whisper finds word timestamps)."""
+        started = time.perf_counter()
+        storage = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded[None]))
+        frames = max(2, samples // self.model.feature_extractor.hop_length)  # type: ignore[attr-defined]
+        tokenizer = self._tokenizers.get(language) or self.tokenizer
+        words = self.model.find_alignment(tokenizer, [text], storage, frames)[0]  # type: ignore[attr-defined]
+        self.seconds["align"] += time.perf_counter() - started
+        return [w for w in words if w["tokens"] and max(w["tokens"]) < self.tokenizer.eot]
+
+    def _text_end(
+        self, encoded: np.ndarray, text: list[int], samples: int, language: str | None = None
+    ) -> float | None:
+        """End (s) of the last word of ``text`` in the window."""
+        spoken = self._aligned_words(encoded, text, samples, language) if text else []
+        return float(spoken[-1]["end"]) if spoken else None
+
+    def pieces(self, tokens: list[int]) -> tuple[Piece, ...]:
+        """Split generated tokens at timestamp tokens into pieces of text with boundaries."""
+        tok = self.tokenizer
+        pieces: list[Piece] = []
+        text: list[int] = []
+        start: float | None = None
+        is_open = True  # the first piece continues the forced prefix's segment
+        for t in tokens:
+            if t == tok.eot:
+                break
+            if t >= tok.timestamp_begin:
+                stamp = round((t - tok.timestamp_begin) * 0.02, 2)
+                if is_open:
+                    pieces.append(Piece(tok.decode(text), start, stamp))
+                    text, start, is_open = [], None, False
+                else:
+                    start, is_open = stamp, True
+            elif t < tok.eot:
+                if not is_open:  # text without an opening timestamp: open a piece anyway
+                    is_open = True
+                text.append(t)
+        if is_open and (text or not pieces):
+            pieces.append(Piece(tok.decode(text), start, None))
+        return tuple(pieces)
