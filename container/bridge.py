@@ -45,204 +45,30 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from components.core.env import environment, read
-from components.core.languages import VOXTRAL_REALTIME_LANGUAGES, option_refusal
+from components.core.env import read
 from components.core.metrics import CONTENT_TYPE, LiveValues, gauge, render
 from components.core.protocol import (
     ErrorCode,
-    ProtocolError,
-    SessionUpdate,
     error_frame,
-    parse_client_event,
+)
+from container.config import BridgeConfig
+from container.frames import (
+    INVOCATION_PATH_HEADER,
+    STREAM_PATH,
+    STREAM_PATHS,
+    binary_as_text,
+    client_close_for,
+    resolve_route,
+    session_update_refusal,
+    text_size,
+    truncate_reason,
+    upstream_close_for,
 )
 
 log = logging.getLogger("container.bridge")
 
-STREAM_PATH = "/invocations-bidirectional-stream"
-"""SageMaker's default path for bidirectional streams."""
-
-STREAM_PATHS = (STREAM_PATH, "/v1/realtime")
-"""WebSocket routes the bridge serves; ``/v1/realtime`` lets a plain vLLM client connect too."""
-
-INVOCATION_PATH_HEADER = "x-amzn-sagemaker-model-invocation-path"
-"""SageMaker header naming the route a call wants (``ModelInvocationPath``)."""
-
-MAX_REASON_BYTES = 123
-"""A WebSocket close reason must fit in a control frame (125 bytes minus the code)."""
-
-SESSION_OPTION_MODES = ("pass", "voxtral")
-"""``pass``: forward ``session.update`` as it is (the engine checks, as our server does);
-``voxtral``: check language and prompt for Voxtral Realtime on ``vllm serve``."""
-
 BUSY_HTTP_STATUSES = frozenset({429, 503})
 """Upstream handshake refusals that mean "full, try again later" rather than "broken"."""
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def health_url_for(upstream_url: str) -> str:
-    """The engine's ``/health`` URL on the same host and port as its WebSocket URL."""
-    parts = urlsplit(upstream_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, "/health", "", ""))
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeConfig:
-    """Everything the bridge needs; :meth:`from_env` reads the documented variables."""
-
-    upstream_url: str = "ws://127.0.0.1:8081/v1/realtime"
-    health_url: str = ""
-    """Defaults to ``/health`` beside :attr:`upstream_url`."""
-    api_key: str | None = None
-    """Sent upstream as ``Authorization: Bearer`` (loopback only; never logged)."""
-    max_connections: int = 128
-    max_message_bytes: int = 16 * 1024 * 1024
-    connect_timeout: float = 10.0
-    ping_timeout: float = 1.5
-    """Deadline for one upstream health probe; SageMaker wants ``/ping`` within 2 s."""
-    keepalive_interval: float | None = None
-    """Bridge-side pings to the client; off by default because SageMaker pings every 60 s."""
-    idle_timeout: float | None = None
-    """Close a stream after this long without a frame either way; for engines without their
-    own idle timeout (``vllm serve``). Off by default: our server has one."""
-    close_timeout: float = 2.0
-    session_options: str = "pass"
-    """See :data:`SESSION_OPTION_MODES`."""
-
-    def __post_init__(self) -> None:
-        if self.session_options not in SESSION_OPTION_MODES:
-            raise ValueError(
-                f"BRIDGE_SESSION_OPTIONS={self.session_options!r}: choose "
-                + " or ".join(SESSION_OPTION_MODES)
-            )
-        if not self.health_url:
-            object.__setattr__(self, "health_url", health_url_for(self.upstream_url))
-        if self.max_connections < 1:
-            raise ValueError("BRIDGE_MAX_CONNECTIONS must be at least 1")
-        if self.max_message_bytes < 1024:
-            raise ValueError("BRIDGE_MAX_MESSAGE_BYTES must be at least 1024")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BridgeConfig:
-        """Read ``UPSTREAM_*`` and ``BRIDGE_*`` variables (docs/sagemaker.md)."""
-        env = environment(env)
-        port = read(env, "UPSTREAM_PORT", int, 8081)
-        url = read(env, "UPSTREAM_URL", str, f"ws://127.0.0.1:{port}/v1/realtime")
-        keepalive = read(env, "BRIDGE_KEEPALIVE_INTERVAL", float, 0.0)
-        idle = read(env, "BRIDGE_IDLE_TIMEOUT", float, 0.0)
-        values: dict[str, Any] = {
-            "upstream_url": url,
-            "health_url": read(env, "UPSTREAM_HEALTH_URL", str, ""),
-            "api_key": read(env, "UPSTREAM_API_KEY", str) or read(env, "VLLM_API_KEY", str),
-            "max_connections": read(env, "BRIDGE_MAX_CONNECTIONS", int, 128),
-            "max_message_bytes": read(env, "BRIDGE_MAX_MESSAGE_BYTES", int, 16 * 1024 * 1024),
-            "connect_timeout": read(env, "UPSTREAM_CONNECT_TIMEOUT", float, 10.0),
-            "ping_timeout": read(env, "BRIDGE_PING_TIMEOUT", float, 1.5),
-            "keepalive_interval": keepalive if keepalive > 0 else None,
-            "idle_timeout": idle if idle > 0 else None,
-            "session_options": read(env, "BRIDGE_SESSION_OPTIONS", str, "pass").lower(),
-        }
-        values.update(overrides)
-        return cls(**values)
-
-    def upstream_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def binary_as_text(data: bytes) -> str | None:
-    """The text of a binary frame that holds UTF-8 JSON, else ``None``.
-
-    A cheap structural test (valid UTF-8, an object's braces at both ends) rather than a parse:
-    the engine parses every event anyway and answers ``invalid_json`` for a broken one.
-    """
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    stripped = text.strip()
-    if stripped.startswith("{") and stripped.endswith("}"):
-        return text
-    return None
-
-
-def text_size(text: str) -> int:
-    """UTF-8 size of ``text``; O(1) for ASCII (all protocol events but some deltas)."""
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-def session_update_refusal(text: str) -> str | None:
-    """The error frame for a ``session.update`` whose options Voxtral Realtime on ``vllm
-    serve`` cannot honour; None to forward the frame (anything else is vLLM's to judge)."""
-    try:
-        event = parse_client_event(text)
-    except ProtocolError as exc:
-        if exc.code in (ErrorCode.UNKNOWN_LANGUAGE, ErrorCode.PROMPT_TOO_LONG):
-            return error_frame(exc.code, exc.message)
-        if exc.code == ErrorCode.INVALID_EVENT and (
-            "'language'" in exc.message or "'prompt'" in exc.message
-        ):
-            return error_frame(exc.code, exc.message)
-        return None
-    if not isinstance(event, SessionUpdate):
-        return None
-    refusal = option_refusal(
-        event.language,
-        event.prompt,
-        languages=VOXTRAL_REALTIME_LANGUAGES,
-        takes_prompt=False,
-        label="Voxtral Realtime on vllm serve",
-    )
-    return None if refusal is None else error_frame(*refusal)
-
-
-def truncate_reason(reason: str) -> str:
-    """Fit a close reason into a control frame without splitting a UTF-8 sequence."""
-    raw = reason.encode("utf-8")
-    if len(raw) <= MAX_REASON_BYTES:
-        return reason
-    return raw[:MAX_REASON_BYTES].decode("utf-8", errors="ignore")
-
-
-def is_sendable_close_code(code: int | None) -> bool:
-    """Codes an endpoint may put in a close frame (RFC 6455 §7.4; 1005/1006/1015 are not)."""
-    if code is None:
-        return False
-    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or (
-        3000 <= code <= 4999
-    )
-
-
-def client_close_for(code: int | None, reason: str) -> tuple[int, str]:
-    """The close to give the client when the upstream closed with ``code``/``reason``."""
-    if code == 1005:  # a close frame without a code: a normal end
-        return 1000, reason
-    if is_sendable_close_code(code):
-        assert code is not None
-        return code, truncate_reason(reason)
-    return 1011, truncate_reason(reason or f"engine closed abnormally ({code})")
-
-
-def upstream_close_for(code: int | None) -> int:
-    """The close to give the upstream when the client closed with ``code``."""
-    return code if is_sendable_close_code(code) and code is not None else 1001
-
-
-def resolve_route(path: str, headers: Mapping[str, str]) -> str | None:
-    """The stream route a connection asks for, or ``None`` when the bridge does not serve it.
-
-    SageMaker connects to ``ModelInvocationPath`` (default ``/invocations-bidirectional-stream``);
-    when the invocation-path header is present it names the route the caller wanted.
-    """
-    wanted = headers.get(INVOCATION_PATH_HEADER, "").strip() or path
-    if not wanted.startswith("/"):
-        wanted = "/" + wanted
-    wanted = wanted.split("?", 1)[0].rstrip("/") or "/"
-    return wanted if wanted in STREAM_PATHS else None
 
 
 # --------------------------------------------------------------------------- health

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -44,23 +44,25 @@ from components.core.protocol import (
     parse_server_event,
     serialize,
 )
-from container.bridge import (
+from container.bridge import create_app, uvicorn_config
+from container.config import BridgeConfig, health_url_for
+from container.frames import (
     STREAM_PATH,
-    BridgeConfig,
     binary_as_text,
     client_close_for,
-    create_app,
-    health_url_for,
     resolve_route,
     truncate_reason,
     upstream_close_for,
-    uvicorn_config,
 )
 from tests.support_metrics import value
-
-WAIT = 10.0
-"""Upper bound for any single wait in these tests (a hang fails instead of blocking CI)."""
-
+from tests.support_realtime import (
+    WAIT,
+    closed_with,
+    held_together,
+    next_event,
+    open_stream,
+    session,
+)
 
 # --------------------------------------------------------------------------- harness
 
@@ -255,25 +257,6 @@ def drain(q: queue.Queue[Any]) -> None:
         q.get_nowait()
 
 
-async def open_stream(url: str, **kwargs: Any) -> ClientConnection:
-    return await connect(url, compression=None, proxy=None, open_timeout=WAIT, **kwargs)
-
-
-async def next_event(ws: ClientConnection) -> Any:
-    async with asyncio.timeout(WAIT):
-        return parse_server_event(await ws.recv())
-
-
-async def closed_with(ws: ClientConnection) -> tuple[int | None, str]:
-    """Wait for the server's close; return its code and reason."""
-    async with asyncio.timeout(WAIT):
-        with pytest.raises(ConnectionClosed) as info:
-            while True:
-                await ws.recv()
-    rcvd = info.value.rcvd
-    return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
-
-
 async def wait_until(condition: Any) -> None:
     """Poll state owned by the bridge's thread (no event crosses the threads) until it holds."""
     async with asyncio.timeout(WAIT):
@@ -416,9 +399,7 @@ async def test_a_stream_is_relayed_both_ways_frame_by_frame(
     bridge: RunningBridge, upstream: StandInUpstream
 ) -> None:
     drain(upstream.frames)
-    ws = await open_stream(bridge.ws_url())
-    try:
-        assert isinstance(await next_event(ws), SessionCreated)
+    async with session(bridge.ws_url()) as ws:
         update = serialize(SessionUpdate(model="m"))
         append = serialize(InputAudioBufferAppend(pcm(0.25)))
         await ws.send(update)
@@ -429,8 +410,6 @@ async def test_a_stream_is_relayed_both_ways_frame_by_frame(
         # Text frames reach the engine unchanged, as text.
         assert await take(upstream.frames) == update
         assert await take(upstream.frames) == append
-    finally:
-        await ws.close()
 
 
 async def test_in_front_of_vllm_serve_refused_options_never_reach_the_engine(
@@ -438,9 +417,7 @@ async def test_in_front_of_vllm_serve_refused_options_never_reach_the_engine(
 ) -> None:
     checking = make_bridge(upstream_url=upstream.url, session_options="voxtral")
     drain(upstream.frames)
-    ws = await open_stream(checking.ws_url())
-    try:
-        assert isinstance(await next_event(ws), SessionCreated)
+    async with session(checking.ws_url()) as ws:
         cases = [
             ('{"type":"session.update","model":"m","language":"xx"}', "unknown_language"),
             ('{"type":"session.update","model":"m","language":"sv"}', "unsupported_language"),
@@ -465,8 +442,6 @@ async def test_in_front_of_vllm_serve_refused_options_never_reach_the_engine(
         await ws.send(serialize(InputAudioBufferCommit(final=True)))
         assert await next_event(ws) == TranscriptionDelta("8000 bytes")
         assert await take(upstream.frames) == good
-    finally:
-        await ws.close()
 
 
 async def _refusal(ws: ClientConnection, language: str) -> ErrorEvent:
@@ -480,24 +455,18 @@ async def test_by_default_the_bridge_leaves_options_to_the_engine(
     bridge: RunningBridge, upstream: StandInUpstream
 ) -> None:
     drain(upstream.frames)
-    ws = await open_stream(bridge.ws_url())
-    try:
-        assert isinstance(await next_event(ws), SessionCreated)
+    async with session(bridge.ws_url()) as ws:
         update = serialize(SessionUpdate(model="m", language="sv", prompt="Hester Prynne"))
         await ws.send(update)
         await ws.send(serialize(InputAudioBufferCommit(final=True)))
         assert await take(upstream.frames) == update
-    finally:
-        await ws.close()
 
 
 async def test_binary_json_is_forwarded_as_text(
     bridge: RunningBridge, upstream: StandInUpstream
 ) -> None:
     drain(upstream.frames)
-    ws = await open_stream(bridge.ws_url())
-    try:
-        await next_event(ws)
+    async with session(bridge.ws_url()) as ws:
         append = serialize(InputAudioBufferAppend(pcm(0.5)))
         await ws.send(append.encode())
         await ws.send(serialize(InputAudioBufferCommit()).encode())
@@ -505,17 +474,13 @@ async def test_binary_json_is_forwarded_as_text(
         forwarded = await take(upstream.frames)
         assert isinstance(forwarded, str)
         assert forwarded == append
-    finally:
-        await ws.close()
 
 
 async def test_binary_garbage_gets_an_error_and_the_stream_goes_on(
     bridge: RunningBridge, upstream: StandInUpstream
 ) -> None:
     drain(upstream.frames)
-    ws = await open_stream(bridge.ws_url())
-    try:
-        await next_event(ws)
+    async with session(bridge.ws_url()) as ws:
         await ws.send(b"\x00\x01\xfe\xff" * 100)
         event = await next_event(ws)
         assert isinstance(event, ErrorEvent)
@@ -527,51 +492,34 @@ async def test_binary_garbage_gets_an_error_and_the_stream_goes_on(
         # Nothing of the garbage reached the engine.
         assert isinstance(await take(upstream.frames), str)
         assert upstream.frames.empty()
-    finally:
-        await ws.close()
 
 
 async def test_binary_frames_from_the_engine_stay_binary(bridge: RunningBridge) -> None:
-    ws = await open_stream(bridge.ws_url())
-    try:
-        await next_event(ws)
+    async with session(bridge.ws_url()) as ws:
         await ws.send(serialize(SessionUpdate(model="binary")))
         async with asyncio.timeout(WAIT):
             assert await ws.recv() == b"\x00\xffbinary"
-    finally:
-        await ws.close()
 
 
 async def test_websocket_pings_are_answered(bridge: RunningBridge) -> None:
-    ws = await open_stream(bridge.ws_url(), ping_interval=None)
-    try:
-        await next_event(ws)
+    async with session(bridge.ws_url(), ping_interval=None) as ws:
         pong = await ws.ping(b"sagemaker")
         async with asyncio.timeout(WAIT):
             await pong
-    finally:
-        await ws.close()
 
 
 async def test_the_api_key_and_query_string_reach_the_engine(bridge: RunningBridge) -> None:
-    ws = await open_stream(bridge.ws_url() + "?lang=en")
-    try:
-        await next_event(ws)
+    async with session(bridge.ws_url() + "?lang=en") as ws:
         await ws.send(serialize(SessionUpdate(model="auth")))
         assert await next_event(ws) == TranscriptionDelta("Bearer s3cret")
         await ws.send(serialize(SessionUpdate(model="path")))
         assert await next_event(ws) == TranscriptionDelta("/v1/realtime?lang=en")
-    finally:
-        await ws.close()
 
 
 async def test_the_invocation_path_header_selects_a_route(bridge: RunningBridge) -> None:
     header = {"X-Amzn-SageMaker-Model-Invocation-Path": "/v1/realtime"}
-    ws = await open_stream(bridge.ws_url(), additional_headers=header)
-    try:
-        assert isinstance(await next_event(ws), SessionCreated)
-    finally:
-        await ws.close()
+    async with session(bridge.ws_url(), additional_headers=header):
+        pass  # session.created: the route was served
     # A route the bridge does not serve is refused with a close that names the right one.
     header = {"X-Amzn-SageMaker-Model-Invocation-Path": "/v2/other"}
     ws = await open_stream(bridge.ws_url(), additional_headers=header)
@@ -585,26 +533,23 @@ async def test_the_invocation_path_header_selects_a_route(bridge: RunningBridge)
 # --------------------------------------------------------------------------- closes and errors
 
 
-async def test_the_engine_close_code_and_reason_reach_the_client(bridge: RunningBridge) -> None:
-    ws = await open_stream(bridge.ws_url())
-    await next_event(ws)
-    await ws.send(serialize(SessionUpdate(model="close:4003:session too long")))
-    assert await closed_with(ws) == (4003, "session too long")
-    ws = await open_stream(bridge.ws_url())
-    await next_event(ws)
-    await ws.send(serialize(SessionUpdate(model="close:1013:server busy")))
-    assert await closed_with(ws) == (1013, "server busy")
+@pytest.mark.parametrize(("code", "reason"), [(4003, "session too long"), (1013, "server busy")])
+async def test_the_engine_close_code_and_reason_reach_the_client(
+    bridge: RunningBridge, code: int, reason: str
+) -> None:
+    async with session(bridge.ws_url()) as ws:
+        await ws.send(serialize(SessionUpdate(model=f"close:{code}:{reason}")))
+        assert await closed_with(ws) == (code, reason)
 
 
 async def test_an_engine_lost_mid_stream_gives_an_error_then_1011(bridge: RunningBridge) -> None:
-    ws = await open_stream(bridge.ws_url())
-    await next_event(ws)
-    await ws.send(serialize(InputAudioBufferAppend(pcm(0.1))))
-    await ws.send(serialize(SessionUpdate(model="abort")))
-    event = await next_event(ws)
-    assert isinstance(event, ErrorEvent)
-    assert event.code == ErrorCode.UPSTREAM_UNAVAILABLE
-    code, reason = await closed_with(ws)
+    async with session(bridge.ws_url()) as ws:
+        await ws.send(serialize(InputAudioBufferAppend(pcm(0.1))))
+        await ws.send(serialize(SessionUpdate(model="abort")))
+        event = await next_event(ws)
+        assert isinstance(event, ErrorEvent)
+        assert event.code == ErrorCode.UPSTREAM_UNAVAILABLE
+        code, reason = await closed_with(ws)
     assert code == 1011
     assert reason
 
@@ -633,10 +578,9 @@ async def test_a_client_that_leaves_closes_its_engine_stream(
     bridge: RunningBridge, upstream: StandInUpstream
 ) -> None:
     drain(upstream.closed)
-    ws = await open_stream(bridge.ws_url())
-    await next_event(ws)
-    await ws.send(serialize(InputAudioBufferAppend(pcm(0.1))))
-    await ws.close(1000)
+    async with session(bridge.ws_url()) as ws:
+        await ws.send(serialize(InputAudioBufferAppend(pcm(0.1))))
+        await ws.close(1000)
     assert await take(upstream.closed) == 1000
     # A client that vanishes without a close frame releases its engine stream too.
     ws = await open_stream(bridge.ws_url())
@@ -651,10 +595,9 @@ async def test_an_oversized_message_closes_1009_and_releases_the_engine(
 ) -> None:
     small = make_bridge(upstream_url=upstream.url, max_message_bytes=64 * 1024)
     drain(upstream.closed)
-    ws = await open_stream(small.ws_url(), max_size=None)
-    await next_event(ws)
-    await ws.send(serialize(InputAudioBufferAppend(pcm(3.0))))  # ~128 KB of base64
-    assert (await closed_with(ws))[0] == 1009
+    async with session(small.ws_url(), max_size=None) as ws:
+        await ws.send(serialize(InputAudioBufferAppend(pcm(3.0))))  # ~128 KB of base64
+        assert (await closed_with(ws))[0] == 1009
     assert await take(upstream.closed) is not None
 
 
@@ -663,11 +606,7 @@ async def test_an_idle_stream_is_closed_and_a_busy_one_is_not(
 ) -> None:
     idle = make_bridge(upstream_url=upstream.url, idle_timeout=0.6)
     drain(upstream.closed)
-    quiet = await open_stream(idle.ws_url())
-    busy = await open_stream(idle.ws_url())
-    try:
-        await next_event(quiet)
-        await next_event(busy)
+    async with session(idle.ws_url()) as quiet, session(idle.ws_url()) as busy:
         for _ in range(8):  # 1.6 s of traffic, one frame every 0.2 s
             await busy.send(serialize(InputAudioBufferAppend(pcm(0.01))))
             await asyncio.sleep(0.2)
@@ -678,63 +617,43 @@ async def test_an_idle_stream_is_closed_and_a_busy_one_is_not(
         assert await take(upstream.closed) is not None  # its engine stream is released
         await busy.send(serialize(InputAudioBufferCommit()))
         assert await next_event(busy) == TranscriptionDelta("2560 bytes")
-    finally:
-        await quiet.close()
-        await busy.close()
 
 
 async def test_fifty_concurrent_streams_are_served_or_refused_cleanly(
     make_bridge: BridgeFactory, upstream: StandInUpstream
 ) -> None:
     limited = make_bridge(upstream_url=upstream.url, max_connections=10)
-    everyone_in = asyncio.Event()
-    opened = 0
 
-    async def one() -> str:
-        nonlocal opened
-        ws = await open_stream(limited.ws_url())
-        try:
-            first = await next_event(ws)
-            opened += 1
-            if opened == 50:
-                everyone_in.set()
-            async with asyncio.timeout(WAIT):
-                await everyone_in.wait()  # all 50 held open at once
-            if isinstance(first, ErrorEvent):
-                assert first.code == ErrorCode.SERVER_BUSY
-                assert await closed_with(ws) == (1013, "try again later")
-                return "refused"
-            assert isinstance(first, SessionCreated)
-            await ws.send(serialize(InputAudioBufferAppend(pcm(0.1))))
-            await ws.send(serialize(InputAudioBufferCommit(final=True)))
-            assert await next_event(ws) == TranscriptionDelta("3200 bytes")
-            assert await next_event(ws) == TranscriptionDone("3200 bytes")
-            return "served"
-        finally:
-            await ws.close()
+    async def one(ws: ClientConnection, first: Any) -> str:
+        if isinstance(first, ErrorEvent):
+            assert first.code == ErrorCode.SERVER_BUSY
+            assert await closed_with(ws) == (1013, "try again later")
+            return "refused"
+        assert isinstance(first, SessionCreated)
+        await ws.send(serialize(InputAudioBufferAppend(pcm(0.1))))
+        await ws.send(serialize(InputAudioBufferCommit(final=True)))
+        assert await next_event(ws) == TranscriptionDelta("3200 bytes")
+        assert await next_event(ws) == TranscriptionDone("3200 bytes")
+        return "served"
 
-    results = await asyncio.gather(*(one() for _ in range(50)))
+    results = await held_together(limited.ws_url(), 50, one)
     assert results.count("served") == 10
     assert results.count("refused") == 40
     await wait_until(lambda: limited.active == 0)
     # The limit frees up again: a new stream is served.
-    ws = await open_stream(limited.ws_url())
-    try:
-        assert isinstance(await next_event(ws), SessionCreated)
-    finally:
-        await ws.close()
+    async with session(limited.ws_url()):
+        pass  # session.created: served
 
 
 async def test_each_connection_is_logged_once_with_its_id_bytes_and_close(
     bridge: RunningBridge, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="container.bridge")
-    ws = await open_stream(bridge.ws_url())
-    await next_event(ws)
-    await ws.send(serialize(InputAudioBufferCommit()))
-    await next_event(ws)
     reason = f"bye-{uuid.uuid4().hex[:8]}"  # streams of earlier tests may still be closing
-    await ws.close(1000, reason)
+    async with session(bridge.ws_url()) as ws:
+        await ws.send(serialize(InputAudioBufferCommit()))
+        await next_event(ws)
+        await ws.close(1000, reason)
     await wait_until(lambda: any(reason in r.getMessage() for r in caplog.records))
     lines = [r.getMessage() for r in caplog.records if r.name == "container.bridge"]
     closing = [line for line in lines if reason in line]

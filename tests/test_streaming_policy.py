@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from components.engines.whisper.guards import cut_echo, cut_repetition, normalize_word
 from components.engines.whisper.policy import (
     DecodeRequest,
     Hypothesis,
@@ -13,9 +14,6 @@ from components.engines.whisper.policy import (
     PolicyConfig,
     StreamingPolicy,
     Update,
-    cut_echo,
-    cut_repetition,
-    normalize_word,
 )
 
 
