@@ -26,6 +26,7 @@ from components.core.protocol import ErrorCode, TranscriptionDelta, Transcriptio
 from components.engines import registry
 from components.engines.base import EngineError, EngineUnavailable
 from components.engines.vllm import engine as vllm_engine
+from components.engines.vllm import settings as vllm_settings
 from components.engines.vllm.voxtral import (
     VOXTRAL_REALTIME_AUDIO,
     Frame,
@@ -89,35 +90,41 @@ def test_spec_matches_voxtral_mini_realtime_2602() -> None:
     assert 59 * 60 < SPEC.max_audio_seconds(45_000) < 60 * 60
 
 
-def test_spec_from_tokenizer_reads_the_model_objects() -> None:
-    """Duck-typed like mistral_common's tokenizer: values come from it, not from defaults."""
+def stand_in_tokenizer(
+    *, delay_tokens: int, streaming_tokens: list[int], pads: tuple[np.ndarray, np.ndarray]
+) -> SimpleNamespace:
+    """Duck-typed like mistral_common's tokenizer, as far as ``StreamSpec.from_tokenizer`` reads
+    it: Voxtral Realtime's audio settings, with these delay, streaming tokens and padding audio.
+    The stand-in ``vllm`` package below serves the same object."""
     config = SimpleNamespace(
         sampling_rate=16_000,
         frame_rate=12.5,
         raw_audio_length_per_tok=1280,
         streaming_look_back_ms=52.5,
         streaming_look_ahead_ms=2.5,
-        get_num_delay_tokens=lambda: 3,
+        get_num_delay_tokens=lambda: delay_tokens,
     )
     encoder = SimpleNamespace(
         audio_config=config,
-        encode_streaming_tokens=lambda: [9] * 5,
-        get_padding_audio=lambda: (
-            SimpleNamespace(audio_array=np.zeros(2560, np.float32)),
-            SimpleNamespace(audio_array=np.zeros(3840, np.float32)),
-        ),
+        encode_streaming_tokens=lambda: list(streaming_tokens),
+        get_padding_audio=lambda: tuple(SimpleNamespace(audio_array=pad) for pad in pads),
     )
-    tokenizer = SimpleNamespace(instruct=SimpleNamespace(audio_encoder=encoder, start=lambda: [1]))
+    return SimpleNamespace(instruct=SimpleNamespace(audio_encoder=encoder, start=lambda: [1]))
+
+
+def test_spec_from_tokenizer_reads_the_model_objects() -> None:
+    """Values come from the tokenizer, not from defaults."""
+    silent = (np.zeros(2560, np.float32), np.zeros(3840, np.float32))
+    tokenizer = stand_in_tokenizer(delay_tokens=3, streaming_tokens=[9] * 5, pads=silent)
     spec = StreamSpec.from_tokenizer(tokenizer)
     assert spec.prompt_tokens == (1, 9, 9, 9, 9, 9)
     assert (spec.left_pad, spec.right_pad, spec.delay_tokens) == (2560, 3840, 3)
 
-    encoder.get_padding_audio = lambda: (
-        SimpleNamespace(audio_array=np.ones(2560, np.float32)),
-        SimpleNamespace(audio_array=np.zeros(3840, np.float32)),
-    )
+    loud = (np.ones(2560, np.float32), np.zeros(3840, np.float32))
     with pytest.raises(ValueError, match="not silence"):
-        StreamSpec.from_tokenizer(tokenizer)
+        StreamSpec.from_tokenizer(
+            stand_in_tokenizer(delay_tokens=3, streaming_tokens=[9] * 5, pads=loud)
+        )
 
 
 # --------------------------------------------------------------------------- the framing
@@ -391,7 +398,7 @@ def make_engine(llm: StandInLLM, **kwargs: Any) -> vllm_engine.VllmEngine:
     options.update(kwargs)
     return vllm_engine.VllmEngine(
         llm,
-        model=vllm_engine.DEFAULT_MODEL,
+        model=vllm_settings.DEFAULT_MODEL,
         spec=SPEC,
         prepare=identity,
         sampling_params=lambda: None,
@@ -544,7 +551,7 @@ def test_without_vllm_or_gpu_from_env_says_what_is_missing(
 
 def test_cuda_visible_devices_can_hide_every_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert vllm_engine.cuda_problem() == (
+    assert vllm_settings.cuda_problem() == (
         "no CUDA GPU detected (CUDA_VISIBLE_DEVICES hides every GPU)"
     )
 
@@ -563,7 +570,7 @@ def test_create_engine_vllm_raises_and_auto_falls_back_to_cpu() -> None:
 def test_settings_defaults_and_errors() -> None:
     settings = vllm_engine.VllmSettings.from_env({})
     assert settings == vllm_engine.VllmSettings()
-    assert (settings.model, settings.model_from_env) == (vllm_engine.DEFAULT_MODEL, False)
+    assert (settings.model, settings.model_from_env) == (vllm_settings.DEFAULT_MODEL, False)
     assert (settings.max_model_len, settings.max_num_seqs, settings.idle_timeout) == (
         45_000,
         16,
@@ -685,24 +692,12 @@ def get_model_cls(model_config):
     return VoxtralRealtimeGeneration
 """,
     "vllm/tokenizers/__init__.py": """
-from types import SimpleNamespace
 import numpy as np
+from tests.test_vllm_engine import stand_in_tokenizer
 
 def cached_tokenizer_from_config(model_config):
-    config = SimpleNamespace(
-        sampling_rate=16000, frame_rate=12.5, raw_audio_length_per_tok=1280,
-        streaming_look_back_ms=52.5, streaming_look_ahead_ms=2.5,
-        get_num_delay_tokens=lambda: 6,
-    )
-    encoder = SimpleNamespace(
-        audio_config=config,
-        encode_streaming_tokens=lambda: [32] * 38,
-        get_padding_audio=lambda: (
-            SimpleNamespace(audio_array=np.zeros(40960, np.float32)),
-            SimpleNamespace(audio_array=np.zeros(21760, np.float32)),
-        ),
-    )
-    return SimpleNamespace(instruct=SimpleNamespace(audio_encoder=encoder, start=lambda: [1]))
+    pads = (np.zeros(40960, np.float32), np.zeros(21760, np.float32))
+    return stand_in_tokenizer(delay_tokens=6, streaming_tokens=[32] * 38, pads=pads)
 """,
     "vllm/v1/__init__.py": "",
     "vllm/v1/engine/__init__.py": "",
@@ -788,7 +783,7 @@ async def test_start_drives_vllm_as_its_realtime_server_does(
         "limit_mm_per_prompt": {"audio": 1},
     }
     assert engine.spec == SPEC and engine.max_sessions == 3
-    assert engine.model == vllm_engine.DEFAULT_MODEL
+    assert engine.model == vllm_settings.DEFAULT_MODEL
 
     samples = speech(clips["librispeech-1089-134691-0000"])
     events = await collect(engine, stream_of(chunked(samples, 12)))

@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 import pytest_asyncio
-import soundfile as sf
 
 from components.core.evaluation import Clip, wer
 from components.core.protocol import TranscriptionDelta, TranscriptionDone
 from components.engines.base import EngineUnavailable
 from components.engines.vllm import engine as vllm_engine
+from components.engines.vllm import settings as vllm_settings
 from components.engines.vllm.voxtral import VOXTRAL_REALTIME_AUDIO, StreamSpec, VoxtralFramer
+from tests.support_speech import chunks_of, frame_count, speech, uneven_chunks, vllms_frames
 
 CLEAN_CLIPS = ("librispeech-1089-134686-0000", "librispeech-1089-134691-0000")
 WER_BOUND = 0.15
@@ -53,18 +54,6 @@ async def engine() -> AsyncIterator[vllm_engine.VllmEngine]:
     await engine.aclose()
 
 
-def speech(clip: Clip) -> np.ndarray:
-    samples, rate = sf.read(clip.path, dtype="float32")
-    assert rate == 16_000
-    return samples
-
-
-async def chunks_of(samples: np.ndarray, size: int = 1600) -> AsyncIterator[np.ndarray]:
-    """100 ms chunks as fast as the engine takes them (it pushes back when behind)."""
-    for at in range(0, len(samples), size):
-        yield samples[at : at + size]
-
-
 async def transcribe(engine: vllm_engine.VllmEngine, samples: np.ndarray) -> TranscriptionDone:
     deltas: list[str] = []
     async with asyncio.timeout(240):
@@ -86,13 +75,7 @@ async def test_transcribes_a_clip_end_to_end(
     done = await transcribe(engine, samples)
     assert wer(clip.text, done.text) <= WER_BOUND, done.text
     # Every frame went through: the prompt once, then one token per 80 ms.
-    framer = VoxtralFramer(engine.spec)
-    framer.push_audio(samples)
-    framer.end_audio()
-    frames = 0
-    while framer.next_frame() is not None:
-        frames += 1
-        framer.feed_output([0])
+    frames = frame_count(engine.spec, samples)
     assert done.usage is not None
     assert done.usage.prompt_tokens == len(engine.spec.prompt_tokens) + frames - 1
     assert done.usage.completion_tokens >= frames - 1
@@ -125,20 +108,8 @@ async def test_framing_matches_vllms_own_buffer(
     engine: vllm_engine.VllmEngine, clips: dict[str, Clip]
 ) -> None:
     """Our frames equal those of the model's ``buffer_realtime_audio`` for the same audio."""
-    from vllm.model_executor.model_loader import get_model_cls
-
-    model_config = engine.llm.model_config
-    model_cls = get_model_cls(model_config)
     samples = speech(clips[CLEAN_CLIPS[1]])
-    fed_back: asyncio.Queue[list[int]] = asyncio.Queue()
-    theirs: list[tuple[list[int], np.ndarray]] = []
-    async with asyncio.timeout(60):
-        async for prompt in model_cls.buffer_realtime_audio(
-            chunks_of(samples, 999), fed_back, model_config
-        ):
-            audio, _rate = prompt["multi_modal_data"]["audio"]
-            theirs.append((list(prompt["prompt_token_ids"]), np.asarray(audio)))
-            fed_back.put_nowait([100 + len(theirs)])
+    theirs = await vllms_frames(engine, uneven_chunks(samples, (999,)), lambda n: [100 + n])
 
     framer = VoxtralFramer(engine.spec)
     for at in range(0, len(samples), 999):
@@ -155,8 +126,8 @@ async def test_framing_matches_vllms_own_buffer(
 
 
 async def test_the_model_frames_as_documented(engine: vllm_engine.VllmEngine) -> None:
-    if engine.model != vllm_engine.DEFAULT_MODEL:
-        pytest.skip(f"documented numbers are for {vllm_engine.DEFAULT_MODEL}, not {engine.model}")
+    if engine.model != vllm_settings.DEFAULT_MODEL:
+        pytest.skip(f"documented numbers are for {vllm_settings.DEFAULT_MODEL}, not {engine.model}")
     documented = StreamSpec.from_audio_settings(
         **VOXTRAL_REALTIME_AUDIO,
         bos_id=engine.spec.prompt_tokens[0],
