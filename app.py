@@ -41,9 +41,9 @@ from components.page.mic_link import MicLink, parse_recording
 from components.page.mic_widget import CSS as MIC_CSS
 from components.page.mic_widget import microphone
 from components.page.presentation import add_routes
-from components.page.session import SessionView
 from components.page.settings import BackendChoice, BackendKind, Settings
 from components.page.tab_tokens import TabTokens
+from components.page.view import SessionView
 
 log = logging.getLogger("app")
 

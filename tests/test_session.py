@@ -26,7 +26,7 @@ from components.core.evaluation import Clip, wer
 from components.core.metrics import render
 from components.core.protocol import NO_OPTIONS
 from components.page.manager import SessionManager
-from components.page.session import CaptionSession, SessionState
+from components.page.session import CaptionSession
 from components.page.settings import (
     BackendChoice,
     BackendKind,
@@ -34,6 +34,7 @@ from components.page.settings import (
     Settings,
     validate_choice,
 )
+from components.page.view import SessionState
 from tests.support_metrics import value
 from tests.support_relay import TcpRelay
 from tests.support_server import free_port, running_server

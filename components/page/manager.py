@@ -21,7 +21,7 @@ from components.backends.factory import BackendSpec, Kind, build_backend
 from components.core.errors import BackendError, BackendUnavailable, Busy
 from components.page.file_feed import feed_file
 from components.page.metrics import PageMetrics
-from components.page.session import FINISHED, CaptionSession
+from components.page.session import CaptionSession
 from components.page.settings import (
     BackendChoice,
     BackendKind,
@@ -29,6 +29,7 @@ from components.page.settings import (
     Settings,
     validate_choice,
 )
+from components.page.view import FINISHED
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import Metric
 
 from components.core.metrics import CONTENT_TYPE, LATENCY_BUCKETS, LiveValues, gauge, render
-from components.page.session import SessionView
+from components.page.view import SessionView
 
 
 class PageMetrics:
