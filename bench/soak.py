@@ -248,6 +248,7 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "legs": chain.stats.legs,
                         "handovers": chain.stats.handovers,
                         "reconnects": chain.stats.reconnects,
+                        "expired": chain.stats.expired,
                     }
 
                 try:
@@ -268,7 +269,11 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
 
             def stats() -> dict[str, int]:
-                return {"handovers": chain.stats.handovers, "reconnects": chain.stats.reconnects}
+                return {
+                    "handovers": chain.stats.handovers,
+                    "reconnects": chain.stats.reconnects,
+                    "expired": chain.stats.expired,
+                }
 
             await run(chain, url.process.pid, stats)
             await asyncio.sleep(args.settle)

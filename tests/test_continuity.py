@@ -230,6 +230,8 @@ async def test_a_stream_the_front_ends_is_continued_from_the_replay(
             await backend.aclose()
     assert "reached 15 s" in front.log_text()
     assert result.stats.legs >= 2 and result.stats.lost_samples == 0, result.stats
+    # Each stream the front ended was taken over from the replay, counted as such.
+    assert result.stats.expired == result.stats.legs - 1 and result.stats.reconnects == 0
     assert not [n for n in result.notices if n.kind == "audio_lost"]
     assert_continuous(result.text, uninterrupted, recording.reference)
 

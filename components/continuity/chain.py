@@ -325,7 +325,10 @@ class ContinuousStream:
             leg = self._add_leg(stream, start=begin, after=lost, seam=Seam(replay_from=begin))
             if end is None:
                 self._leg = leg
-            self.stats.reconnects += 0 if expired else 1
+            if expired:
+                self.stats.expired += 1
+            else:
+                self.stats.reconnects += 1
             self.stats.replayed_samples += len(audio) // 2
             try:
                 await self._replay(leg, audio)

@@ -69,6 +69,9 @@ class ContinuityStats:
     """Planned: a leg ended before its limit."""
     reconnects: int = 0
     """Unplanned: a leg broke and another took over its audio."""
+    expired: int = 0
+    """A leg reached a limit the chain did not know of (the backend ended it at its maximum
+    duration) and another took over its audio from the replay buffer."""
     replayed_samples: int = 0
     lost_samples: int = 0
     """Audio that could not be resent (older than the replay buffer)."""
