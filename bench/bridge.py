@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from websockets.asyncio.server import ServerConnection, serve  # noqa: E402
 from websockets.http11 import Request, Response  # noqa: E402
 
+from bench.loopback import bridge_command, free_port, percentile, stop, wait_listening  # noqa: E402
 from components.core.protocol import InputAudioBufferAppend, SessionCreated, serialize  # noqa: E402
 
 
@@ -122,44 +122,6 @@ async def throughput(url: str, payload: str, clients: int, per_client: int, wind
     return clients * per_client / elapsed
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"a helper process exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port} after {timeout:g} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 async def measure(args: argparse.Namespace, direct: str, bridged: str) -> None:
     payload = serialize(InputAudioBufferAppend(b"\x01\x00" * (args.bytes // 2)))
     await round_trips(direct, payload, 200)  # warm both paths
@@ -216,19 +178,7 @@ def main() -> int:
     upstream = subprocess.Popen(
         [sys.executable, __file__, "--echo-upstream", str(up_port)], env=env, cwd=ROOT
     )
-    bridge = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "container.bridge",
-            "--port",
-            str(bridge_port),
-            "--upstream",
-            up_url,
-        ],
-        env=env,
-        cwd=ROOT,
-    )
+    bridge = subprocess.Popen(bridge_command(bridge_port, up_url), env=env, cwd=ROOT)
     try:
         wait_listening(up_port, upstream)
         wait_listening(bridge_port, bridge)

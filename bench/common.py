@@ -72,35 +72,32 @@ def references(clips: list[Clip], model: Any, *, beam5: bool = True) -> list[Ref
     ``model`` is a ``faster_whisper.WhisperModel``; decoding is greedy without temperature
     fallback, over the whole clip, as the streaming engine decodes.
     """
+
+    def decode(audio: np.ndarray, beam_size: int, **options: Any) -> list[Any]:
+        segments, _ = model.transcribe(
+            audio,
+            beam_size=beam_size,
+            temperature=0.0,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            **options,
+        )
+        return list(segments)
+
+    def joined(segments: list[Any]) -> str:
+        return " ".join(s.text.strip() for s in segments)
+
     out = []
     for clip in clips:
         audio = load_file(str(clip.path))
-        segments, _ = model.transcribe(
-            audio,
-            beam_size=1,
-            temperature=0.0,
-            word_timestamps=True,
-            vad_filter=False,
-            condition_on_previous_text=False,
-        )
-        segments = list(segments)
-        text = " ".join(s.text.strip() for s in segments)
+        segments = decode(audio, 1, word_timestamps=True)
         words: list[tuple[str, float]] = []
         for s in segments:
             for w in s.words or []:
                 for norm in normalize(w.word):
                     words.append((norm, float(w.end)))
-        text5 = None
-        if beam5:
-            seg5, _ = model.transcribe(
-                audio,
-                beam_size=5,
-                temperature=0.0,
-                vad_filter=False,
-                condition_on_previous_text=False,
-            )
-            text5 = " ".join(s.text.strip() for s in seg5)
-        out.append(Reference(clip, audio, text, text5, words))
+        text5 = joined(decode(audio, 5)) if beam5 else None
+        out.append(Reference(clip, audio, joined(segments), text5, words))
     return out
 
 

@@ -52,13 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clips", type=int, default=None, help="only the first N clips")
     p.add_argument("--pace", type=float, default=1.0, help="x real time")
+    p.add_argument("--cut-every", type=float, default=45.0, help="s of audio between cuts")
     p.add_argument(
         "--stream-seconds",
         type=float,
         default=25.0,
         help="leg limit; handovers fall 65-85 %% into it (default %(default)g)",
     )
-    p.add_argument("--cut-every", type=float, default=45.0, help="s of audio between cuts")
     p.add_argument("--texts", action="store_true", help="include both transcripts and the seams")
     p.add_argument("-v", "--verbose", action="store_true", help="log each seam to stderr")
     return p

@@ -34,21 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (
-    ANCHORS,
-    TARGETS,
-    Reference,
-    concatenate,
-    lag_summary,
-    machine,
-    ratio,
-    references_apart,
-    replay,
-    rss_mb,
-    select_clips,
-    wer_of,
-    word_lags,
-)
+from bench import common
 from components.core.protocol import SAMPLE_RATE
 
 
@@ -72,7 +58,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from components.backends.local import LocalBackend
     from components.engines.whisper.engine import WhisperEngine
 
-    refs = references_apart(select_clips(args.clips), beam5=not args.no_beam5)
+    refs = common.references_apart(common.select_clips(args.clips), beam5=not args.no_beam5)
     engine = None
     load_s = 0.0
     memory_loaded = None
@@ -85,16 +71,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         load_started = time.monotonic()
         engine = WhisperEngine.from_env()
         load_s = time.monotonic() - load_started
-        memory_loaded = rss_mb()
+        memory_loaded = common.rss_mb()
         backend = LocalBackend(engine)
         engine_name = engine.name
-    streams = [concatenate(refs)] if args.concat else refs
+    streams = [common.concatenate(refs)] if args.concat else refs
     cpu0, wall0 = time.process_time(), time.monotonic()
     results = []
     for ref in streams:
         stream = await backend.open()
         results.append(
-            (ref, await replay(stream, ref.audio, pace=args.pace, chunk_ms=args.chunk_ms))
+            (ref, await common.replay(stream, ref.audio, pace=args.pace, chunk_ms=args.chunk_ms))
         )
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     audio_s = sum(len(r.audio) for r in streams) / SAMPLE_RATE
@@ -130,22 +116,24 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _report(
     args: argparse.Namespace,
-    refs: list[Reference],
-    results: list[tuple[Reference, Any]],
+    refs: list[common.Reference],
+    results: list[tuple[common.Reference, Any]],
     **info: Any,
 ) -> dict[str, Any]:
-    streamed = wer_of([(ref.clip.text, rep.text) for ref, rep in results])
-    offline = wer_of([(r.clip.text, r.offline_text) for r in refs])
+    streamed = common.wer_of([(ref.clip.text, rep.text) for ref, rep in results])
+    offline = common.wer_of([(r.clip.text, r.offline_text) for r in refs])
     beam5 = (
-        None if args.no_beam5 else wer_of([(r.clip.text, r.offline_beam5_text or "") for r in refs])
+        None
+        if args.no_beam5
+        else common.wer_of([(r.clip.text, r.offline_beam5_text or "") for r in refs])
     )
-    lags = [lag for ref, rep in results for _, lag in word_lags(ref, rep, pace=args.pace)]
+    lags = [lag for ref, rep in results for _, lag in common.word_lags(ref, rep, pace=args.pace)]
     firsts = [rep.first_delta() for _, rep in results if rep.first_delta() is not None]
     mismatched = sum(
         1 for _, rep in results if rep.done_text is not None and rep.done_text != rep.text
     )
     errors = [e.code for _, rep in results for e in rep.errors]
-    lag = lag_summary(lags)
+    lag = common.lag_summary(lags)
     out: dict[str, Any] = {
         "bench": "latency",
         "target": args.url or "local",
@@ -158,8 +146,8 @@ def _report(
             "streaming": streamed,
             "offline_beam1": offline,
             "offline_beam5": beam5,
-            "ratio_vs_offline_beam1": ratio(streamed, offline),
-            "target_ratio": TARGETS["wer_ratio"],
+            "ratio_vs_offline_beam1": common.ratio(streamed, offline),
+            "target_ratio": common.TARGETS["wer_ratio"],
         },
         "first_delta_s": {
             "median": round(statistics.median(firsts), 3) if firsts else None,
@@ -167,25 +155,25 @@ def _report(
         },
         "word_lag": lag,
         "vs_targets": {
-            "lag_p50": ratio(lag["p50_s"], TARGETS["lag_p50_s"]),
-            "lag_p95": ratio(lag["p95_s"], TARGETS["lag_p95_s"]),
+            "lag_p50": common.ratio(lag["p50_s"], common.TARGETS["lag_p50_s"]),
+            "lag_p95": common.ratio(lag["p95_s"], common.TARGETS["lag_p95_s"]),
         },
         "vs_anchor_la2_1s_vad": {
-            "wer": ratio(streamed, ANCHORS["la2_1s_vad"]["wer"]),
-            "first_delta": ratio(
+            "wer": common.ratio(streamed, common.ANCHORS["la2_1s_vad"]["wer"]),
+            "first_delta": common.ratio(
                 statistics.median(firsts) if firsts else None,
-                ANCHORS["la2_1s_vad"]["first_emission_s"],
+                common.ANCHORS["la2_1s_vad"]["first_emission_s"],
             ),
-            "lag_p50": ratio(lag["p50_s"], ANCHORS["la2_1s_vad"]["lag_p50_s"]),
-            "lag_p95": ratio(lag["p95_s"], ANCHORS["la2_1s_vad"]["lag_p95_s"]),
+            "lag_p50": common.ratio(lag["p50_s"], common.ANCHORS["la2_1s_vad"]["lag_p50_s"]),
+            "lag_p95": common.ratio(lag["p95_s"], common.ANCHORS["la2_1s_vad"]["lag_p95_s"]),
         },
         "deltas_differ_from_done": mismatched,
         "error_events": errors,
         "wall_s": round(info["wall"], 1),
         "engine_load_s": round(info["load_s"], 2),
         "memory_after_load": info["memory_loaded"],
-        "memory_end": rss_mb(),
-        "machine": machine(),
+        "memory_end": common.rss_mb(),
+        "machine": common.machine(),
     }
     if info.get("stages"):
         out["process_cpu_s_per_audio_s"] = round(info["cpu"] / info["audio_s"], 3)
@@ -195,20 +183,22 @@ def _report(
         out["engine_counts"] = info["counts"]
     if args.concat and results:
         ref, rep = results[0]
-        timed = word_lags(ref, rep, pace=args.pace)
+        timed = common.word_lags(ref, rep, pace=args.pace)
         third = ref.clip.seconds / 3
         out["long_stream"] = {
-            "first_third": lag_summary([lag for t, lag in timed if t < third]),
-            "last_third": lag_summary([lag for t, lag in timed if t >= 2 * third]),
+            "first_third": common.lag_summary([lag for t, lag in timed if t < third]),
+            "last_third": common.lag_summary([lag for t, lag in timed if t >= 2 * third]),
         }
     if args.per_clip:
         out["per_clip"] = [
             {
                 "id": ref.clip.id,
-                "wer": wer_of([(ref.clip.text, rep.text)]),
-                "offline_wer": wer_of([(ref.clip.text, ref.offline_text)]),
+                "wer": common.wer_of([(ref.clip.text, rep.text)]),
+                "offline_wer": common.wer_of([(ref.clip.text, ref.offline_text)]),
                 "first_delta_s": rep.first_delta(),
-                "lag": lag_summary([lag for _, lag in word_lags(ref, rep, pace=args.pace)]),
+                "lag": common.lag_summary(
+                    [lag for _, lag in common.word_lags(ref, rep, pace=args.pace)]
+                ),
                 "text": rep.text,
             }
             for ref, rep in results

@@ -25,8 +25,6 @@ import argparse
 import asyncio
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from bench.loopback import bridge_command, free_port, percentile, stop, wait_listening  # noqa: E402
 from components.core.protocol import (  # noqa: E402
     TranscriptEvent,
     TranscriptionDelta,
@@ -85,37 +84,6 @@ def serve_echo(port: int) -> None:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"a helper process exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port} after {timeout:g} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-
-
 def start(command: list[str], log: Any) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING"}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -157,11 +125,6 @@ def start_front(bridge_port: int, log: Any) -> tuple[subprocess.Popen[bytes], di
 
 
 # --------------------------------------------------------------------------- measurements
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 class Path_:
@@ -269,22 +232,10 @@ def main() -> int:
             processes.append(
                 start([sys.executable, __file__, "--serve-echo", str(server_port)], log)
             )
-            wait_listening(server_port, processes[-1])
-            processes.append(
-                start(
-                    [
-                        sys.executable,
-                        "-m",
-                        "container.bridge",
-                        "--port",
-                        str(bridge_port),
-                        "--upstream",
-                        f"ws://127.0.0.1:{server_port}/v1/realtime",
-                    ],
-                    log,
-                )
-            )
-            wait_listening(bridge_port, processes[-1])
+            wait_listening(server_port, processes[-1], timeout=60.0)
+            upstream = f"ws://127.0.0.1:{server_port}/v1/realtime"
+            processes.append(start(bridge_command(bridge_port, upstream), log))
+            wait_listening(bridge_port, processes[-1], timeout=60.0)
             front, env = start_front(bridge_port, log)
             processes.append(front)
             asyncio.run(measure(args, server_port, env))

@@ -30,16 +30,22 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.support_server import REPO_ROOT, free_port, stop_process
+from tests.support_server import (
+    REPO_ROOT,
+    answers_200,
+    free_port,
+    log_tail,
+    start_logged,
+    stop_process,
+    wait_ready,
+)
 
 ENDPOINT = "live-captions"
 REGION = "us-east-1"
@@ -47,18 +53,6 @@ ACCESS_KEY = "AKIALOCALTESTKEY0001"
 SECRET_KEY = "local-test-secret-not-an-aws-key"
 SERVED_MODEL = "live-captions"
 START_TIMEOUT = 180.0
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _log_file(prefix: str) -> tuple[int, Path]:
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
-    return fd, Path(name)
 
 
 @dataclass
@@ -91,37 +85,25 @@ def running_container(
         "SERVED_MODEL_NAME": SERVED_MODEL,
         **(env or {}),
     }
-    fd, log_path = _log_file("live-captions-container-")
-    process: subprocess.Popen[bytes] | None = None
+    process, log_path = start_logged(
+        [sys.executable, str(REPO_ROOT / "container" / "serve")],
+        log_prefix="live-captions-container-",
+        env=full_env,
+    )
     try:
-        with os.fdopen(fd, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, str(REPO_ROOT / "container" / "serve")],
-                cwd=REPO_ROOT,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
         url = f"http://127.0.0.1:{bridge_port}"
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"container/serve exited with {process.returncode}:\n" + _tail(log_path)
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/ping", timeout=2.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"container/serve was not healthy within {timeout:g} s:\n" + _tail(log_path)
-                )
-            time.sleep(0.2)
+        wait_ready(
+            lambda: answers_200(f"{url}/ping", timeout=2.0),
+            process,
+            log_path,
+            what="container/serve",
+            timeout=timeout,
+            every=0.2,
+            lines=40,
+        )
         yield Container(url, upstream_port, process, log_path)
     finally:
-        if process is not None:
-            stop_process(process, timeout=20)
+        stop_process(process, timeout=20)
         log_path.unlink(missing_ok=True)
 
 
@@ -225,16 +207,9 @@ def running_front(
         "LOCAL_SAGEMAKER_ACCESS_KEY": access_key,
         "LOCAL_SAGEMAKER_SECRET_KEY": secret_key,
     }
-    fd, log_path = _log_file("local-sagemaker-")
-    with os.fdopen(fd, "wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
+    process, log_path = start_logged(
+        command, log_prefix="local-sagemaker-", env=env, pipe_stdout=True
+    )
     exports: dict[str, str] = {}
     output: list[str] = []
     ready = threading.Event()
@@ -258,7 +233,7 @@ def running_front(
                 "the local SageMaker front did not start:\n"
                 + "\n".join(output[-20:])
                 + "\n"
-                + _tail(log_path)
+                + log_tail(log_path, 40)
             )
         yield Front(
             endpoint_url=exports["SAGEMAKER_ENDPOINT_URL"],

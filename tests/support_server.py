@@ -19,6 +19,9 @@ process, on an event loop in a thread of its own:
 The server binds a free loopback port, the helper waits for ``GET /health`` to answer 200
 (the engine is loaded by then) and terminates it (SIGTERM, then SIGKILL) on exit. Its output
 goes to a log file whose tail is shown if it fails to start.
+
+The other process helpers (``support_sagemaker``, ``support_vllm``, the browser tests' app)
+start theirs the same way: :func:`start_logged`, then :func:`wait_ready`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -75,30 +78,78 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` of a process's log, for the message of a test it fails."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
 
 
-def _wait_healthy(
-    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float
+def start_logged(
+    command: Sequence[str],
+    *,
+    log_prefix: str,
+    env: Mapping[str, str],
+    pipe_stdout: bool = False,
+    **popen: Any,
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``command`` from the repository, its output in a new log file; return both.
+
+    The log takes stdout and stderr, or with ``pipe_stdout`` stderr alone, stdout being a pipe
+    the caller reads. The caller stops the process and removes the log.
+    """
+    fd, name = tempfile.mkstemp(prefix=log_prefix, suffix=".log")
+    log_path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as log:
+            process = subprocess.Popen(
+                list(command),
+                cwd=REPO_ROOT,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipe_stdout else log,
+                stderr=log if pipe_stdout else subprocess.STDOUT,
+                **popen,
+            )
+    except BaseException:
+        log_path.unlink(missing_ok=True)
+        raise
+    return process, log_path
+
+
+def wait_ready(
+    ready: Callable[[], bool],
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    *,
+    what: str,
+    timeout: float,
+    every: float = 0.1,
+    lines: int = 30,
 ) -> None:
+    """Poll ``ready()`` until it holds. A process that exits first, or a deadline passed, fails
+    the test with the tail of the log, which says why far better than a timeout alone."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not ready():
         if process.poll() is not None:
             raise RuntimeError(
-                f"the server exited with status {process.returncode} before it was healthy:\n"
-                + _tail(log_path)
+                f"{what} exited with status {process.returncode} before it was healthy:\n"
+                + log_tail(log_path, lines)
             )
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the server was not healthy within {timeout:g} s:\n" + _tail(log_path))
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{what} was not healthy within {timeout:g} s:\n" + log_tail(log_path, lines)
+            )
+        time.sleep(every)
+
+
+def answers_200(url: str, timeout: float = 1.0) -> bool:
+    """Whether ``GET url`` answers 200 now (nothing listening counts as no)."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
@@ -128,28 +179,26 @@ def running_server(
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     command = [str(python), "-m", "components", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), *args]
-    fd, name = tempfile.mkstemp(prefix="live-captions-server-", suffix=".log")
-    log_path = Path(name)
-    process: subprocess.Popen[bytes] | None = None
+    process, log_path = start_logged(
+        command,
+        log_prefix="live-captions-server-",
+        env=full_env,
+        start_new_session=True,  # its own group: helpers it forks go with it
+    )
     try:
-        with os.fdopen(fd, "wb") as log_file:
-            process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: helpers it forks go with it
-            )
         url = ServerURL(port, process, log_path)
-        _wait_healthy(url, process, log_path, timeout)
+        wait_ready(
+            lambda: answers_200(f"{url}/health"),
+            process,
+            log_path,
+            what="the server",
+            timeout=timeout,
+        )
         yield url
     finally:
-        if process is not None:
-            stop_process(process)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # whatever outlived it
+        stop_process(process)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever outlived it
         log_path.unlink(missing_ok=True)
 
 

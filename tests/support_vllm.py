@@ -8,6 +8,7 @@ the same reason fails the test instead.
     from tests.support_vllm import running_vllm_server
 
     with running_vllm_server() as server:
+        server               # "http://127.0.0.1:PORT" (a str)
         server.ws            # "ws://127.0.0.1:PORT/v1/realtime"
         server.model         # the served model name to put in session.update
 
@@ -25,17 +26,14 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support_server import _tail, free_port
+from tests.support_server import ServerURL, free_port, start_logged, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("LIVE_CAPTIONS_VLLM_VENV", REPO_ROOT / ".venv-vllm"))
@@ -125,25 +123,21 @@ def healthy(url: str) -> bool:
         return False
 
 
-@dataclass
-class VllmServer:
-    """A running vLLM server (the real one, CPU build) on the tiny model."""
+class VllmServer(ServerURL):
+    """A running vLLM server (the real one, CPU build) on the tiny model.
 
-    port: int
+    Its base URL, with what :class:`ServerURL` carries (``ws``, ``port``, ``process``,
+    ``log_text()``), and the served model name to put in ``session.update``.
+    """
+
     model: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/realtime"
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+    def __new__(
+        cls, port: int, model: str, process: subprocess.Popen[bytes], log_path: Path
+    ) -> VllmServer:
+        server = super().__new__(cls, port, process, log_path)
+        server.model = model
+        return server
 
 
 def server_command(port: int, *, model: str = SERVED_MODEL) -> list[str]:
@@ -182,37 +176,25 @@ def running_vllm_server(
 ) -> Iterator[VllmServer]:
     """Start the real vLLM server on the tiny model; yield it once healthy; stop it."""
     port = free_port()
-    fd, name = tempfile.mkstemp(prefix="live-captions-vllm-", suffix=".log")
-    log_path = Path(name)
-    process: subprocess.Popen[bytes] | None = None
+    process, log_path = start_logged(
+        server_command(port, model=model),
+        log_prefix="live-captions-vllm-",
+        env={**os.environ, **CPU_ENV, "PYTHONUNBUFFERED": "1", **(env or {})},
+        start_new_session=True,
+    )
     try:
-        with os.fdopen(fd, "wb") as log:
-            process = subprocess.Popen(
-                server_command(port, model=model),
-                cwd=REPO_ROOT,
-                env={**os.environ, **CPU_ENV, "PYTHONUNBUFFERED": "1", **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         server = VllmServer(port, model, process, log_path)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not healthy(server.url):
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the vLLM server exited with {process.returncode}:\n" + _tail(log_path)
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the vLLM server was not healthy within {START_TIMEOUT:g} s:\n"
-                    + _tail(log_path)
-                )
-            time.sleep(0.5)
+        wait_ready(
+            lambda: healthy(server),
+            process,
+            log_path,
+            what="the vLLM server",
+            timeout=START_TIMEOUT,
+            every=0.5,
+        )
         yield server
     finally:
-        if process is not None:
-            stop(process)
+        stop(process)
         log_path.unlink(missing_ok=True)
 
 

@@ -7,6 +7,7 @@ import pytest
 import soxr
 
 from components.core import audio
+from tests.support_speech import uneven_chunks
 
 
 def _signal(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
@@ -18,14 +19,7 @@ def _signal(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
 
 
 def _odd_chunks(x: np.ndarray) -> list[np.ndarray]:
-    sizes = [1, 7, 333, 4801, 997, 24000, 13, 12345]
-    out, i, k = [], 0, 0
-    while i < len(x):
-        n = sizes[k % len(sizes)]
-        out.append(x[i : i + n])
-        i += n
-        k += 1
-    return out
+    return uneven_chunks(x, (1, 7, 333, 4801, 997, 24000, 13, 12345))
 
 
 @pytest.mark.parametrize("rate", [48_000, 44_100])

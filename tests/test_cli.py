@@ -170,40 +170,28 @@ def test_sagemaker_backend_through_the_local_front(clips: dict[str, Clip]) -> No
 
     clip = clips[SHORT]
     with running_container() as container, running_front(container) as front:
-        result = cli(
-            "transcribe",
-            str(clip.path),
-            "--backend",
-            "sagemaker",
-            "--endpoint",
-            front.endpoint,
-            "--region",
-            front.region,
-            "--endpoint-url",
-            front.endpoint_url,
-            "--ca-bundle",
-            front.ca_bundle,
-            "--format",
-            "json",
-            "--quiet",
-            env=front.client_env(),
-        )
+
+        def through_front(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
+            return cli(
+                "transcribe",
+                str(clip.path),
+                "--backend",
+                "sagemaker",
+                "--endpoint",
+                endpoint,
+                "--region",
+                front.region,
+                "--endpoint-url",
+                front.endpoint_url,
+                "--ca-bundle",
+                front.ca_bundle,
+                *args,
+                env=front.client_env(),
+            )
+
+        result = through_front(front.endpoint, "--format", "json", "--quiet")
         assert result.returncode == 0, result.stderr
         assert wer(clip.text, json.loads(result.stdout)["text"]) <= WER_BOUND, result.stdout
-        wrong = cli(
-            "transcribe",
-            str(clip.path),
-            "--backend",
-            "sagemaker",
-            "--endpoint",
-            "no-such-endpoint",
-            "--region",
-            front.region,
-            "--endpoint-url",
-            front.endpoint_url,
-            "--ca-bundle",
-            front.ca_bundle,
-            env=front.client_env(),
-        )
+        wrong = through_front("no-such-endpoint")
     assert wrong.returncode == 1
     assert wrong.stderr.count("\n") == 1 and "Traceback" not in wrong.stderr, wrong.stderr

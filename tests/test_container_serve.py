@@ -25,8 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import ClientConnection
 
 from components.core.audio import float_to_pcm16, load_file
 from components.core.evaluation import Clip, wer
@@ -39,7 +38,6 @@ from components.core.protocol import (
     SessionUpdate,
     TranscriptionDelta,
     TranscriptionDone,
-    parse_server_event,
     serialize,
 )
 from container.entrypoint import (
@@ -52,6 +50,7 @@ from container.entrypoint import (
     sm_vllm_flags,
     vllm_command,
 )
+from tests.support_realtime import closed_with, held_together, next_event, session
 from tests.support_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -431,24 +430,6 @@ def whisper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WhisperServe]:
         return
 
 
-async def open_stream(url: str) -> ClientConnection:
-    return await connect(url, compression=None, proxy=None, open_timeout=WAIT, max_size=None)
-
-
-async def next_event(ws: ClientConnection, within: float = WAIT) -> Any:
-    async with asyncio.timeout(within):
-        return parse_server_event(await ws.recv())
-
-
-async def close_of(ws: ClientConnection) -> tuple[int | None, str]:
-    async with asyncio.timeout(WAIT):
-        with pytest.raises(ConnectionClosed) as info:
-            while True:
-                await ws.recv()
-    rcvd = info.value.rcvd
-    return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
-
-
 async def until_done(ws: ClientConnection) -> tuple[str, str]:
     """Collect deltas up to ``transcription.done``; return (deltas joined, done text)."""
     deltas = []
@@ -477,9 +458,7 @@ async def test_a_clip_is_transcribed_through_the_container(
 ) -> None:
     clip = clips["jfk"]
     audio = speech(clip)
-    ws = await open_stream(whisper.serve.ws_url())
-    try:
-        assert isinstance(await next_event(ws), SessionCreated)
+    async with session(whisper.serve.ws_url()) as ws:
         await ws.send(serialize(SessionUpdate(model=MODEL_NAME)))
         await ws.send(serialize(InputAudioBufferCommit()))
         step = 3200  # 100 ms of PCM16 per append, as a live client sends it
@@ -487,8 +466,6 @@ async def test_a_clip_is_transcribed_through_the_container(
             await ws.send(serialize(InputAudioBufferAppend(audio[start : start + step])))
         await ws.send(serialize(InputAudioBufferCommit(final=True)))
         joined, text = await until_done(ws)
-    finally:
-        await ws.close()
     assert joined.strip() == text.strip()
     assert wer(clip.text, text) <= 0.25, text
 
@@ -503,9 +480,7 @@ async def test_a_realtime_client_finds_the_served_model_through_the_bridge(
 
 
 async def test_text_binary_json_and_garbage_frames(whisper: WhisperServe) -> None:
-    ws = await open_stream(whisper.serve.ws_url())
-    try:
-        await next_event(ws)
+    async with session(whisper.serve.ws_url()) as ws:
         await ws.send(serialize(SessionUpdate(model="no-such-model")).encode())  # binary JSON
         event = await next_event(ws)
         assert isinstance(event, ErrorEvent) and event.code == ErrorCode.MODEL_NOT_FOUND
@@ -517,48 +492,33 @@ async def test_text_binary_json_and_garbage_frames(whisper: WhisperServe) -> Non
         await ws.send(serialize(InputAudioBufferAppend(b"\x00\x00" * 8000)))
         await ws.send(serialize(InputAudioBufferCommit(final=True)).encode())
         await until_done(ws)
-    finally:
-        await ws.close()
 
 
 async def test_fifty_concurrent_streams_are_served_or_refused_cleanly(
     whisper: WhisperServe,
 ) -> None:
-    everyone_in = asyncio.Event()
-    arrived = 0
+    async def refused(ws: ClientConnection, event: Any) -> str:
+        assert isinstance(event, ErrorEvent) and event.code == ErrorCode.SERVER_BUSY, event
+        assert (await closed_with(ws))[0] == 1013
+        return "refused"
 
-    async def one() -> str:
-        nonlocal arrived
-        ws = await open_stream(whisper.serve.ws_url())
-        try:
-            first = await next_event(ws)
-            arrived += 1
-            if arrived == 50:
-                everyone_in.set()
-            async with asyncio.timeout(WAIT):
-                await everyone_in.wait()
-            if isinstance(first, ErrorEvent):
-                assert first.code == ErrorCode.SERVER_BUSY
-                assert (await close_of(ws))[0] == 1013
-                return "refused"
-            assert isinstance(first, SessionCreated)
-            await ws.send(serialize(SessionUpdate(model=MODEL_NAME)))
-            await ws.send(serialize(InputAudioBufferCommit()))
-            await ws.send(serialize(InputAudioBufferAppend(b"\x00\x00" * 8000)))
-            await ws.send(serialize(InputAudioBufferCommit(final=True)))
+    async def one(ws: ClientConnection, first: Any) -> str:
+        if isinstance(first, ErrorEvent):  # the bridge's connection limit
+            return await refused(ws, first)
+        assert isinstance(first, SessionCreated)
+        await ws.send(serialize(SessionUpdate(model=MODEL_NAME)))
+        await ws.send(serialize(InputAudioBufferCommit()))
+        await ws.send(serialize(InputAudioBufferAppend(b"\x00\x00" * 8000)))
+        await ws.send(serialize(InputAudioBufferCommit(final=True)))
+        event = await next_event(ws, within=120.0)
+        if isinstance(event, ErrorEvent):  # the engine's own session limit
+            return await refused(ws, event)
+        while not isinstance(event, TranscriptionDone):
+            assert isinstance(event, TranscriptionDelta)
             event = await next_event(ws, within=120.0)
-            if isinstance(event, ErrorEvent):  # the engine's own session limit
-                assert event.code == ErrorCode.SERVER_BUSY
-                assert (await close_of(ws))[0] == 1013
-                return "refused"
-            while not isinstance(event, TranscriptionDone):
-                assert isinstance(event, TranscriptionDelta)
-                event = await next_event(ws, within=120.0)
-            return "served"
-        finally:
-            await ws.close()
+        return "served"
 
-    results = await asyncio.gather(*(one() for _ in range(50)))
+    results = await held_together(whisper.serve.ws_url(), 50, one)
     assert results.count("served") >= 1
     assert results.count("refused") >= 50 - BRIDGE_LIMIT
     assert results.count("served") + results.count("refused") == 50
@@ -567,13 +527,12 @@ async def test_fifty_concurrent_streams_are_served_or_refused_cleanly(
 
 
 async def test_an_idle_client_is_closed_after_the_idle_timeout(whisper: WhisperServe) -> None:
-    ws = await open_stream(whisper.serve.ws_url())
-    await next_event(ws)
-    await ws.send(serialize(SessionUpdate(model=MODEL_NAME)))
-    event = await next_event(ws, within=IDLE_TIMEOUT + WAIT)
-    assert isinstance(event, ErrorEvent)
-    assert event.code == ErrorCode.IDLE_TIMEOUT
-    code, _reason = await close_of(ws)
+    async with session(whisper.serve.ws_url()) as ws:
+        await ws.send(serialize(SessionUpdate(model=MODEL_NAME)))
+        event = await next_event(ws, within=IDLE_TIMEOUT + WAIT)
+        assert isinstance(event, ErrorEvent)
+        assert event.code == ErrorCode.IDLE_TIMEOUT
+        code, _reason = await closed_with(ws)
     assert code == 1008
 
 
@@ -583,9 +542,7 @@ async def test_an_engine_killed_mid_stream_gives_an_error_and_a_close(
     """Last in the module: it ends the container."""
     serve = whisper.serve
     engine_pid = next(p for p in children_of(serve.process.pid) if p != serve.bridge_pid)
-    ws = await open_stream(serve.ws_url())
-    try:
-        await next_event(ws)
+    async with session(serve.ws_url()) as ws:
         await ws.send(serialize(SessionUpdate(model=MODEL_NAME)))
         await ws.send(serialize(InputAudioBufferCommit()))
         await ws.send(serialize(InputAudioBufferAppend(speech(clips["jfk"])[:32000])))
@@ -595,9 +552,7 @@ async def test_an_engine_killed_mid_stream_gives_an_error_and_a_close(
             event = await next_event(ws)
         assert isinstance(event, ErrorEvent)
         assert event.code == ErrorCode.UPSTREAM_UNAVAILABLE
-        assert (await close_of(ws))[0] == 1011
-    finally:
-        await ws.close()
+        assert (await closed_with(ws))[0] == 1011
     assert serve.wait_exit() != 0
     await wait_gone(serve.bridge_pid, engine_pid)
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,15 +36,29 @@ FRAME = RATE // 20
 WAIT = 30.0
 
 
+@dataclass
+class Served:
+    """The ``/mic`` route under uvicorn, with the link and the manager behind it."""
+
+    url: str
+    link: MicLink
+    manager: SessionManager
+
+    def begin(self, owner: str, recording: str) -> tuple[str, Any]:
+        """What the page's Record event does: the tab's token, then a session for the recording."""
+        token = self.link.tokens.token_for(owner)
+        return token, self.manager.start(owner, LOCAL, key=recording, source="microphone")
+
+
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, MicLink, SessionManager]]:
+def served() -> Iterator[Served]:
     manager = SessionManager(Settings(local_engine="whisper", max_sessions=4))
     manager.load_engine().result(timeout=120)
     link = MicLink(manager, start_wait=2.0)
     app = FastAPI()
     link.add_route(app)
     with BackgroundLoop() as bg, serve_app(bg, app) as url:
-        yield url.replace("http://", "ws://") + "/mic", link, manager
+        yield Served(url.replace("http://", "ws://") + "/mic", link, manager)
     manager.shutdown()
 
 
@@ -55,15 +70,41 @@ def speech(clips: dict[str, Clip]) -> tuple[np.ndarray, str]:
     return np.clip(mono * 32767, -32768, 32767).astype(np.int16), clip.text
 
 
+@pytest.fixture(scope="module")
+def pcm(speech: tuple[np.ndarray, str]) -> np.ndarray:
+    """The clip's samples alone, for the tests that do not check the words."""
+    return speech[0]
+
+
 def frame(pcm: np.ndarray, start: int) -> bytes:
     return struct.pack("<d", float(start)) + pcm.astype("<i2").tobytes()
 
 
-async def hello(ws: ClientConnection, token: str, recording: str, rate: int = RATE) -> Any:
-    await ws.send(
-        json.dumps({"type": "hello", "token": token, "recording": recording, "rate": rate})
-    )
+def hello_frame(token: str, recording: str, rate: Any = RATE) -> str:
+    return json.dumps({"type": "hello", "token": token, "recording": recording, "rate": rate})
+
+
+async def receive(ws: ClientConnection) -> Any:
+    """The next event from the server (a hang fails after ``WAIT``)."""
     return json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+
+
+async def hello(ws: ClientConnection, token: str, recording: str) -> Any:
+    await ws.send(hello_frame(token, recording))
+    return await receive(ws)
+
+
+async def stop(ws: ClientConnection) -> Any:
+    """Send ``stop``; the server's answer."""
+    await ws.send(json.dumps({"type": "stop"}))
+    return await receive(ws)
+
+
+async def close_code(ws: ClientConnection) -> int:
+    """Wait for the server to close the connection; the code it closed with."""
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), WAIT)
+    return ws.close_code or 0
 
 
 async def send_frames(ws: ClientConnection, pcm: np.ndarray, start: int, end: int) -> int:
@@ -71,157 +112,129 @@ async def send_frames(ws: ClientConnection, pcm: np.ndarray, start: int, end: in
     received = start
     for at in range(start, end, FRAME):
         await ws.send(frame(pcm[at : min(end, at + FRAME)], at))
-        ack = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+        ack = await receive(ws)
         assert ack["type"] == "ack", ack
         received = ack["received"]
     return received
 
 
-def begin(manager: SessionManager, link: MicLink, owner: str, recording: str) -> Any:
-    """What the page's Record event does: the tab's token, then a session for the recording."""
-    token = link.tokens.token_for(owner)
-    return token, manager.start(owner, LOCAL, key=recording, source="microphone")
-
-
-async def test_frames_reach_the_session_in_order_and_stop_comes_after_the_last(
-    served: tuple[str, MicLink, SessionManager], speech: tuple[np.ndarray, str]
-) -> None:
-    url, link, manager = served
-    pcm, reference = speech
-    token, session = begin(manager, link, "tab-order", "recording-order-1")
-    async with connect(url) as ws:
-        assert await hello(ws, token, "recording-order-1") == {"type": "ready", "received": 0}
-        assert await send_frames(ws, pcm, 0, len(pcm)) == len(pcm)
-        await ws.send(json.dumps({"type": "stop"}))
-        stopped = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
-        assert stopped == {"type": "stopped", "received": len(pcm)}
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), WAIT)
-        assert ws.close_code == 1000
-    view = await session.wait_finished(120)
-    assert view.samples_in == len(pcm) and view.chunks_in == -(-len(pcm) // FRAME)
-    assert view.samples_lost == 0 and view.late_chunks == 0
-    assert wer(reference, view.text) <= 0.2, view.text
-
-
-async def test_a_dropped_connection_resumes_where_the_server_is_and_repeats_are_skipped(
-    served: tuple[str, MicLink, SessionManager], speech: tuple[np.ndarray, str]
-) -> None:
-    url, link, manager = served
-    pcm, reference = speech
-    token, session = begin(manager, link, "tab-resume", "recording-resume-1")
-    half = (len(pcm) // 2 // FRAME) * FRAME
-    async with connect(url) as ws:
-        await hello(ws, token, "recording-resume-1")
-        assert await send_frames(ws, pcm, 0, half) == half
-    # The network went away. The page comes back with everything it had not seen acknowledged,
-    # here the last second again: the server says where it is and skips the repeat.
-    async with connect(url) as ws:
-        assert await hello(ws, token, "recording-resume-1") == {"type": "ready", "received": half}
-        assert await send_frames(ws, pcm, half - RATE, len(pcm)) == len(pcm)
-        await ws.send(json.dumps({"type": "stop"}))
-        assert json.loads(await ws.recv())["received"] == len(pcm)
+async def heard_whole(session: Any, pcm: np.ndarray, reference: str) -> Any:
+    """The session once finished, holding every sample of ``pcm`` once and its words."""
     view = await session.wait_finished(120)
     assert view.samples_in == len(pcm), "a repeated or missing sample"
     assert view.samples_lost == 0
     assert wer(reference, view.text) <= 0.2, view.text
+    return view
 
 
-async def test_a_newer_connection_replaces_the_older_one(
-    served: tuple[str, MicLink, SessionManager], speech: tuple[np.ndarray, str]
+async def test_frames_reach_the_session_in_order_and_stop_comes_after_the_last(
+    served: Served, speech: tuple[np.ndarray, str]
 ) -> None:
-    url, link, manager = served
-    pcm, _ = speech
-    token, session = begin(manager, link, "tab-twin", "recording-twin-1")
-    async with connect(url) as old, connect(url) as new:
+    pcm, reference = speech
+    token, session = served.begin("tab-order", "recording-order-1")
+    async with connect(served.url) as ws:
+        assert await hello(ws, token, "recording-order-1") == {"type": "ready", "received": 0}
+        assert await send_frames(ws, pcm, 0, len(pcm)) == len(pcm)
+        assert await stop(ws) == {"type": "stopped", "received": len(pcm)}
+        assert await close_code(ws) == 1000
+    view = await heard_whole(session, pcm, reference)
+    assert view.chunks_in == -(-len(pcm) // FRAME) and view.late_chunks == 0
+
+
+async def test_a_dropped_connection_resumes_where_the_server_is_and_repeats_are_skipped(
+    served: Served, speech: tuple[np.ndarray, str]
+) -> None:
+    pcm, reference = speech
+    token, session = served.begin("tab-resume", "recording-resume-1")
+    half = (len(pcm) // 2 // FRAME) * FRAME
+    async with connect(served.url) as ws:
+        await hello(ws, token, "recording-resume-1")
+        assert await send_frames(ws, pcm, 0, half) == half
+    # The network went away. The page comes back with everything it had not seen acknowledged,
+    # here the last second again: the server says where it is and skips the repeat.
+    async with connect(served.url) as ws:
+        assert await hello(ws, token, "recording-resume-1") == {"type": "ready", "received": half}
+        assert await send_frames(ws, pcm, half - RATE, len(pcm)) == len(pcm)
+        assert (await stop(ws))["received"] == len(pcm)
+    await heard_whole(session, pcm, reference)
+
+
+async def test_a_newer_connection_replaces_the_older_one(served: Served, pcm: np.ndarray) -> None:
+    token, session = served.begin("tab-twin", "recording-twin-1")
+    async with connect(served.url) as old, connect(served.url) as new:
         await hello(old, token, "recording-twin-1")
         await send_frames(old, pcm, 0, FRAME)
         assert await hello(new, token, "recording-twin-1") == {"type": "ready", "received": FRAME}
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(old.recv(), WAIT)
-        assert old.close_code == 4000
-        await new.send(json.dumps({"type": "stop"}))
-        assert json.loads(await new.recv()) == {"type": "stopped", "received": FRAME}
+        assert await close_code(old) == 4000
+        assert await stop(new) == {"type": "stopped", "received": FRAME}
     assert (await session.wait_finished(120)).samples_in == FRAME
 
 
 async def test_the_page_hears_when_its_session_ends_on_its_own(
-    served: tuple[str, MicLink, SessionManager], speech: tuple[np.ndarray, str]
+    served: Served, pcm: np.ndarray
 ) -> None:
-    url, link, manager = served
-    pcm, _ = speech
-    token, _ = begin(manager, link, "tab-ended", "recording-ended-1")
-    async with connect(url) as ws:
+    token, _ = served.begin("tab-ended", "recording-ended-1")
+    async with connect(served.url) as ws:
         await hello(ws, token, "recording-ended-1")
         await send_frames(ws, pcm, 0, 4 * FRAME)
-        manager.clear("tab-ended")  # the Clear button, or the tab's session failing
-        event = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+        served.manager.clear("tab-ended")  # the Clear button, or the tab's session failing
+        event = await receive(ws)
         while event["type"] == "ack":
-            event = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+            event = await receive(ws)
         assert event["type"] == "ended" and event["reason"], event
 
 
 async def _refused(url: str, first: str | bytes, then: bytes | None = None) -> tuple[Any, int]:
     async with connect(url) as ws:
         await ws.send(first)
-        event = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+        event = await receive(ws)
         if then is not None:
             assert event["type"] == "ready", event
             await ws.send(then)
-            event = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), WAIT)
-        return event, ws.close_code or 0
-
-
-def _hello(token: str, recording: str, rate: Any = RATE) -> str:
-    return json.dumps({"type": "hello", "token": token, "recording": recording, "rate": rate})
+            event = await receive(ws)
+        return event, await close_code(ws)
 
 
 async def test_bad_input_gets_a_specific_error_and_the_connection_closes(
-    served: tuple[str, MicLink, SessionManager], speech: tuple[np.ndarray, str]
+    served: Served, pcm: np.ndarray
 ) -> None:
-    url, link, manager = served
-    pcm, _ = speech
-    token, _ = begin(manager, link, "tab-bad", "recording-bad-1")
+    token, _ = served.begin("tab-bad", "recording-bad-1")
     cases: list[tuple[str | bytes, bytes | None, str, int]] = [
-        (_hello("not-a-token", "recording-bad-1"), None, "forbidden", 1008),
-        (_hello(token, "x"), None, "invalid_event", 1008),
-        (_hello(token, "recording-bad-1", 1_000), None, "unsupported_rate", 1003),
-        (_hello(token, "recording-bad-1", "48000"), None, "unsupported_rate", 1003),
+        (hello_frame("not-a-token", "recording-bad-1"), None, "forbidden", 1008),
+        (hello_frame(token, "x"), None, "invalid_event", 1008),
+        (hello_frame(token, "recording-bad-1", 1_000), None, "unsupported_rate", 1003),
+        (hello_frame(token, "recording-bad-1", "48000"), None, "unsupported_rate", 1003),
         ("[]", None, "invalid_event", 1008),
         (json.dumps({"type": "stop"}), None, "invalid_event", 1008),
-        (_hello(token, "recording-bad-1"), b"\x00\x01\x02", "invalid_frame", 1003),
-        (_hello(token, "recording-bad-1"), frame(pcm[: RATE * 2], 0), "invalid_frame", 1003),
-        (_hello(token, "recording-bad-1"), frame(pcm[:FRAME], 10 * RATE), "out_of_order", 1008),
+        (hello_frame(token, "recording-bad-1"), b"\x00\x01\x02", "invalid_frame", 1003),
+        (hello_frame(token, "recording-bad-1"), frame(pcm[: RATE * 2], 0), "invalid_frame", 1003),
+        (
+            hello_frame(token, "recording-bad-1"),
+            frame(pcm[:FRAME], 10 * RATE),
+            "out_of_order",
+            1008,
+        ),
     ]
-    for first, then, code, close_code in cases:
-        event, closed_with = await _refused(url, first, then)
+    for first, then, code, wanted_close in cases:
+        event, closed_with = await _refused(served.url, first, then)
         assert event["type"] == "error" and event["code"] == code, (first, event)
         assert event["message"].endswith("."), event
-        assert closed_with == close_code, (code, closed_with)
+        assert closed_with == wanted_close, (code, closed_with)
 
 
-async def test_another_tabs_token_cannot_join_a_recording(
-    served: tuple[str, MicLink, SessionManager],
-) -> None:
-    url, link, manager = served
-    token, _ = begin(manager, link, "tab-owner", "recording-owned-1")
-    intruder = link.tokens.token_for("tab-intruder")
-    async with connect(url) as ws:
+async def test_another_tabs_token_cannot_join_a_recording(served: Served) -> None:
+    token, _ = served.begin("tab-owner", "recording-owned-1")
+    intruder = served.link.tokens.token_for("tab-intruder")
+    async with connect(served.url) as ws:
         await hello(ws, token, "recording-owned-1")
-        event, _ = await _refused(url, _hello(intruder, "recording-owned-1"))
+        event, _ = await _refused(served.url, hello_frame(intruder, "recording-owned-1"))
         assert event["code"] == "forbidden", event
-        await ws.send(json.dumps({"type": "stop"}))
-        assert json.loads(await ws.recv())["type"] == "stopped"  # the owner was not disturbed
+        assert (await stop(ws))["type"] == "stopped"  # the owner was not disturbed
 
 
-async def test_a_recording_the_page_never_started_is_refused_after_a_wait(
-    served: tuple[str, MicLink, SessionManager],
-) -> None:
-    url, link, _ = served
-    token = link.tokens.token_for("tab-unstarted")
-    event, _ = await _refused(url, _hello(token, "recording-never-1"))
+async def test_a_recording_the_page_never_started_is_refused_after_a_wait(served: Served) -> None:
+    token = served.link.tokens.token_for("tab-unstarted")
+    event, _ = await _refused(served.url, hello_frame(token, "recording-never-1"))
     assert event["code"] == "not_started" and "press Record again" in event["message"], event
 
 

@@ -78,34 +78,22 @@ def _server(bg: BackgroundLoop, engine: Any, **settings: Any) -> Iterator[Server
         yield Server(url, app.state.realtime)
 
 
-@pytest.fixture(scope="module")
-def server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    with _server(bg, engine, max_sessions=4, idle_timeout=30) as running:
-        yield running
+def server_with(**settings: Any) -> Any:
+    """A module-scoped fixture: a server over the module's ``engine`` with these settings."""
+
+    @pytest.fixture(scope="module")
+    def fixture(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
+        with _server(bg, engine, **settings) as running:
+            yield running
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def auth_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    with _server(bg, engine, api_key="s3cret-key") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def single_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    with _server(bg, engine, max_sessions=1) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def hasty_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    with _server(bg, engine, idle_timeout=0.5, max_session_seconds=2.0) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def small_buffer_server(bg: BackgroundLoop, engine: Any) -> Iterator[Server]:
-    with _server(bg, engine, audio_buffer_seconds=1.0) as running:
-        yield running
+server = server_with(max_sessions=4, idle_timeout=30)
+auth_server = server_with(api_key="s3cret-key")
+single_server = server_with(max_sessions=1)
+hasty_server = server_with(idle_timeout=0.5, max_session_seconds=2.0)
+small_buffer_server = server_with(audio_buffer_seconds=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +154,63 @@ def deltas(events: list[dict[str, Any]]) -> str:
     return "".join(e["delta"] for e in events if e["type"] == "transcription.delta")
 
 
+async def two_requests(
+    server: Server, first: bytes, second: bytes
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One request after the other on one socket: the events of each."""
+    ws = await open_session(server)
+    async with ws:
+        await stream_audio(ws, first)
+        one = await collect(ws)
+        await stream_audio(ws, second)
+        two = await collect(ws)
+    return one, two
+
+
+ERROR_FRAMES: list[tuple[str | bytes, str]] = [
+    ('{"type": "input_audio_buffer.commit"}', "model_not_validated"),
+    ("{not json", "invalid_json"),
+    ('{"type": "response.create"}', "unknown_event"),
+    ('{"type": "session.update"}', "invalid_event"),
+    ('{"type": "session.update", "model": "no-such-model"}', "model_not_found"),
+    ('{"type": "input_audio_buffer.append", "audio": "%%%"}', "invalid_audio"),
+    ('{"type": "input_audio_buffer.append", "audio": "AA=="}', "invalid_audio"),  # 1 byte
+    ('{"type": "input_audio_buffer.append", "audio": ""}', "invalid_audio"),
+    (b"\x00\x01\x02\x03", "invalid_frame"),
+]
+"""Frames the server refuses with an error event, and their codes: every code of the protocol."""
+
+
+async def refused_frames_then_a_request(server: Server) -> list[dict[str, Any]]:
+    """Every frame of ``ERROR_FRAMES`` on one socket, each refused with its code and a message;
+    then, on the same socket, a request: its events (the socket outlived every error)."""
+    async with connect(server.ws) as ws:
+        assert (await recv(ws))["type"] == "session.created"
+        for frame, code in ERROR_FRAMES:
+            await ws.send(frame)
+            event = await recv(ws, 10)
+            assert event["type"] == "error" and event["code"] == code, (frame, event)
+            assert event["error"]
+        await ws.send(serialize(SessionUpdate(model=server.state.model_names[0])))
+        await stream_audio(ws, np.zeros(16_000, dtype="<i2").tobytes())
+        return await collect(ws)
+
+
+async def closes_with(ws: ClientConnection, code: int) -> None:
+    """The server closes ``ws`` next, with ``code``."""
+    with pytest.raises(ConnectionClosed) as closed:
+        await recv(ws, 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+
+
+async def refused_as_busy(server: Server) -> None:
+    """A session past the server's limit: ``server_busy``, then the close 1013."""
+    async with connect(server.ws) as refused:
+        event = await recv(refused, 10)
+        assert event["type"] == "error" and event["code"] == "server_busy", event
+        await closes_with(refused, 1013)
+
+
 async def wait_until(predicate: Any, within: float = 20.0) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -214,12 +259,7 @@ async def test_fresh_commit_after_done_starts_a_new_request(
     server: Server, clips: dict[str, Clip], pcm: dict[str, bytes]
 ) -> None:
     first, second = CLEAN
-    ws = await open_session(server)
-    async with ws:
-        await stream_audio(ws, pcm[first])
-        one = await collect(ws)
-        await stream_audio(ws, pcm[second])
-        two = await collect(ws)
+    one, two = await two_requests(server, pcm[first], pcm[second])
     assert wer(clips[first].text, one[-1]["text"]) <= WER_BOUND
     text = two[-1]["text"]
     assert wer(clips[second].text, text) <= WER_BOUND, text
@@ -253,29 +293,8 @@ async def test_partials_only_reach_clients_that_asked(
 
 
 async def test_every_protocol_error_code_over_a_real_socket(server: Server) -> None:
-    cases: list[tuple[str | bytes, str]] = [
-        ('{"type": "input_audio_buffer.commit"}', "model_not_validated"),
-        ("{not json", "invalid_json"),
-        ('{"type": "response.create"}', "unknown_event"),
-        ('{"type": "session.update"}', "invalid_event"),
-        ('{"type": "session.update", "model": "no-such-model"}', "model_not_found"),
-        ('{"type": "input_audio_buffer.append", "audio": "%%%"}', "invalid_audio"),
-        ('{"type": "input_audio_buffer.append", "audio": "AA=="}', "invalid_audio"),  # 1 byte
-        ('{"type": "input_audio_buffer.append", "audio": ""}', "invalid_audio"),
-        (b"\x00\x01\x02\x03", "invalid_frame"),
-    ]
-    async with connect(server.ws) as ws:
-        assert (await recv(ws))["type"] == "session.created"
-        for frame, code in cases:
-            await ws.send(frame)
-            event = await recv(ws, 10)
-            assert event["type"] == "error" and event["code"] == code, (frame, event)
-            assert event["error"]
-        # The socket is still open and usable after every one of them.
-        await ws.send(serialize(SessionUpdate(model=server.state.model_names[0])))
-        await stream_audio(ws, np.zeros(16_000, dtype="<i2").tobytes())
-        events = await collect(ws)
-        assert events[-1]["type"] == "transcription.done"
+    events = await refused_frames_then_a_request(server)
+    assert events[-1]["type"] == "transcription.done"
 
 
 HESTER = "librispeech-1221-135766-0002"
@@ -364,12 +383,7 @@ async def test_api_key_is_required_on_the_handshake(
 async def test_session_limit_answers_server_busy_and_1013(single_server: Server) -> None:
     holder = await open_session(single_server)
     try:
-        async with connect(single_server.ws) as refused:
-            event = await recv(refused, 10)
-            assert event["type"] == "error" and event["code"] == "server_busy"
-            with pytest.raises(ConnectionClosed) as closed:
-                await recv(refused, 10)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        await refused_as_busy(single_server)
     finally:
         await holder.close()
     assert await wait_until(lambda: single_server.state.slots.active == 0)
@@ -382,9 +396,7 @@ async def test_idle_timeout_sends_error_then_closes(hasty_server: Server) -> Non
         assert (await recv(ws))["type"] == "session.created"
         event = await recv(ws, 10)  # we send nothing
         assert event["type"] == "error" and event["code"] == "idle_timeout"
-        with pytest.raises(ConnectionClosed) as closed:
-            await recv(ws, 10)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        await closes_with(ws, 1008)
     assert await wait_until(lambda: hasty_server.state.slots.active == 0)
 
 
@@ -420,9 +432,7 @@ async def test_audio_without_a_running_request_is_bounded(small_buffer_server: S
                 await ws.send(chunk)
         event = await recv(ws, 10)
         assert event["type"] == "error" and event["code"] == "audio_buffer_full"
-        with pytest.raises(ConnectionClosed) as closed:
-            await recv(ws, 10)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        await closes_with(ws, 1008)
 
 
 async def test_fast_sender_is_held_back_not_dropped(

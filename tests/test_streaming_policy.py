@@ -30,11 +30,30 @@ def talk(policy: StreamingPolicy, seconds: float, *, voice: bool = True) -> None
         policy.push(0.1, end if voice else policy.last_voice)
 
 
-def decode(policy: StreamingPolicy, *texts: str, ends: tuple[float | None, ...] = ()) -> Update:
-    """Run the policy's next request with a hypothesis made of ``texts`` (one per piece)."""
+def next_request(policy: StreamingPolicy) -> DecodeRequest:
+    """The policy's next decode request, which the test expects it to have."""
     request = policy.request()
     assert request is not None, "a decode was expected"
-    return policy.apply(request, Hypothesis.of(*texts, ends=ends))
+    return request
+
+
+def decode(policy: StreamingPolicy, *texts: str, ends: tuple[float | None, ...] = ()) -> Update:
+    """Run the policy's next request with a hypothesis made of ``texts`` (one per piece)."""
+    return policy.apply(next_request(policy), Hypothesis.of(*texts, ends=ends))
+
+
+def agreed(
+    policy: StreamingPolicy,
+    seconds: float,
+    text: str,
+    ends: tuple[float | None, float | None] = (None, None),
+) -> Update:
+    """``seconds`` of speech decoded as ``text``, and half a second more decoded the same (the
+    text ending at ``ends``): two agreeing hypotheses, which commit their words. The last update."""
+    talk(policy, seconds)
+    decode(policy, text, ends=ends[:1])
+    talk(policy, 0.5)
+    return decode(policy, text, ends=ends[1:])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -113,8 +132,8 @@ def test_silence_before_the_first_words_is_not_kept_in_the_window() -> None:
     assert policy.request() is None
     assert policy.window <= policy.config.speech_pad + 0.1 + 1e-9
     talk(policy, 1.0)
-    request = policy.request()
-    assert request is not None and request.duration <= 1.0 + policy.config.speech_pad + 0.1
+    request = next_request(policy)
+    assert request.duration <= 1.0 + policy.config.speech_pad + 0.1
 
 
 def test_a_fresh_window_keeps_the_pad_before_speech_however_the_audio_came() -> None:
@@ -137,8 +156,8 @@ def test_first_decode_waits_for_a_second_of_speech() -> None:
     assert not policy.due() and policy.request() is None
     talk(policy, 0.5)
     assert policy.due()
-    request = policy.request()
-    assert request is not None and request.kind == "step"
+    request = next_request(policy)
+    assert request.kind == "step"
     assert request.prefix == "" and request.prompt == ""
     assert request.end == pytest.approx(3.0)
     assert request.start <= 2.0 - policy.config.speech_pad + 1e-9  # the onset is inside
@@ -151,15 +170,15 @@ def test_preview_shows_a_first_guess_half_a_second_into_speech() -> None:
     assert not policy.due()  # too little speech for a guess
     talk(policy, 0.3)
     assert policy.due()
-    request = policy.request()
-    assert request is not None and request.kind == "preview" and not request.final
+    request = next_request(policy)
+    assert request.kind == "preview" and not request.final
     update = policy.apply(request, Hypothesis.of(" Hello"))
     assert update == Update(delta="", partial="Hello")
     assert policy.committed == [] and policy.history == []
     assert not policy.due() and policy.request() is None  # one preview per onset
     talk(policy, 0.5)
-    step = policy.request()
-    assert step is not None and step.kind == "step"
+    step = next_request(policy)
+    assert step.kind == "step"
     # The preview never counts as an agreeing hypothesis: the first step commits nothing.
     assert policy.apply(step, Hypothesis.of(" Hello world")) == Update("", "Hello world")
     talk(policy, 0.5)
@@ -169,13 +188,13 @@ def test_preview_shows_a_first_guess_half_a_second_into_speech() -> None:
 def test_preview_is_never_committed_by_a_pause() -> None:
     policy = make(previews=True)
     talk(policy, 0.6)
-    request = policy.request()
-    assert request is not None and request.kind == "preview"
+    request = next_request(policy)
+    assert request.kind == "preview"
     policy.apply(request, Hypothesis.of(" Hell"))
     talk(policy, 1.2, voice=False)
     assert policy.settle() is None  # the guess is not the final word on the phrase
-    phrase = policy.request()
-    assert phrase is not None and phrase.kind == "phrase"
+    phrase = next_request(policy)
+    assert phrase.kind == "phrase"
     assert policy.apply(phrase, Hypothesis.of(" Hello.")).delta == "Hello."
     assert policy.tail == [] and not policy.previewing
 
@@ -183,13 +202,13 @@ def test_preview_is_never_committed_by_a_pause() -> None:
 def test_a_preview_without_words_is_tried_again_with_more_audio() -> None:
     policy = make(previews=True)
     talk(policy, 0.6)
-    first = policy.request()
-    assert first is not None and first.kind == "preview"
+    first = next_request(policy)
+    assert first.kind == "preview"
     assert policy.apply(first, Hypothesis.of("")) == Update(delta="", partial=None)
     assert policy.request() is None  # no new audio yet
     talk(policy, 0.2)
-    again = policy.request()
-    assert again is not None and again.kind == "preview" and again.end > first.end
+    again = next_request(policy)
+    assert again.kind == "preview" and again.end > first.end
     policy.apply(again, Hypothesis.of(" Good"))
     assert policy.tail == ["Good"]
 
@@ -233,8 +252,8 @@ def test_two_agreeing_hypotheses_commit_their_common_prefix() -> None:
     assert second.delta == "Hello"
     assert second.partial == "world, how"
     talk(policy, 0.5)
-    request = policy.request()
-    assert request is not None and request.prefix == "Hello"
+    request = next_request(policy)
+    assert request.prefix == "Hello"
     third = policy.apply(request, Hypothesis.of(" world how are"))
     assert third.delta == " world how"  # punctuation-blind agreement, newest spelling
     assert policy.transcript == "Hello world how"
@@ -244,20 +263,17 @@ def test_two_agreeing_hypotheses_commit_their_common_prefix() -> None:
 def test_a_request_bounds_its_new_words_by_the_tail_and_the_new_audio() -> None:
     policy = make()
     talk(policy, 1.0)
-    first = policy.request()
-    assert first is not None and first.max_words == 6 + 4  # 1 s at 6 words/s, + 4 spare
+    first = next_request(policy)
+    assert first.max_words == 6 + 4  # 1 s at 6 words/s, + 4 spare
     policy.apply(first, Hypothesis.of(" We are just"))
     talk(policy, 0.5)
-    second = policy.request()
-    assert second is not None and second.max_words == 3 + 3 + 4  # the tail, 0.5 s, spare
+    second = next_request(policy)
+    assert second.max_words == 3 + 3 + 4  # the tail, 0.5 s, spare
 
 
 def test_a_decode_that_stopped_early_leaves_its_later_speech_to_count() -> None:
     policy = make()
-    talk(policy, 1.5)
-    decode(policy, " Hello.", ends=(0.6,))
-    talk(policy, 0.5)
-    decode(policy, " Hello.", ends=(0.6,))
+    agreed(policy, 1.5, " Hello.", ends=(0.6, 0.6))
     # All committed, and the text stopped at 0.6 s with speech going on: restart there.
     assert policy.transcript == "Hello." and policy.window_start == pytest.approx(0.6)
     talk(policy, 0.5)
@@ -364,8 +380,8 @@ def test_pause_after_undecoded_speech_decodes_the_phrase_once_and_commits_it() -
     talk(policy, 0.4)  # speech the decoder has not heard yet
     talk(policy, 1.0, voice=False)
     assert policy.settle() is None
-    request = policy.request()
-    assert request is not None and request.kind == "phrase" and request.final
+    request = next_request(policy)
+    assert request.kind == "phrase" and request.final
     update = policy.apply(request, Hypothesis.of(" ask not what"))
     assert update.delta == "ask not what"
     assert policy.tail == [] and not policy.pending_voice
@@ -381,8 +397,8 @@ def test_end_of_audio_commits_everything_left() -> None:
     with pytest.raises(RuntimeError):
         policy.push(0.1)
     assert policy.settle() is None  # 0.3 s of speech was never decoded
-    request = policy.request()
-    assert request is not None and request.kind == "end"
+    request = next_request(policy)
+    assert request.kind == "end"
     assert policy.apply(request, Hypothesis.of(" go forward ten meters")).delta == (
         "go forward ten meters"
     )
@@ -415,16 +431,14 @@ def test_long_window_is_cut_at_a_committed_segment_end_keeping_context() -> None
     assert policy.transcript == "First sentence here. Second one"
     assert policy.cuts == [(2.0, 3)]
     talk(policy, 8.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     assert request.start == 0.0 and request.prefix == "First sentence here. Second one"
     policy.apply(request, Hypothesis.of(" goes on and on"))
     # An 11.5 s window, past trim_at: cut at 2.0 s, the only committed segment end.
     assert policy.window_start == 2.0
     assert policy.cuts == []
     talk(policy, 0.5)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     assert request.start == 2.0
     assert request.prompt == "First sentence here."
     assert request.prefix == "Second one goes"
@@ -432,10 +446,7 @@ def test_long_window_is_cut_at_a_committed_segment_end_keeping_context() -> None
 
 def test_segment_end_at_the_very_end_of_the_audio_is_not_a_cut_point() -> None:
     policy = make()
-    talk(policy, 1.0)
-    decode(policy, " Ask not.", ends=(1.0,))
-    talk(policy, 0.5)
-    decode(policy, " Ask not.", ends=(1.5,))
+    agreed(policy, 1.0, " Ask not.", ends=(1.0, 1.5))
     assert policy.transcript == "Ask not."
     assert policy.cuts == []  # both ends sit at the end of their audio
 
@@ -446,8 +457,7 @@ def test_window_past_max_is_cut_at_an_unagreed_segment_end() -> None:
     decode(policy, " a")
     for _ in range(30):
         talk(policy, 0.5)
-        request = policy.request()
-        assert request is not None
+        request = next_request(policy)
         n = round(policy.audio_end * 2)
         # Every hypothesis agrees with the previous one on one word only.
         words = " ".join(f"w{n}x{i}" for i in range(5))
@@ -478,8 +488,7 @@ def long_phrase(policy: StreamingPolicy, seconds: float) -> list[str]:
     talk(policy, 1.0)
     while policy.audio_end < seconds - 1e-9:
         talk(policy, 0.5)
-        request = policy.request()
-        assert request is not None
+        request = next_request(policy)
         if request.kind == "align":
             return words
         words = [f"w{i}" for i in range(round(policy.audio_end * 2))]
@@ -491,8 +500,8 @@ def long_phrase(policy: StreamingPolicy, seconds: float) -> list[str]:
 def test_a_long_phrase_is_cut_between_committed_words_at_a_pause() -> None:
     policy = make(trim_at=10.0, max_window=15.0)
     long_phrase(policy, 20.0)
-    request = policy.request()
-    assert request is not None and request.kind == "align" and not request.final
+    request = next_request(policy)
+    assert request.kind == "align" and not request.final
     words = request.prefix.split()
     assert len(words) == policy.window_words > 20
     # Word k lies at [k/2, k/2 + 0.4) s; the detector found a pause between w17 and w18.
@@ -511,8 +520,8 @@ def test_a_long_phrase_is_cut_between_committed_words_at_a_pause() -> None:
 def test_without_a_pause_the_cut_falls_between_two_words() -> None:
     policy = make(trim_at=10.0, max_window=15.0)
     long_phrase(policy, 20.0)
-    request = policy.request()
-    assert request is not None and request.kind == "align"
+    request = next_request(policy)
+    assert request.kind == "align"
     n = len(request.prefix.split())
     policy.gaps.clear()
     spans = tuple((k / 2, k / 2 + 0.4) for k in range(n))
@@ -526,8 +535,8 @@ def test_without_a_pause_the_cut_falls_between_two_words() -> None:
 def test_without_word_times_a_long_phrase_is_cut_by_force() -> None:
     policy = make(trim_at=10.0, max_window=15.0)
     long_phrase(policy, 20.0)
-    request = policy.request()
-    assert request is not None and request.kind == "align"
+    request = next_request(policy)
+    assert request.kind == "align"
     policy.apply(request, Hypothesis((), spans=None))
     assert policy.forced_cuts == 1 and policy.window_words == 0
     assert policy.window_start == pytest.approx(policy.decoded_until)
@@ -537,15 +546,15 @@ def test_backlog_is_decoded_in_bounded_pieces() -> None:
     """A backlog is read in windows near Whisper's own 30 s, as an offline transcript is."""
     policy = make(max_window=15.0)
     talk(policy, 60.0)  # the engine was busy for a minute
-    request = policy.request()
-    assert request is not None and request.kind == "cut"
+    request = next_request(policy)
+    assert request.kind == "cut"
     assert request.duration == pytest.approx(policy.config.backlog_window)
     policy.apply(request, Hypothesis.of(" one two.", " three", ends=(6.0, None)))
     assert policy.transcript == "one two."
     assert policy.window_start == pytest.approx(6.0)
     assert policy.tail == []
-    request = policy.request()
-    assert request is not None and request.kind == "cut" and request.start == 6.0
+    request = next_request(policy)
+    assert request.kind == "cut" and request.start == 6.0
     policy.apply(request, Hypothesis.of(" three four"))  # no boundary: commit all, move on
     assert policy.window_start == pytest.approx(31.0)
     assert policy.forced_cuts == 1
@@ -556,8 +565,7 @@ def test_prompt_is_bounded_and_starts_at_a_word() -> None:
     policy.committed = [f"word{i}" for i in range(30)]
     policy.window_words = 2
     talk(policy, 1.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     assert request.prefix == "word28 word29"
     assert len(request.prompt) <= 20
     assert request.prompt.endswith("word27")
@@ -568,8 +576,7 @@ def test_prompt_is_bounded_and_starts_at_a_word() -> None:
 def test_stale_request_is_refused() -> None:
     policy = make()
     talk(policy, 1.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     moved = DecodeRequest(request.start + 1, request.end, "", "", "step")
     with pytest.raises(ValueError):
         policy.apply(moved, Hypothesis.of(" x"))
@@ -581,8 +588,7 @@ def test_stale_request_is_refused() -> None:
 def test_silence_verdict_from_the_decoder_commits_nothing() -> None:
     policy = make()
     talk(policy, 1.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     hyp = Hypothesis((Piece(" Thank you."),), no_speech_prob=0.9, avg_logprob=-1.5)
     assert policy.words_of(request, hyp) == []
     assert policy.apply(request, hyp).partial is None
@@ -595,8 +601,7 @@ def test_speech_a_dropped_hypothesis_ended_is_decoded_again() -> None:
     talk(policy, 2.0)
     decode(policy, " Here's a long pause.")
     talk(policy, 0.5)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     unsure = Hypothesis((Piece(" Here's a long pause and I", None, 3.0),), 0.9, -1.5)
     policy.apply(request, unsure)
     assert policy.tail == []
@@ -612,40 +617,36 @@ def end_phrase(policy: StreamingPolicy, text: str) -> None:
     """A pause: the phrase is committed, without a decode or with a last one saying ``text``."""
     talk(policy, 1.5, voice=False)
     if policy.settle() is None:
-        request = policy.request()
-        assert request is not None and request.final
+        request = next_request(policy)
+        assert request.final
         policy.apply(request, Hypothesis.of(text))
     assert not policy.tail
 
 
 def test_after_a_loop_the_phrase_is_decoded_without_the_text_prompt() -> None:
     policy = make()
-    talk(policy, 1.0)
-    decode(policy, " Ask not.", ends=(0.5,))
-    talk(policy, 0.5)
-    decode(policy, " Ask not.", ends=(0.5,))
+    agreed(policy, 1.0, " Ask not.", ends=(0.5, 0.5))
     end_phrase(policy, " Ask not.")
     talk(policy, 1.0)
-    request = policy.request()
-    assert request is not None and request.prompt == "Ask not."
+    request = next_request(policy)
+    assert request.prompt == "Ask not."
     looping = " to be a woman who is not a woman who is not a woman"
     policy.apply(request, Hypothesis.of(looping))
     assert policy.tail == "to be a woman who is not".split()
     talk(policy, 0.5)
-    request = policy.request()
-    assert request is not None and request.prompt == ""  # the prompt led it into the loop
+    request = next_request(policy)
+    assert request.prompt == ""  # the prompt led it into the loop
     policy.apply(request, Hypothesis.of(" what your country"))
     end_phrase(policy, " what your country")
     talk(policy, 1.0)
-    request = policy.request()
-    assert request is not None and request.prompt  # the phrase was committed: back
+    request = next_request(policy)
+    assert request.prompt  # the phrase was committed: back
 
 
 def test_segments_after_the_audio_and_loops_are_dropped() -> None:
     policy = make()
     talk(policy, 1.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     late = Hypothesis((Piece(" real words", None, 0.5), Piece(" invented", request.duration)))
     assert policy.words_of(request, late) == [["real", "words"]]
     loop = Hypothesis.of(" go on go on go on")  # six words in one second
@@ -658,8 +659,7 @@ def test_a_repeat_the_audio_has_room_for_is_speech() -> None:
     """A phrase said three times, over audio long enough to say it: a chant, kept."""
     policy = make()
     talk(policy, 3.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     chant = Hypothesis.of(" go on go on go on")
     assert policy.words_of(request, chant) == [["go", "on"] * 3]
     twice = Hypothesis.of(" Go forward ten meters.", " Go forward ten meters.", ends=(1.4,))
@@ -675,8 +675,7 @@ def test_echo_of_committed_text_is_dropped() -> None:
     policy.committed = "we are just saying some words".split()
     policy.window_words = 6
     talk(policy, 1.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     echo = Hypothesis.of(" and we are just saying some words again")
     assert policy.words_of(request, echo) == [["and"]]
     assert policy.repeats_judged == 1 and policy.repeats_kept == 0
@@ -716,13 +715,11 @@ def test_the_decoder_running_ahead_of_a_repeat_waits_for_its_audio() -> None:
     policy = make()
     say_once(policy)
     talk(policy, 1.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     policy.apply(request, Hypothesis.of(SENTENCE))
     assert policy.tail == [] and policy.repeats_kept == 0
     talk(policy, 1.5)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     policy.apply(request, Hypothesis.of(SENTENCE))
     assert " ".join(policy.tail) == SENTENCE.strip()
     assert policy.repeats_kept == 1
@@ -735,12 +732,12 @@ def test_a_final_decode_that_hears_no_speech_over_voice_is_decoded_again() -> No
     policy.committed = "earlier words".split()
     talk(policy, 2.0)
     talk(policy, 1.5, voice=False)
-    request = policy.request()
-    assert request is not None and request.kind == "phrase" and request.prompt
+    request = next_request(policy)
+    assert request.kind == "phrase" and request.prompt
     silent = Hypothesis((Piece(" we are here"),), no_speech_prob=0.9, avg_logprob=-1.2)
     assert policy.apply(request, silent) == Update(delta="", partial=None)
-    again = policy.request()
-    assert again is not None and again.kind == "phrase" and again.prompt == ""
+    again = next_request(policy)
+    assert again.kind == "phrase" and again.prompt == ""
     assert (again.start, again.end) == (request.start, request.end)
     assert policy.apply(again, Hypothesis.of(" we are here")).delta == " we are here"
     assert policy.request() is None
@@ -752,8 +749,8 @@ def test_two_decodes_that_hear_no_speech_commit_nothing() -> None:
     policy.finish()
     silent = Hypothesis((Piece(" thank you"),), no_speech_prob=0.9, avg_logprob=-1.5)
     for _ in range(2):
-        request = policy.request()
-        assert request is not None and request.kind == "end"
+        request = next_request(policy)
+        assert request.kind == "end"
         policy.apply(request, silent)
     assert policy.transcript == "" and policy.done
 
@@ -766,12 +763,12 @@ def test_a_decode_that_skips_a_passage_it_has_in_its_context_is_decoded_again() 
     for _ in range(120):
         policy.push(0.1, policy.audio_end + 0.1, voiced=0.1)
     policy.finish()
-    request = policy.request()
-    assert request is not None and request.final and request.prompt
+    request = next_request(policy)
+    assert request.final and request.prompt
     assert policy.voiced(request.start, request.end) == pytest.approx(12.0)
     assert policy.apply(request, Hypothesis.of(" Yet these thoughts.")).delta == ""
-    again = policy.request()
-    assert again is not None and again.prompt == ""
+    again = next_request(policy)
+    assert again.prompt == ""
     passage = " god as a direct consequence of the sin yet these thoughts"
     assert policy.apply(again, Hypothesis.of(passage)).delta == passage
 
@@ -783,12 +780,12 @@ def test_a_final_decode_that_stops_short_of_the_speech_is_continued() -> None:
     policy = make()
     talk(policy, 5.0)
     policy.finish()
-    request = policy.request()
-    assert request is not None and request.kind == "end"
+    request = next_request(policy)
+    assert request.kind == "end"
     policy.apply(request, Hypothesis.of(" Go forward ten meters.", ends=(3.5,)))
     assert policy.transcript == "Go forward ten meters."
-    again = policy.request()
-    assert again is not None and again.kind == "end"
+    again = next_request(policy)
+    assert again.kind == "end"
     assert again.start == request.start and again.prefix == "Go forward ten meters."
     policy.apply(again, Hypothesis.of(" Go forward ten meters.", ends=(4.9,)))
     assert policy.transcript == "Go forward ten meters. Go forward ten meters."
@@ -798,8 +795,7 @@ def test_a_final_decode_that_stops_short_of_the_speech_is_continued() -> None:
 def test_a_phrase_four_times_on_end_is_a_loop_whatever_the_audio() -> None:
     policy = make()
     talk(policy, 6.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     loop = Hypothesis.of(" thank you thank you thank you thank you thank you for supporting")
     assert policy.words_of(request, loop) == [["thank", "you"]]
     three = Hypothesis.of(" stuff it into you stuff it into you stuff it into you")
@@ -812,8 +808,7 @@ def test_one_word_four_times_is_speech_and_what_follows_it_is_kept() -> None:
     policy = make()
     policy.committed = "here are some more words.".split()
     talk(policy, 4.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     said = Hypothesis.of(" Words words words. And that should be all.")
     assert policy.words_of(request, said) == ["Words words words. And that should be all.".split()]
     assert not policy.guarded
@@ -824,15 +819,14 @@ def test_audio_after_a_guard_cut_is_not_counted_as_decoded() -> None:
     again, and at the end of the stream a final decode runs rather than a settle."""
     policy = make()
     talk(policy, 2.0)
-    request = policy.request()
-    assert request is not None
+    request = next_request(policy)
     policy.apply(request, Hypothesis.of(" yes yes yes yes yes yes and then we went"))
     assert policy.guarded and policy.tail == ["yes"]
     assert policy.decoded_until < request.end
     policy.finish()
     assert policy.settle() is None
-    final = policy.request()
-    assert final is not None and final.kind == "end"
+    final = next_request(policy)
+    assert final.kind == "end"
 
 
 def test_a_final_decode_a_guard_cut_short_is_decoded_again() -> None:
@@ -840,11 +834,11 @@ def test_a_final_decode_a_guard_cut_short_is_decoded_again() -> None:
     policy.committed = "earlier words".split()
     talk(policy, 2.0)
     policy.finish()
-    request = policy.request()
-    assert request is not None and request.kind == "end" and request.prompt
+    request = next_request(policy)
+    assert request.kind == "end" and request.prompt
     looped = Hypothesis.of(" so so so so so so and then we went home")
     assert policy.apply(request, looped).delta == ""
-    again = policy.request()
-    assert again is not None and again.kind == "end" and again.prompt == ""
+    again = next_request(policy)
+    assert again.kind == "end" and again.prompt == ""
     assert policy.apply(again, looped).delta == " so"  # judged once more, then settled
     assert policy.done

@@ -79,7 +79,7 @@ def vllm_target(server: VllmServer) -> Target:
     def requests() -> int:
         # A streaming request waiting for its next audio counts as waiting, not running.
         names = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-        return int(sum(metric(server.url, name) or 0 for name in names))
+        return int(sum(metric(server, name) or 0 for name in names))
 
     return Target("vllm", server.ws, requests, lambda: None)
 

@@ -13,20 +13,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import soundfile
 
 from components.core.evaluation import Clip
-from tests.support_server import REPO_ROOT, free_port, stop_process
+from tests.support_server import answers_200, free_port, start_logged, stop_process, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 START_TIMEOUT = 120.0
@@ -83,39 +81,38 @@ def start_app(env: dict[str, str] | None = None) -> RunningApp:
         "LIVE_CAPTIONS_ENGINE": "whisper",
         **(env or {}),
     }
-    fd, name = tempfile.mkstemp(prefix="live-captions-app-", suffix=".log")
-    log_path = Path(name)
-    with os.fdopen(fd, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process, log_path = start_logged(
+        [sys.executable, "app.py"], log_prefix="live-captions-app-", env=full_env
+    )
     app = RunningApp(f"http://127.0.0.1:{port}", process, log_path)
     needs_engine = full_env.get("LOCAL_BACKEND", "1").lower() not in ("0", "false", "no", "off")
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"app.py exited with {process.returncode}:\n{app.log_text()[-3000:]}"
-            )
-        try:
-            up = httpx.get(app.url, timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            up = False
-        if up and (not needs_engine or "local engine ready" in app.log_text()):
-            return app
-        time.sleep(0.2)
-    stop_app(app)
-    raise RuntimeError(f"app.py did not start within {START_TIMEOUT:g} s")
+
+    def ready() -> bool:
+        if not answers_200(app.url):
+            return False
+        return not needs_engine or "local engine ready" in app.log_text()
+
+    try:
+        wait_ready(ready, process, log_path, what="app.py", timeout=START_TIMEOUT, every=0.2)
+    except BaseException:
+        stop_app(app)
+        raise
+    return app
 
 
 def stop_app(app: RunningApp) -> None:
     stop_process(app.process)
     app.log_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def running_app(env: dict[str, str] | None = None) -> Iterator[RunningApp]:
+    """:func:`start_app` for the length of a ``with`` block."""
+    app = start_app(env)
+    try:
+        yield app
+    finally:
+        stop_app(app)
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +129,8 @@ def playwright() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def app(playwright: Any) -> Iterator[RunningApp]:
-    running = start_app()
-    try:
+    with running_app() as running:
         yield running
-    finally:
-        stop_app(running)
 
 
 @pytest.fixture

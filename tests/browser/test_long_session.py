@@ -18,7 +18,7 @@ import pytest
 import soundfile
 
 from components.core.evaluation import Clip, wer
-from tests.browser.conftest import SILENCE_AFTER, SILENCE_BEFORE, start_app, stop_app
+from tests.browser.conftest import SILENCE_AFTER, SILENCE_BEFORE, running_app
 from tests.browser.test_page import MAX_WER, CaptionPage
 
 pytestmark = pytest.mark.browser
@@ -35,11 +35,8 @@ GAP = 0.7
 
 @pytest.fixture(scope="module")
 def short_stream_app(playwright: Any) -> Iterator[str]:
-    app = start_app({"MAX_STREAM_SECONDS": "12"})
-    try:
+    with running_app({"MAX_STREAM_SECONDS": "12"}) as app:
         yield app.url
-    finally:
-        stop_app(app)
 
 
 def long_wav(clips: dict[str, Clip], directory: Path) -> tuple[Path, str, float]:

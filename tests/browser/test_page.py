@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from components.core.evaluation import Clip, wer
-from tests.browser.conftest import SILENCE_BEFORE, padded_wav, start_app, stop_app
+from tests.browser.conftest import SILENCE_BEFORE, padded_wav, running_app
 from tests.support_server import free_port
 
 pytestmark = pytest.mark.browser
@@ -321,11 +321,8 @@ def sagemaker_page_url(playwright: Any) -> Iterator[str]:
             "ALLOW_CUSTOM_URL": "0",
             "SAGEMAKER_ENDPOINTS": front.endpoint,
         }
-        app = start_app(env)
-        try:
+        with running_app(env) as app:
             yield app.url
-        finally:
-            stop_app(app)
 
 
 def test_sagemaker_backend_from_the_page(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from components.core.evaluation import Clip, wer
-from tests.browser.conftest import padded_wav, start_app, stop_app
+from tests.browser.conftest import padded_wav, running_app
 from tests.browser.test_page import MAX_WER, CaptionPage, _speech_seconds
 from tests.support_prefix_proxy import prefix_proxy
 from tests.support_server import BackgroundLoop, serve_app
@@ -26,12 +26,12 @@ CLIP = "librispeech-1272-128104-0000"
 
 @pytest.fixture(scope="module")
 def prefixed_url(playwright: Any) -> Iterator[str]:
-    app = start_app({"GRADIO_ROOT_PATH": PREFIX})
-    try:
-        with BackgroundLoop() as bg, serve_app(bg, prefix_proxy(app.url, PREFIX)) as base:
-            yield f"{base}{PREFIX}/"
-    finally:
-        stop_app(app)
+    with (
+        running_app({"GRADIO_ROOT_PATH": PREFIX}) as app,
+        BackgroundLoop() as bg,
+        serve_app(bg, prefix_proxy(app.url, PREFIX)) as base,
+    ):
+        yield f"{base}{PREFIX}/"
 
 
 def test_the_page_works_under_a_path_prefix(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from components.core.evaluation import Clip
-from tests.browser.conftest import padded_wav, start_app, stop_app
+from tests.browser.conftest import padded_wav, running_app
 from tests.browser.test_page import OTHER, CaptionPage, _speech_seconds
 from tests.support_vllm import VllmServer
 
@@ -25,11 +25,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.vllm, pytest.mark.timeout(900)]
 
 @pytest.fixture(scope="module")
 def page_url(playwright: Any) -> Iterator[str]:
-    app = start_app({"LOCAL_BACKEND": "0"})
-    try:
+    with running_app({"LOCAL_BACKEND": "0"}) as app:
         yield app.url
-    finally:
-        stop_app(app)
 
 
 def use_server(page: CaptionPage, url: str) -> None:
@@ -65,8 +62,7 @@ def test_a_model_vllm_does_not_serve_is_a_sentence(
     clips: dict[str, Clip],
     wav_dir: Path,
 ) -> None:
-    app = start_app({"LOCAL_BACKEND": "0", "REALTIME_MODEL": "no-such-model"})
-    try:
+    with running_app({"LOCAL_BACKEND": "0", "REALTIME_MODEL": "no-such-model"}) as app:
         page = CaptionPage(open_browser(padded_wav(clips[OTHER], wav_dir)), app.url)
         use_server(page, vllm_server.ws)
         page.record()
@@ -75,5 +71,3 @@ def test_a_model_vllm_does_not_serve_is_a_sentence(
         message = error.inner_text()
         assert "no-such-model" in message and "Traceback" not in message, message
         page.mic.get_by_role("button", name="Record").wait_for(timeout=20_000)
-    finally:
-        stop_app(app)

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from components.core.evaluation import Clip
 from components.core.protocol import (
@@ -26,23 +25,12 @@ from components.core.protocol import (
     TranscriptionDone,
 )
 from components.engines.base import EngineError
-from components.engines.vllm.voxtral import VoxtralFramer
+from tests.support_speech import chunks_of, frame_count, speech
 from tests.test_server import wait_until
 from tests.vllm_cpu.conftest import MAX_MODEL_LEN, Observed, unfinished
 
 SHORT = "librispeech-1089-134691-0000"  # 2.1 s
 LONGER = "librispeech-1089-134686-0000"  # 10.4 s
-
-
-def speech(clip: Clip) -> np.ndarray:
-    samples, rate = sf.read(clip.path, dtype="float32")
-    assert rate == 16_000
-    return samples
-
-
-async def chunks_of(samples: np.ndarray, size: int = 1600) -> AsyncIterator[np.ndarray]:
-    for at in range(0, len(samples), size):
-        yield samples[at : at + size]
 
 
 async def run(
@@ -65,14 +53,7 @@ async def run(
 
 
 def frames_for(engine: Any, samples: np.ndarray) -> int:
-    framer = VoxtralFramer(engine.spec, max_model_len=MAX_MODEL_LEN)
-    framer.push_audio(samples)
-    framer.end_audio()
-    count = 0
-    while framer.next_frame() is not None:
-        count += 1
-        framer.feed_output([0])
-    return count
+    return frame_count(engine.spec, samples, max_model_len=MAX_MODEL_LEN)
 
 
 def test_the_engine_names_its_device(engine: Any) -> None:

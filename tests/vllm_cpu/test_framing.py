@@ -8,54 +8,22 @@ samples must be identical. vLLM's side runs on the real model config and tokeniz
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from components.core.evaluation import Clip
 from components.engines.vllm.voxtral import VoxtralFramer
+from tests.support_speech import speech, uneven_chunks, vllms_frames
 
 CLIP = "librispeech-1089-134686-0001"  # 3.3 s
 UNEVEN = (1, 7, 160, 333, 1601, 4000, 15_999, 97)
 
 
-def chunked(samples: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
-    chunks, at, turn = [], 0, 0
-    while at < len(samples):
-        size = sizes[turn % len(sizes)]
-        chunks.append(samples[at : at + size])
-        at += size
-        turn += 1
-    return chunks
-
-
 def fed_back(index: int) -> list[int]:
     """A distinct token per frame (any id of the vocabulary), as the model's output would be."""
     return [40 + index % 26]
-
-
-async def vllms_frames(engine: Any, chunks: list[np.ndarray]) -> list[tuple[list[int], Any]]:
-    from vllm.model_executor.model_loader import get_model_cls
-
-    model_config = engine.llm.model_config
-    model_cls = get_model_cls(model_config)
-    tokens: asyncio.Queue[list[int]] = asyncio.Queue()
-
-    async def audio() -> AsyncIterator[np.ndarray]:
-        for chunk in chunks:
-            yield chunk
-
-    frames: list[tuple[list[int], Any]] = []
-    async with asyncio.timeout(60):
-        async for prompt in model_cls.buffer_realtime_audio(audio(), tokens, model_config):
-            samples, _rate = prompt["multi_modal_data"]["audio"]
-            frames.append((list(prompt["prompt_token_ids"]), np.asarray(samples)))
-            tokens.put_nowait(fed_back(len(frames)))
-    return frames
 
 
 def our_frames(engine: Any, chunks: list[np.ndarray]) -> list[tuple[list[int], Any]]:
@@ -79,10 +47,8 @@ def our_frames(engine: Any, chunks: list[np.ndarray]) -> list[tuple[list[int], A
 def test_frames_equal_vllms_buffer(
     bg: Any, engine: Any, clips: dict[str, Clip], sizes: tuple[int, ...]
 ) -> None:
-    samples, rate = sf.read(clips[CLIP].path, dtype="float32")
-    assert rate == 16_000
-    chunks = chunked(samples, sizes)
-    theirs = bg.run(vllms_frames(engine, chunks))
+    chunks = uneven_chunks(speech(clips[CLIP]), sizes)
+    theirs = bg.run(vllms_frames(engine, chunks, fed_back))
     ours = our_frames(engine, chunks)
     assert len(ours) == len(theirs) > 40
     for index, ((our_ids, our_audio), (their_ids, their_audio)) in enumerate(
@@ -95,5 +61,5 @@ def test_frames_equal_vllms_buffer(
 
 def test_the_first_frame_is_the_streaming_prompt(bg: Any, engine: Any) -> None:
     silence = [np.zeros(16_000, dtype=np.float32)]
-    (first_ids, _), *_ = bg.run(vllms_frames(engine, silence))
+    (first_ids, _), *_ = bg.run(vllms_frames(engine, silence, fed_back))
     assert tuple(first_ids) == tuple(engine.spec.prompt_tokens)

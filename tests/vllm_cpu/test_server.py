@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
@@ -30,12 +28,15 @@ from tests.test_server import (
     CHUNK,
     Server,
     _server,
-    collect,
     deltas,
     open_session,
     recv,
+    refused_as_busy,
+    refused_frames_then_a_request,
+    server_with,
     stream_audio,
     transcribe,
+    two_requests,
     wait_until,
 )
 from tests.vllm_cpu.conftest import MAX_MODEL_LEN, unfinished
@@ -44,10 +45,7 @@ CLIP = "librispeech-1089-134686-0001"  # 3.3 s
 OTHER = "librispeech-1089-134691-0000"  # 2.1 s
 
 
-@pytest.fixture(scope="module")
-def server(bg: Any, engine: Any) -> Iterator[Server]:
-    with _server(bg, engine, max_sessions=4, idle_timeout=30) as running:
-        yield running
+server = server_with(max_sessions=4, idle_timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +69,7 @@ def test_event_order_text_and_usage(bg: Any, server: Server, pcm: dict[str, byte
 def test_a_new_request_after_done_on_the_same_socket(
     bg: Any, server: Server, pcm: dict[str, bytes]
 ) -> None:
-    async def twice() -> tuple[list[Any], list[Any]]:
-        ws = await open_session(server)
-        async with ws:
-            await stream_audio(ws, pcm[CLIP])
-            one = await collect(ws)
-            await stream_audio(ws, pcm[OTHER])
-            two = await collect(ws)
-        return one, two
-
-    one, two = bg.run(twice())
+    one, two = bg.run(two_requests(server, pcm[CLIP], pcm[OTHER]))
     # The second request starts from scratch: its prompt is that of the shorter clip alone.
     assert two[-1]["usage"]["prompt_tokens"] < one[-1]["usage"]["prompt_tokens"]
     assert two[-1]["usage"]["completion_tokens"] == len(two) - 1
@@ -100,29 +89,8 @@ def test_concurrent_sessions_are_separate_requests(
 
 
 def test_every_protocol_error_code(bg: Any, server: Server) -> None:
-    cases = [
-        ('{"type": "input_audio_buffer.commit"}', "model_not_validated"),
-        ("{not json", "invalid_json"),
-        ('{"type": "response.create"}', "unknown_event"),
-        ('{"type": "session.update"}', "invalid_event"),
-        ('{"type": "session.update", "model": "no-such-model"}', "model_not_found"),
-        ('{"type": "input_audio_buffer.append", "audio": "%%%"}', "invalid_audio"),
-        ('{"type": "input_audio_buffer.append", "audio": "AA=="}', "invalid_audio"),
-        ('{"type": "input_audio_buffer.append", "audio": ""}', "invalid_audio"),
-    ]
-
-    async def play() -> list[Any]:
-        async with connect(server.ws) as ws:
-            assert (await recv(ws))["type"] == "session.created"
-            for frame, code in cases:
-                await ws.send(frame)
-                event = await recv(ws, 10)
-                assert event["type"] == "error" and event["code"] == code, (frame, event)
-            await ws.send(f'{{"type": "session.update", "model": "{server.state.model_names[0]}"}}')
-            await stream_audio(ws, np.zeros(16_000, dtype="<i2").tobytes())
-            return await collect(ws)
-
-    assert bg.run(play())[-1]["type"] == "transcription.done"
+    events = bg.run(refused_frames_then_a_request(server))
+    assert events[-1]["type"] == "transcription.done"
 
 
 def test_a_vanished_client_releases_its_vllm_request(
@@ -209,12 +177,7 @@ def test_server_limits_hold_over_the_vllm_engine(bg: Any, engine: Any) -> None:
 
     async def limits(single: Server, hasty: Server, small: Server) -> None:
         holder = await open_session(single)
-        async with connect(single.ws) as refused:
-            event = await recv(refused, 10)
-            assert event["code"] == "server_busy"
-            with pytest.raises(ConnectionClosed) as closed:
-                await recv(refused, 10)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        await refused_as_busy(single)
         await holder.close()
 
         async with connect(hasty.ws) as idle:
