@@ -40,13 +40,12 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Counter
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from components.core.env import read
-from components.core.metrics import CONTENT_TYPE, LiveValues, gauge, render
+from components.core.metrics import CONTENT_TYPE, Registry, gauge, render
 from components.core.protocol import (
     ErrorCode,
     error_frame,
@@ -142,29 +141,19 @@ class Bridge:
         self.config = config
         self.active = 0
         self._probe: HealthProbe | None = None
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._streams = Counter(
+        self.registry = r = Registry()
+        self._streams = r.counter(
             "live_captions_bridge_streams",
             "Client streams, by who closed them (client, bridge, upstream)",
-            ["closed_by"],
-            registry=self.registry,
+            ("closed_by",),
         )
-        self._bytes = Counter(
-            "live_captions_bridge_bytes",
-            "Bytes relayed, by direction (in: client to engine)",
-            ["direction"],
-            registry=self.registry,
+        self._bytes = r.counter(
+            "live_captions_bridge_bytes", "Bytes relayed (in: client to engine)", ("direction",)
         )
-        self._refused = Counter(
-            "live_captions_bridge_refused",
-            "Streams refused because the bridge was at its limit",
-            registry=self.registry,
+        self._refused = r.counter(
+            "live_captions_bridge_refused", "Streams refused because the bridge was at its limit"
         )
-        self.registry.register(
-            LiveValues(
-                lambda: [gauge("live_captions_bridge_streams_active", "Streams open", self.active)]
-            )
-        )
+        r.live(lambda: [gauge("live_captions_bridge_streams_active", "Streams open", self.active)])
 
     async def metrics(self) -> Response:
         """Prometheus text: streams open and closed, refusals, bytes relayed."""

@@ -168,34 +168,19 @@ def vllm_command(config: ServeConfig, env: Mapping[str, str]) -> list[str]:
     model = str(config.model_dir) if holds_weights(config.model_dir) else named
     custom = env.get("VLLM_COMMAND", "").strip()
     start = [*shlex.split(custom), "--model", model] if custom else ["vllm", "serve", model]
-    return [
-        *start,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(config.upstream_port),
-        "--served-model-name",
-        config.served_model_name,
-        *sm_vllm_flags(env),
-    ]
+    return [*start, *_upstream_flags(config), *sm_vllm_flags(env)]
 
 
 def whisper_command(config: ServeConfig) -> list[str]:
     """This project's Realtime server on the embedded CPU engine, on loopback."""
-    return [
-        sys.executable,
-        "-m",
-        "components",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(config.upstream_port),
-        "--engine",
-        "whisper",
-        "--served-model-name",
-        config.served_model_name,
-    ]
+    serve = [sys.executable, "-m", "components", "serve"]
+    return [*serve, *_upstream_flags(config), "--engine", "whisper"]
+
+
+def _upstream_flags(config: ServeConfig) -> list[str]:
+    """Either engine server listens on loopback only, under the served model name."""
+    port = str(config.upstream_port)
+    return ["--host", "127.0.0.1", "--port", port, "--served-model-name", config.served_model_name]
 
 
 def bridge_command(config: ServeConfig) -> list[str]:

@@ -338,8 +338,8 @@ def test_the_script_runs_as_an_executable(tmp_path: Path) -> None:
         check=True,
     )
     engine, bridge = result.stdout.splitlines()
-    assert "-m components serve --host 127.0.0.1 --port 8081 --engine whisper" in engine
-    assert engine.endswith("--served-model-name m")
+    assert "-m components serve --host 127.0.0.1 --port 8081 --served-model-name m" in engine
+    assert engine.endswith("--engine whisper")
     assert "-m container.bridge --host 127.0.0.1 --port 8080" in bridge
 
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,6 +43,24 @@ class LiveValues(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._read()
+
+
+class Registry(CollectorRegistry):
+    """A server's own registry, with short ways to declare what it records."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, documentation, labels, registry=self)
+
+    def histogram(self, name: str, documentation: str) -> Histogram:
+        """Seconds of a caption latency, in :data:`LATENCY_BUCKETS`."""
+        return Histogram(name, documentation, buckets=LATENCY_BUCKETS, registry=self)
+
+    def live(self, read: Callable[[], Iterable[Metric]]) -> None:
+        """Expose what ``read()`` yields at each scrape (see :class:`LiveValues`)."""
+        self.register(LiveValues(read))
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -6,10 +6,9 @@ from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import Metric
 
-from components.core.metrics import CONTENT_TYPE, LATENCY_BUCKETS, LiveValues, gauge, render
+from components.core.metrics import CONTENT_TYPE, Registry, gauge, render
 from components.page.view import SessionView
 
 
@@ -17,42 +16,24 @@ class PageMetrics:
     """Each finished session's figures are recorded once; live counts are read when scraped."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.sessions = Counter(
-            "live_captions_sessions",
-            "Caption sessions ended, by how",
-            ["state"],
-            registry=self.registry,
+        self.registry = r = Registry()
+        self.sessions = r.counter(
+            "live_captions_sessions", "Caption sessions ended, by how", ("state",)
         )
-        self.audio_seconds = Counter(
-            "live_captions_audio_seconds",
-            "Seconds of audio sent to backends",
-            registry=self.registry,
-        )
-        self.first_caption = Histogram(
+        self.audio_seconds = r.counter("live_captions_audio_seconds", "Audio sent to backends (s)")
+        self.first_caption = r.histogram(
             "live_captions_first_caption_seconds",
             "Seconds from a session's first speech to its first caption",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.streams = Counter(
+        self.streams = r.counter(
             "live_captions_backend_streams",
             "Backend streams opened (a handover or a reconnection opens another)",
-            registry=self.registry,
         )
-        self.reconnects = Counter(
-            "live_captions_reconnects", "Streams lost and reopened", registry=self.registry
+        self.reconnects = r.counter("live_captions_reconnects", "Streams lost and reopened")
+        self.samples_lost = r.counter(
+            "live_captions_samples_lost", "Microphone samples that never reached a backend (16 kHz)"
         )
-        self.samples_lost = Counter(
-            "live_captions_samples_lost",
-            "Microphone samples that never reached a backend (16 kHz)",
-            registry=self.registry,
-        )
-        self.errors = Counter(
-            "live_captions_session_errors",
-            "Sessions that ended in an error",
-            registry=self.registry,
-        )
+        self.errors = r.counter("live_captions_session_errors", "Sessions that ended in an error")
 
     def session_ended(self, view: SessionView) -> None:
         self.sessions.labels(state=str(view.state)).inc()
@@ -72,7 +53,7 @@ class PageMetrics:
             for name, value in live().items():
                 yield gauge(f"live_captions_{name}", name.replace("_", " "), value)
 
-        self.registry.register(LiveValues(read))
+        self.registry.live(read)
 
 
 def add_metrics_route(app: FastAPI, metrics: PageMetrics) -> None:

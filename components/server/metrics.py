@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import Metric
 
-from components.core.metrics import LATENCY_BUCKETS, LiveValues, counter, gauge
+from components.core.metrics import Registry, counter, gauge
 
 
 class _Slots(Protocol):
@@ -41,23 +40,18 @@ class ServerMetrics:
     """Recorded by the sessions as things happen; live counts are read from the state."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.audio_seconds = Counter(
-            "live_captions_audio_seconds",
-            "Seconds of audio received from clients",
-            registry=self.registry,
+        self.registry = Registry()
+        self.audio_seconds = self.registry.counter(
+            "live_captions_audio_seconds", "Seconds of audio received from clients"
         )
-        self.errors = Counter(
+        self.errors = self.registry.counter(
             "live_captions_errors",
             "Error events sent to clients, by protocol error code",
-            ["code"],
-            registry=self.registry,
+            ("code",),
         )
-        self.first_caption = Histogram(
+        self.first_caption = self.registry.histogram(
             "vllm:time_to_first_token_seconds",
             "Seconds from an engine request's start to its first text",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
 
     def watch(self, state: LiveCounts) -> None:
@@ -78,4 +72,4 @@ class ServerMetrics:
             for name, value in state.engine_counts().items():
                 yield gauge(f"live_captions_engine_{name}", f"The engine's {name}", value)
 
-        self.registry.register(LiveValues(read))
+        self.registry.live(read)
