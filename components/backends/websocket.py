@@ -341,19 +341,15 @@ def _describe(exc: BaseException) -> str:
 
 def _error_for(url: str, event: ErrorEvent) -> BackendError | None:
     """The exception for an error event that ends the stream; None when it does not."""
-
-    def sentence(kind: type[BackendError], message: str) -> str:
-        if kind is NotFound:
-            return f"{message} (omit --model to use the server's first model)"
-        if kind is InvalidOption:
-            return f"{url} refused the session options: {message}"
-        if kind is RemoteError:
-            return f"The server could not transcribe: {message}"
-        if kind in (StreamExpired, ConnectionLost):
-            return f"The server closed the session: {message}"
-        return f"{url}: {message}"
-
-    return event_error(event.code, event.error, sentence)
+    closed = "The server closed the session: {message}"
+    wording = {
+        NotFound: "{message} (omit --model to use the server's first model)",
+        InvalidOption: f"{url} refused the session options: {{message}}",
+        RemoteError: "The server could not transcribe: {message}",
+        StreamExpired: closed,
+        ConnectionLost: closed,
+    }
+    return event_error(event.code, event.error, wording, f"{url}: {{message}}")
 
 
 def _closed_error(url: str, exc: ConnectionClosed) -> BackendError:

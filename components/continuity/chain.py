@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from components.backends.base import Backend, RealtimeStream
 from components.continuity.policy import (
@@ -112,6 +112,17 @@ class _Leg:
         return max(now - self.opened, self.sent / SAMPLE_RATE)
 
 
+class ChainSettings(TypedDict, total=False):
+    """What a :class:`ContinuousStream` is opened with, beside its backend."""
+
+    partials: bool
+    options: SessionOptions
+    policy: ContinuityPolicy | None
+    on_notice: Callable[[StreamNotice], None] | None
+    label: str
+    clock: Callable[[], float]
+
+
 class ContinuousStream:
     """One stream to its user, a chain of backend streams underneath (see module docstring).
 
@@ -156,26 +167,13 @@ class ContinuousStream:
         self._iterating = False
 
     @classmethod
-    async def open(
-        cls,
-        backend: Backend,
-        *,
-        partials: bool = False,
-        options: SessionOptions = NO_OPTIONS,
-        policy: ContinuityPolicy | None = None,
-        on_notice: Callable[[StreamNotice], None] | None = None,
-        label: str = "",
-    ) -> ContinuousStream:
-        """Open the first leg; its failure is raised as it is (a backend that is not there)."""
-        chain = cls(
-            backend,
-            partials=partials,
-            options=options,
-            policy=policy,
-            on_notice=on_notice,
-            label=label,
-        )
-        stream = await backend.open(partials=partials, options=options)
+    async def open(cls, backend: Backend, **settings: Unpack[ChainSettings]) -> ContinuousStream:
+        """Open the first leg; its failure is raised as it is (a backend that is not there).
+
+        ``settings`` are those of the constructor (:class:`ChainSettings`).
+        """
+        chain = cls(backend, **settings)
+        stream = await backend.open(partials=chain.partials, options=chain.options)
         chain._add_leg(stream, start=0, after=None)
         return chain
 

@@ -5,7 +5,7 @@ Backends raise these; the page and the CLI show ``str(error)`` verbatim, never a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
 from components.core.protocol import OPTION_CODES, ErrorCode
 
@@ -77,9 +77,12 @@ def error_class(code: str) -> type[BackendError] | None:
 
 
 def event_error(
-    code: str, message: str, sentence: Callable[[type[BackendError], str], str]
+    code: str, message: str, wording: Mapping[type[BackendError], str], default: str
 ) -> BackendError | None:
     """The exception for an ``error`` event (see :func:`error_class`), worded by the backend:
-    ``sentence(kind, message)`` says it in the terms of the far end the user knows."""
+    ``wording[kind]`` (else ``default``) says it in the terms of the far end the user knows,
+    with ``{message}`` standing for the event's own message."""
     kind = error_class(code)
-    return None if kind is None else kind(sentence(kind, message))
+    if kind is None:
+        return None
+    return kind(wording.get(kind, default).replace("{message}", message))

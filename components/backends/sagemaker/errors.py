@@ -224,21 +224,12 @@ def session_error(event: ErrorEvent, *, where: str) -> BackendError | None:
     The container's engine server speaks the Realtime protocol, so these are its error codes;
     the messages point at what can be changed on the SageMaker side.
     """
-
-    def sentence(kind: type[BackendError], message: str) -> str:
-        if kind is NotFound:
-            return (
-                f"{message}: {where} serves another model name; set SAGEMAKER_MODEL (or "
-                "--model) to the container's served model name."
-            )
-        if kind is Busy:
-            return f"{where} is at its session limit ({message}); try again later."
-        if kind is BackendUnavailable:
-            return f"The container behind {where} lost its engine: {message}"
-        if kind is InvalidOption:
-            return f"{where} refused the session options: {message}"
-        if kind is RemoteError:
-            return f"The engine behind {where} could not transcribe: {message}"
-        return f"{where} closed the session: {message}"
-
-    return event_error(event.code, event.error, sentence)
+    wording = {
+        NotFound: f"{{message}}: {where} serves another model name; set SAGEMAKER_MODEL (or "
+        "--model) to the container's served model name.",
+        Busy: f"{where} is at its session limit ({{message}}); try again later.",
+        BackendUnavailable: f"The container behind {where} lost its engine: {{message}}",
+        InvalidOption: f"{where} refused the session options: {{message}}",
+        RemoteError: f"The engine behind {where} could not transcribe: {{message}}",
+    }
+    return event_error(event.code, event.error, wording, f"{where} closed the session: {{message}}")
