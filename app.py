@@ -519,7 +519,8 @@ def main() -> None:
             show_error=False,
             prevent_thread_lock=True,
         )
-        add_routes(app, manager, tokens)
+        feeds = add_routes(app, manager, tokens)
+        manager.metrics.watch(lambda: {"followers": feeds.followers})
         add_metrics_route(app, manager.metrics)
         link.add_route(app)
         demo.block_thread()

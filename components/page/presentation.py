@@ -14,11 +14,13 @@ The routes are added to the FastAPI app Gradio's ``launch()`` returns, which is 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from components.outputs.fanout import TAIL_CHARS, Captions, FanOut, Follower
 from components.page.tab_tokens import TabTokens
 
 if TYPE_CHECKING:
@@ -27,8 +29,8 @@ if TYPE_CHECKING:
 LONG_POLL_SECONDS = 15.0
 """How long a caption request waits for a change before it answers "unchanged"."""
 
-TAIL_CHARS = 1200
-"""Confirmed text sent to the view: far more than the few lines it shows."""
+HEARTBEAT_SECONDS = 15.0
+"""A comment line on an idle push stream, so that proxies and browsers keep it open."""
 
 
 def captions_state(manager: SessionManager, owner: str) -> dict[str, Any]:
@@ -44,8 +46,78 @@ def captions_state(manager: SessionManager, owner: str) -> dict[str, Any]:
     }
 
 
-def add_routes(app: FastAPI, manager: SessionManager, tokens: TabTokens) -> None:
-    """``GET live/{token}`` (the view) and ``GET live/{token}/captions?after=V`` (its data)."""
+def current_captions(manager: SessionManager, owner: str) -> Captions:
+    session = manager.current(owner)
+    if session is None:
+        return Captions("none", "", "", "idle")
+    view = session.view()
+    return Captions(
+        f"{view.session_id}:{view.version}",
+        view.text,
+        view.partial,
+        str(view.state.value),
+        session=view.session_id,
+    )
+
+
+class FollowerFeeds:
+    """One :class:`FanOut` per followed tab, fed by one task for as long as anyone follows.
+
+    The task reads the tab's session once per change, however many follow it.
+    """
+
+    def __init__(self, manager: SessionManager) -> None:
+        self._manager = manager
+        self._feeds: dict[str, FanOut] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def followers(self) -> int:
+        return sum(len(feed) for feed in self._feeds.values())
+
+    def followers_of(self, owner: str) -> int:
+        feed = self._feeds.get(owner)
+        return len(feed) if feed else 0
+
+    def follow(self, owner: str) -> Follower:
+        feed = self._feeds.get(owner)
+        if feed is None:
+            feed = self._feeds[owner] = FanOut()
+            feed.publish(current_captions(self._manager, owner))
+        follower = feed.subscribe()
+        task = self._tasks.get(owner)
+        if task is None or task.done():
+            self._tasks[owner] = asyncio.create_task(self._feed(owner, feed))
+        return follower
+
+    def leave(self, owner: str, follower: Follower) -> None:
+        feed = self._feeds.get(owner)
+        if feed is not None:
+            feed.unsubscribe(follower)
+
+    async def _feed(self, owner: str, feed: FanOut) -> None:
+        sent = current_captions(self._manager, owner)
+        try:
+            while len(feed):
+                session = self._manager.current(owner)
+                if session is None:
+                    await asyncio.sleep(1.0)
+                elif session.id == sent.session:
+                    await session.wait_changed(int(sent.version.rsplit(":", 1)[-1]), 5.0)
+                sent = current_captions(self._manager, owner)
+                feed.publish(sent)
+        finally:
+            if not len(feed) and self._feeds.get(owner) is feed:
+                del self._feeds[owner]
+                self._tasks.pop(owner, None)
+
+
+def add_routes(
+    app: FastAPI, manager: SessionManager, tokens: TabTokens, feeds: FollowerFeeds | None = None
+) -> FollowerFeeds:
+    """``GET live/{token}`` (the view), ``GET live/{token}/captions?after=V`` (a long poll of
+    its data) and ``GET live/{token}/events`` (the same pushed, as Server-Sent Events)."""
+    feeds = feeds or FollowerFeeds(manager)
 
     async def view(token: str) -> Response:
         if tokens.owner_of(token) is None:
@@ -71,8 +143,31 @@ def add_routes(app: FastAPI, manager: SessionManager, tokens: TabTokens) -> None
             state = captions_state(manager, owner)
         return JSONResponse(state, headers={"Cache-Control": "no-store"})
 
+    async def events(token: str) -> Response:
+        owner = tokens.owner_of(token)
+        if owner is None:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        follower = feeds.follow(owner)
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield "retry: 2000\n\n"
+                while tokens.owner_of(token) == owner and not follower.closed:
+                    event = await follower.next(HEARTBEAT_SECONDS)
+                    yield ": keep-alive\n\n" if event is None else f"data: {event}\n\n"
+            finally:
+                feeds.leave(owner, follower)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
     app.add_api_route("/live/{token}", view, methods=["GET"], include_in_schema=False)
     app.add_api_route("/live/{token}/captions", captions, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/live/{token}/events", events, methods=["GET"], include_in_schema=False)
+    return feeds
 
 
 PAGE = """<!doctype html>
@@ -107,23 +202,38 @@ PAGE = """<!doctype html>
   if (params.get("theme")) root.dataset.theme = params.get("theme");
   const finalEl = document.querySelector("#captions .final");
   const partialEl = document.querySelector("#captions .partial");
-  const url = location.pathname.replace(/\\/$/, "") + "/captions";
+  const base = location.pathname.replace(/\\/$/, "");
   let version = "";
+  let text = "";
+  function show(s) {
+    version = s.version;
+    text = "text" in s ? s.text : text + s.append;
+    if (text.length > 4000) text = text.slice(-2000);  // hours of appends: keep what shows
+    finalEl.textContent = text;
+    partialEl.textContent = s.partial;
+  }
   async function poll() {
     try {
-      const r = await fetch(url + "?after=" + encodeURIComponent(version), {cache: "no-store"});
+      const r = await fetch(base + "/captions?after=" + encodeURIComponent(version),
+                            {cache: "no-store"});
       if (r.status === 404) {
         finalEl.textContent = "This caption link is no longer valid.";
         return;
       }
-      const s = await r.json();
-      version = s.version;
-      finalEl.textContent = s.text;
-      partialEl.textContent = s.partial;
+      show(await r.json());
     } catch (e) {
       await new Promise((ok) => setTimeout(ok, 1000));
     }
     setTimeout(poll, 0);
+  }
+  function push() {
+    // Pushed events (one stream, no request per change); the long poll where they fail.
+    if (!window.EventSource) return poll();
+    const events = new EventSource(base + "/events");
+    events.onmessage = (m) => show(JSON.parse(m.data));
+    events.onerror = () => {
+      if (events.readyState === EventSource.CLOSED) { events.close(); poll(); }
+    };
   }
   document.addEventListener("keydown", (e) => {
     if (e.key === "f" || e.key === "F") {
@@ -134,7 +244,7 @@ PAGE = """<!doctype html>
       root.dataset.theme = dark ? "light" : "dark";
     }
   });
-  poll();
+  push();
 })();
 </script>
 </body>
