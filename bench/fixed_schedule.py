@@ -48,7 +48,7 @@ from bench.common import (
 from components.core.evaluation import edit_distance, normalize
 from components.core.protocol import SAMPLE_RATE
 from components.engines.scheduler import Work
-from components.engines.whisper.engine import WhisperEngine, _AudioWindow, _StreamState
+from components.engines.whisper.engine import WhisperEngine, AudioWindow, StreamState
 from components.engines.whisper.policy import PolicyConfig, StreamingPolicy
 from components.engines.whisper.vad import VadStream
 
@@ -56,7 +56,7 @@ from components.engines.whisper.vad import VadStream
 class _Slot:
     """What a round reads of a scheduler slot: the engine's per-stream state."""
 
-    def __init__(self, state: _StreamState) -> None:
+    def __init__(self, state: StreamState) -> None:
         self.state = state
 
 
@@ -119,10 +119,10 @@ def _replay(
     n = len(streams)
     slots = [
         _Slot(
-            _StreamState(
+            StreamState(
                 StreamingPolicy(engine.policy, previews=False),
                 VadStream(engine.vad_model, engine.vad_threshold),
-                _AudioWindow(),
+                AudioWindow(),
             )
         )
         for _ in streams

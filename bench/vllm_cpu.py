@@ -88,7 +88,8 @@ async def measure(engine: Any, audio: list[np.ndarray], sessions: int) -> dict[s
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.update(ENGINE_ENV)
-    from components.engines.vllm.engine import VllmEngine, _vllm_version
+    from components.engines.vllm.engine import VllmEngine
+    from components.engines.vllm.settings import vllm_version
 
     clips = load_clips()[: args.clips]
     audio = [sf.read(c.path, dtype="float32")[0] for c in clips]
@@ -103,7 +104,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await engine.aclose()
     return {
-        "vllm": _vllm_version(),
+        "vllm": vllm_version(),
         "model": "tiny-voxtral-realtime (make vllm-cpu)",
         "cpus": os.cpu_count(),
         "engine_start_seconds": round(start_seconds, 1),

@@ -115,7 +115,7 @@ def bundled_model_path() -> Path:
 # --------------------------------------------------------------------------- the engine
 
 
-class _AudioWindow:
+class AudioWindow:
     """The samples of a stream's current window (absolute time of the first sample kept)."""
 
     def __init__(self) -> None:
@@ -138,12 +138,12 @@ class _AudioWindow:
 
 
 @dataclass
-class _StreamState:
+class StreamState:
     """Per-stream state owned by the worker thread while the stream is in a round."""
 
     policy: StreamingPolicy
     vad: VadStream
-    window: _AudioWindow
+    window: AudioWindow
     samples: int = 0
     terms: str = ""
     language: str | None = None
@@ -274,10 +274,10 @@ class WhisperEngine:
         captions lag because the machine cannot keep every stream real time.
         """
         check_engine_options(self, options)
-        state = _StreamState(
+        state = StreamState(
             policy=StreamingPolicy(self.policy, previews=partials),
             vad=VadStream(self.vad_model, self.vad_threshold),
-            window=_AudioWindow(),
+            window=AudioWindow(),
             terms=options.prompt or "",
             language=options.language,
         )
@@ -333,7 +333,7 @@ class WhisperEngine:
         jobs: list[tuple[int, DecodeRequest]] = []
         items: list[DecodeItem] = []
         for i, w in enumerate(work):
-            state: _StreamState = w.slot.state
+            state: StreamState = w.slot.state
             policy = state.policy
             policy.config = config
             if len(w.audio):
@@ -386,7 +386,7 @@ class WhisperEngine:
             outcome.eager = w.slot.state.policy.listening
         return outcomes
 
-    def _close_if_done(self, state: _StreamState, outcome: Outcome) -> None:
+    def _close_if_done(self, state: StreamState, outcome: Outcome) -> None:
         if state.policy.done:
             text = state.policy.transcript
             tokens = len(self.decoder.tokenizer.encode(" " + text)) if text else 0
