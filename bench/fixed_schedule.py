@@ -48,7 +48,7 @@ from bench.common import (
 from components.core.evaluation import edit_distance, normalize
 from components.core.protocol import SAMPLE_RATE
 from components.engines.scheduler import Work
-from components.engines.whisper.engine import WhisperEngine, AudioWindow, StreamState
+from components.engines.whisper.engine import AudioWindow, StreamState, WhisperEngine
 from components.engines.whisper.policy import PolicyConfig, StreamingPolicy
 from components.engines.whisper.vad import VadStream
 
