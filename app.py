@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from components.page.metrics import add_metrics_route
 from components.page.mic_link import MicLink, parse_recording
 from components.page.mic_widget import CSS as MIC_CSS
 from components.page.mic_widget import microphone
-from components.page.presentation import add_routes
+from components.page.presentation import FollowerFeeds, add_routes
 from components.page.settings import BackendChoice, BackendKind, Settings
 from components.page.tab_tokens import TabTokens
 from components.page.view import SessionView
@@ -110,11 +110,11 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f} s"
 
 
-def render_figures(view: SessionView | None, idle_backend: str) -> str:
+def render_figures(view: SessionView | None, idle_backend: str, followers: int = 0) -> str:
     """Live figures; the same numbers ride along as data-* attributes for tests and benches."""
     if view is None:
-        rows = [("Backend", idle_backend), ("State", "idle")]
-        attrs = 'data-state="idle"'
+        rows = [("Backend", idle_backend), ("State", "idle"), ("Followers", str(followers))]
+        attrs = f'data-state="idle" data-followers="{followers}"'
     else:
         lost = "–" if view.samples_lost is None else f"{view.samples_lost:,}"
         rows = [
@@ -131,6 +131,7 @@ def render_figures(view: SessionView | None, idle_backend: str) -> str:
                 f"{view.streams}"
                 + (f" ({view.reconnects} reconnected)" if view.reconnects else ""),
             ),
+            ("Followers", str(followers)),
         ]
         first = "" if view.first_caption is None else f"{view.first_caption:.3f}"
         attrs = (
@@ -141,6 +142,7 @@ def render_figures(view: SessionView | None, idle_backend: str) -> str:
             f'data-samples-lost="{"" if view.samples_lost is None else view.samples_lost}" '
             f'data-late-chunks="{view.late_chunks}" '
             f'data-streams="{view.streams}" data-reconnects="{view.reconnects}" '
+            f'data-followers="{followers}" '
             f'data-audio-received="{view.audio_received:.3f}" '
             f'data-first-caption="{first}" '
             f'data-caption-at="{"" if view.caption_at is None else f"{view.caption_at:.3f}"}"'
@@ -196,9 +198,13 @@ def follow_link(token: str) -> str:
 
 
 def build_demo(
-    manager: SessionManager, link: MicLink, tokens: TabTokens | None = None
+    manager: SessionManager,
+    link: MicLink,
+    tokens: TabTokens | None = None,
+    followers: Callable[[str], int] | None = None,
 ) -> gr.Blocks:
-    """The page; ``link`` carries its microphone audio, ``tokens`` are its follower links."""
+    """The page; ``link`` carries its microphone audio, ``tokens`` are its follower links and
+    ``followers(owner)`` counts who follows a tab's link now."""
     tokens = tokens or TabTokens()
     settings = manager.settings
     kinds = settings.kinds
@@ -219,6 +225,10 @@ def build_demo(
     def idle_backend() -> str:
         return manager.engine_label() if kinds[0] is BackendKind.LOCAL else KIND_LABELS[kinds[0]]
 
+    def followers_of(view: SessionView | None) -> int:
+        session = manager.get(view.session_id) if view is not None and followers else None
+        return followers(session.owner) if session is not None and followers else 0
+
     def outputs_for(view: SessionView | None, *, final: bool) -> tuple[Any, ...]:
         downloads: list[Any]
         if final and view is not None and view.exports:
@@ -232,7 +242,7 @@ def build_demo(
             downloads = [gr.skip()] * 3
         return (
             render_captions(view),
-            render_figures(view, idle_backend()),
+            render_figures(view, idle_backend(), followers_of(view)),
             render_status(view),
             *downloads,
         )
@@ -511,7 +521,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     link = MicLink(manager)
     tokens = TabTokens()
-    demo = build_demo(manager, link, tokens)
+    feeds = FollowerFeeds(manager)
+    demo = build_demo(manager, link, tokens, feeds.followers_of)
     try:
         app, _, _ = demo.launch(
             css=CSS + MIC_CSS,
@@ -519,7 +530,7 @@ def main() -> None:
             show_error=False,
             prevent_thread_lock=True,
         )
-        feeds = add_routes(app, manager, tokens)
+        add_routes(app, manager, tokens, feeds)
         manager.metrics.watch(lambda: {"followers": feeds.followers})
         add_metrics_route(app, manager.metrics)
         link.add_route(app)
