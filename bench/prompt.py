@@ -42,7 +42,8 @@ from components.backends.local import LocalBackend
 from components.core.audio import load_file
 from components.core.evaluation import normalize
 from components.core.protocol import NO_OPTIONS, SessionOptions
-from components.engines.whisper.engine import TERMS_PLACEMENTS, DecodeItem, WhisperEngine
+from components.engines.whisper.decoder import TERMS_PLACEMENTS, DecodeItem
+from components.engines.whisper.engine import WhisperEngine
 
 TERMS = {
     "librispeech-1221-135766-0002": "Hester Prynne",
