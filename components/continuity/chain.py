@@ -39,19 +39,8 @@ from components.continuity.policy import (
 )
 from components.continuity.replay import ReplayBuffer, replay_start
 from components.continuity.seams import Seam, words_of
+from components.core import protocol
 from components.core.errors import BackendError, Busy, ConnectionLost, RemoteError, StreamExpired
-from components.core.protocol import (
-    NO_OPTIONS,
-    SAMPLE_RATE,
-    ErrorCode,
-    ErrorEvent,
-    ServerEvent,
-    SessionOptions,
-    TranscriptionDelta,
-    TranscriptionDone,
-    TranscriptionPartial,
-    Usage,
-)
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +57,11 @@ FINAL_TIMEOUT_SECONDS = 30.0
 anyway (when the backend refuses a second stream meanwhile)."""
 
 _ENDING_CODES = {
-    ErrorCode.SESSION_TOO_LONG,
-    ErrorCode.IDLE_TIMEOUT,
-    ErrorCode.AUDIO_BUFFER_FULL,
-    ErrorCode.PROCESSING_ERROR,
-    ErrorCode.SERVER_BUSY,
+    protocol.ErrorCode.SESSION_TOO_LONG,
+    protocol.ErrorCode.IDLE_TIMEOUT,
+    protocol.ErrorCode.AUDIO_BUFFER_FULL,
+    protocol.ErrorCode.PROCESSING_ERROR,
+    protocol.ErrorCode.SERVER_BUSY,
 }
 """Error events after which a stream ends: the chain continues on a new leg instead."""
 
@@ -96,7 +85,7 @@ class _Leg:
     last_delta: int | None = None
     """Offset the audio sent to it had reached when its latest delta arrived."""
     failure: BackendError | None = None
-    done: TranscriptionDone | None = None
+    done: protocol.TranscriptionDone | None = None
     text: str = ""
     """What its deltas said."""
     taken_over: bool = False
@@ -109,14 +98,14 @@ class _Leg:
 
     def age(self, now: float) -> float:
         """How far it is toward its limit: wall time, or audio time when sent faster."""
-        return max(now - self.opened, self.sent / SAMPLE_RATE)
+        return max(now - self.opened, self.sent / protocol.SAMPLE_RATE)
 
 
 class ChainSettings(TypedDict, total=False):
     """What a :class:`ContinuousStream` is opened with, beside its backend."""
 
     partials: bool
-    options: SessionOptions
+    options: protocol.SessionOptions
     policy: ContinuityPolicy | None
     on_notice: Callable[[StreamNotice], None] | None
     label: str
@@ -137,7 +126,7 @@ class ContinuousStream:
         backend: Backend,
         *,
         partials: bool = False,
-        options: SessionOptions = NO_OPTIONS,
+        options: protocol.SessionOptions = protocol.NO_OPTIONS,
         policy: ContinuityPolicy | None = None,
         on_notice: Callable[[StreamNotice], None] | None = None,
         label: str = "",
@@ -153,7 +142,7 @@ class ContinuousStream:
         self._on_notice = on_notice
         self._label = label or "stream"
         self._lock = asyncio.Lock()
-        self._buffer = ReplayBuffer(int(self.policy.replay_seconds * SAMPLE_RATE))
+        self._buffer = ReplayBuffer(int(self.policy.replay_seconds * protocol.SAMPLE_RATE))
         self._legs: list[_Leg] = []
         self._legs_changed = asyncio.Event()
         self._leg: _Leg | None = None
@@ -162,7 +151,7 @@ class ContinuousStream:
         self._failures = 0
         self._text = ""
         self._marks: list[tuple[int, int]] = []  # (end of a delta in _text, its leg's mark)
-        self._usage = Usage()
+        self._usage = protocol.Usage()
         self._usage_known = False
         self._iterating = False
 
@@ -285,7 +274,7 @@ class ContinuousStream:
             "%s: handing over from leg %d at %.1f s (leg age %.1f s)",
             self._label,
             old.number,
-            old.end / SAMPLE_RATE,
+            old.end / protocol.SAMPLE_RATE,
             old.age(self._clock()),
         )
         stream = await self._open_leg(retiring=old, reason=None)
@@ -312,7 +301,7 @@ class ContinuousStream:
                 lost.start,
                 lost.last_delta,
                 seam_open=lost.seam is not None and not lost.seam.resolved,
-                margin_samples=int(self.policy.replay_margin * SAMPLE_RATE),
+                margin_samples=int(self.policy.replay_margin * protocol.SAMPLE_RATE),
             )
             if not expired:
                 self._notify("reconnecting", "Connection lost; reconnecting…")
@@ -346,21 +335,21 @@ class ContinuousStream:
             "%s: leg %d continues from %.1f s (%.1f s replayed)",
             self._label,
             leg.number,
-            begin / SAMPLE_RATE,
-            len(audio) / 2 / SAMPLE_RATE,
+            begin / protocol.SAMPLE_RATE,
+            len(audio) / 2 / protocol.SAMPLE_RATE,
         )
         if not expired:
             self._notify("reconnected", "Reconnected; captions continue.")
 
     async def _replay(self, leg: _Leg, audio: bytes) -> None:
-        step = SAMPLE_RATE // 5 * 2  # 200 ms per append
+        step = protocol.SAMPLE_RATE // 5 * 2  # 200 ms per append
         loop = asyncio.get_running_loop()
         started = loop.time()
         speed = self.policy.replay_speed
         for i in range(0, len(audio), step):
             piece = audio[i : i + step]
             if speed > 0:
-                delay = started + i / 2 / SAMPLE_RATE / speed - loop.time()
+                delay = started + i / 2 / protocol.SAMPLE_RATE / speed - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
             await leg.stream.send_audio(piece)
@@ -429,7 +418,7 @@ class ContinuousStream:
 
     def _lost(self, samples: int) -> None:
         self.stats.lost_samples += samples
-        seconds = samples / SAMPLE_RATE
+        seconds = samples / protocol.SAMPLE_RATE
         log.warning("%s: %.1f s of audio could not be resent", self._label, seconds)
         self._notify(
             "audio_lost",
@@ -449,28 +438,28 @@ class ContinuousStream:
 
     async def _read(self, leg: _Leg) -> None:
         """Move one leg's events into its queue, stamped with the audio it had been sent."""
-        ending: ErrorEvent | None = None
+        ending: protocol.ErrorEvent | None = None
         events = aiter(leg.stream)
         try:
             async for event in events:
                 match event:
-                    case TranscriptionDelta(delta=delta):
+                    case protocol.TranscriptionDelta(delta=delta):
                         leg.last_delta = leg.start + leg.sent
                         leg.text += delta
                         log.debug("%s: leg %d delta %r", self._label, leg.number, delta)
                         await leg.events.put(("delta", delta, leg.last_delta))
-                    case TranscriptionPartial(text=text):
+                    case protocol.TranscriptionPartial(text=text):
                         await leg.events.put(("partial", text))
-                    case TranscriptionDone(text=final):
+                    case protocol.TranscriptionDone(text=final):
                         log.debug("%s: leg %d done %r", self._label, leg.number, final[-80:])
                         rest = _unsent_rest(leg.text, final)
                         if rest:  # the final text says more than the deltas did
                             await leg.events.put(("delta", rest, leg.start + leg.sent))
                         leg.done = event
                         return
-                    case ErrorEvent() if event.code in _ENDING_CODES:
+                    case protocol.ErrorEvent() if event.code in _ENDING_CODES:
                         ending = event  # the stream ends next: the reason, if it does
-                    case ErrorEvent():
+                    case protocol.ErrorEvent():
                         await leg.events.put(("error", event))
                     case _:
                         pass
@@ -499,13 +488,13 @@ class ContinuousStream:
             with contextlib.suppress(asyncio.QueueFull):  # else the drain sees ``ended``
                 leg.events.put_nowait(("end",))
 
-    def __aiter__(self) -> AsyncIterator[ServerEvent]:
+    def __aiter__(self) -> AsyncIterator[protocol.ServerEvent]:
         if self._iterating:
             raise RuntimeError("a stream can be iterated only once")
         self._iterating = True
         return self._events()
 
-    async def _events(self) -> AsyncIterator[ServerEvent]:
+    async def _events(self) -> AsyncIterator[protocol.ServerEvent]:
         first = True
         while True:
             while not self._legs:
@@ -515,7 +504,7 @@ class ContinuousStream:
                 await self._legs_changed.wait()
             leg = self._legs[0]  # legs leave the list once read: an hours-long chain stays small
             if not first:
-                yield TranscriptionPartial(text="")
+                yield protocol.TranscriptionPartial(text="")
             first = False
             async for event in self._drain(leg):
                 yield event
@@ -524,7 +513,7 @@ class ContinuousStream:
             if leg.done is not None and leg.end is not None:
                 self._add_usage(leg.done.usage)
                 if self._finishing and len(self._legs) == 1:
-                    yield TranscriptionDone(
+                    yield protocol.TranscriptionDone(
                         text=self._text, usage=self._usage if self._usage_known else None
                     )
                     return
@@ -539,7 +528,7 @@ class ContinuousStream:
                         await self._take_over(leg)
             self._legs.remove(leg)
 
-    async def _drain(self, leg: _Leg) -> AsyncIterator[ServerEvent]:
+    async def _drain(self, leg: _Leg) -> AsyncIterator[protocol.ServerEvent]:
         seam = leg.seam
         if seam is not None:
             seam.tail = self._tail_words(seam.replay_from)
@@ -583,12 +572,12 @@ class ContinuousStream:
                 self._marks.append((len(self._text), mark))
                 if len(self._marks) > MAX_MARKS:
                     del self._marks[: MAX_MARKS // 4]
-                yield TranscriptionDelta(delta=text)
+                yield protocol.TranscriptionDelta(delta=text)
                 if item[0] == "end":
                     return
             elif kind == "partial":
                 if seam is None or seam.resolved:
-                    yield TranscriptionPartial(text=item[1])
+                    yield protocol.TranscriptionPartial(text=item[1])
             elif kind == "error":
                 yield item[1]
             elif kind == "end":
@@ -621,11 +610,11 @@ class ContinuousStream:
         tail = [w for w, _ in words_of(self._text[start_char:])]
         return tail[-80:]
 
-    def _add_usage(self, usage: Usage | None) -> None:
+    def _add_usage(self, usage: protocol.Usage | None) -> None:
         if usage is None:
             return
         self._usage_known = True
-        self._usage = Usage(
+        self._usage = protocol.Usage(
             prompt_tokens=self._usage.prompt_tokens + usage.prompt_tokens,
             completion_tokens=self._usage.completion_tokens + usage.completion_tokens,
         )
@@ -641,13 +630,13 @@ def _unsent_rest(sent: str, final: str) -> str:
     return rest.lstrip() if sent[-1:].isspace() else rest
 
 
-def _ended_error(ending: ErrorEvent | None) -> BackendError:
+def _ended_error(ending: protocol.ErrorEvent | None) -> BackendError:
     if ending is None:
         return ConnectionLost("The stream closed before the final transcript.")
-    if ending.code == ErrorCode.SESSION_TOO_LONG:
+    if ending.code == protocol.ErrorCode.SESSION_TOO_LONG:
         return StreamExpired(f"The server ended the session at its maximum length: {ending.error}")
-    if ending.code == ErrorCode.SERVER_BUSY:
+    if ending.code == protocol.ErrorCode.SERVER_BUSY:
         return Busy(f"The server is busy: {ending.error}")
-    if ending.code == ErrorCode.PROCESSING_ERROR:
+    if ending.code == protocol.ErrorCode.PROCESSING_ERROR:
         return RemoteError(f"The engine could not transcribe: {ending.error}")
     return ConnectionLost(f"The server closed the session: {ending.error}")
