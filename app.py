@@ -153,6 +153,15 @@ def render_figures(view: SessionView | None, idle_backend: str, followers: int =
     return f'<div class="figures" {attrs}><table>{cells}</table></div>'
 
 
+def _same(new: Any, old: Any) -> bool:
+    """Whether an output is unchanged since it was sent (text, or a button's visibility)."""
+    if isinstance(new, str):
+        return new == old
+    if isinstance(new, gr.Button) and isinstance(old, gr.Button):
+        return new.visible == old.visible
+    return False
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -188,12 +197,18 @@ def language_update(languages: tuple[str, ...]) -> Any:
     return gr.Dropdown(choices=choices, value="", visible=len(languages) > 1)
 
 
-def follow_link(token: str) -> str:
-    """The presentation view's link; relative, so it stays under the page's path prefix."""
+def follow_link(token: str, followers: int = 0) -> str:
+    """The presentation view's link (relative, so it stays under the page's path prefix), and
+    how many people follow it now."""
+    count = (
+        f'<span id="followers" data-followers="{followers}">'
+        + (f" · {followers} following now" if followers else " · no one follows it yet")
+        + "</span>"
+    )
     return (
         f'<a id="presentation-link" href="live/{token}" target="_blank" rel="noopener">'
-        "Presentation view</a>: the captions alone, large, for a projector or a second screen "
-        "(anyone with this link can read them)"
+        "Follower link</a>: the captions alone, large, for a projector, a second screen or "
+        f"the phones in the room (anyone with this link can read them){count}"
     )
 
 
@@ -229,6 +244,9 @@ def build_demo(
         session = manager.get(view.session_id) if view is not None and followers else None
         return followers(session.owner) if session is not None and followers else 0
 
+    def share_line(owner: str, view: SessionView | None) -> str:
+        return follow_link(tokens.token_for(owner), followers_of(view))
+
     def outputs_for(view: SessionView | None, *, final: bool) -> tuple[Any, ...]:
         downloads: list[Any]
         if final and view is not None and view.exports:
@@ -240,68 +258,60 @@ def build_demo(
             downloads = [gr.DownloadButton(value=None, visible=False)] * 3
         else:
             downloads = [gr.skip()] * 3
+        streaming_file = view is not None and not view.finished and view.source == "file"
         return (
             render_captions(view),
             render_figures(view, idle_backend(), followers_of(view)),
             render_status(view),
             *downloads,
+            gr.Button(visible=streaming_file),
         )
 
     with gr.Blocks(title="Live Captions", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(
             "# Live Captions\n"
             "Press **Record**, speak, and watch the captions appear as you talk. "
-            "Grey italics are words the engine may still revise.\n\n"
+            "Grey italics are words the engine may still revise. "
             "Keys: <kbd>R</kbd> record / stop · <kbd>C</kbd> clear · "
             "<kbd>P</kbd> presentation view",
             elem_id="intro",
         )
-        with gr.Row():
-            with gr.Column(scale=3):
-                captions = gr.HTML(render_captions(None), elem_id="captions")
-                status = gr.HTML("", elem_id="status")
-                with gr.Row():
-                    dl_txt = gr.DownloadButton("Download .txt", visible=False, elem_id="dl-txt")
-                    dl_srt = gr.DownloadButton("Download .srt", visible=False, elem_id="dl-srt")
-                    dl_vtt = gr.DownloadButton("Download .vtt", visible=False, elem_id="dl-vtt")
-            with gr.Column(scale=1, min_width=260):
-                figures = gr.HTML(render_figures(None, idle_backend()), elem_id="figures")
-                presentation = gr.HTML("", elem_id="presentation")
-        with gr.Row():
-            with gr.Column():
-                mic = microphone()
-            with gr.Column():
-                upload = gr.Audio(
-                    sources=["upload"],
-                    type="filepath",
-                    label="No microphone? Stream a recording as if live",
-                    elem_id="upload",
+        # Record first: on a phone the controls and the captions fill the first screen, and
+        # everything a speaker sets once (settings, a recording to stream, figures) is folded.
+        with gr.Row(elem_id="controls", equal_height=True):
+            mic = microphone()
+            stop_btn = gr.Button(
+                "Stop streaming", variant="stop", visible=False, scale=0, elem_id="stop"
+            )
+            clear_btn = gr.Button("Clear", scale=0, min_width=90, elem_id="clear")
+            present_btn = gr.Button("Presentation view", scale=0, min_width=150, elem_id="present")
+        captions = gr.HTML(render_captions(None), elem_id="captions")
+        status = gr.HTML("", elem_id="status")
+        with gr.Row(elem_id="downloads"):
+            dl_txt = gr.DownloadButton("Download .txt", visible=False, elem_id="dl-txt")
+            dl_srt = gr.DownloadButton("Download .srt", visible=False, elem_id="dl-srt")
+            dl_vtt = gr.DownloadButton("Download .vtt", visible=False, elem_id="dl-vtt")
+        presentation = gr.HTML("", elem_id="presentation")
+        with gr.Accordion("Settings", open=False, elem_id="settings"):
+            with gr.Row():
+                terms = gr.Textbox(
+                    label="Names and terms",
+                    info="Spelled the way you write them here, e.g. the speakers' names and "
+                    "jargon. Used from the next recording on.",
+                    placeholder="Hester Prynne, Kubernetes, Dr. Okafor",
+                    max_length=settings.max_prompt_chars,
+                    lines=1,
+                    scale=3,
+                    elem_id="terms",
                 )
-                play = gr.Button("Stream the recording", elem_id="stream-file")
-        with gr.Row():
-            stop_btn = gr.Button("Stop streaming", variant="stop", elem_id="stop")
-            clear_btn = gr.Button("Clear", elem_id="clear")
-            present_btn = gr.Button("Presentation view", elem_id="present")
-        with gr.Row():
-            terms = gr.Textbox(
-                label="Names and terms",
-                info="Spelled the way you write them here, e.g. the speakers' names and jargon. "
-                "Used from the next recording on.",
-                placeholder="Hester Prynne, Kubernetes, Dr. Okafor",
-                max_length=settings.max_prompt_chars,
-                lines=1,
-                scale=3,
-                elem_id="terms",
-            )
-            language = gr.Dropdown(
-                [AUTO_LANGUAGE],
-                value="",
-                label="Language",
-                visible=False,
-                scale=1,
-                elem_id="language",
-            )
-        with gr.Accordion("Backend", open=True):
+                language = gr.Dropdown(
+                    [AUTO_LANGUAGE],
+                    value="",
+                    label="Language",
+                    visible=False,
+                    scale=1,
+                    elem_id="language",
+                )
             kind = gr.Radio(labels, value=labels[0], label="Transcribe with", elem_id="backend")
             local_note = gr.Markdown(
                 f"Local engine: {manager.engine_note()}",
@@ -336,10 +346,20 @@ def build_demo(
                     interactive=settings.allow_custom_url,
                     elem_id="rt-url",
                 )
+        with gr.Accordion("Stream a recording instead", open=False, elem_id="recording"):
+            upload = gr.Audio(
+                sources=["upload"],
+                type="filepath",
+                label="No microphone? Stream a recording as if live",
+                elem_id="upload",
+            )
+            play = gr.Button("Stream the recording", elem_id="stream-file")
+        with gr.Accordion("Figures", open=False, elem_id="figures-panel"):
+            figures = gr.HTML(render_figures(None, idle_backend()), elem_id="figures")
         session_id = gr.Textbox("", visible="hidden", elem_id="session-id")
 
         backend_inputs = [kind, endpoint, region, url, language, terms]
-        view_outputs = [captions, figures, status, dl_txt, dl_srt, dl_vtt]
+        view_outputs = [captions, figures, status, dl_txt, dl_srt, dl_vtt, stop_btn, presentation]
 
         async def on_record(
             value: str,
@@ -368,17 +388,17 @@ def build_demo(
             owner = _owner(request)
             session = manager.get(sid) if sid else None
             if session is None:
-                yield outputs_for(None, final=True)
+                yield (*outputs_for(None, final=True), share_line(owner, None))
                 return
             shown: tuple[Any, ...] = ()
             pushed = 0.0
             while manager.current(owner) is session:
                 view = session.view()
-                outputs = outputs_for(view, final=view.finished)
+                outputs = (*outputs_for(view, final=view.finished), share_line(owner, view))
                 # Unchanged outputs are skipped: less to send, and the DOM changes only when
                 # the text does.
                 update = tuple(
-                    gr.skip() if i < len(shown) and isinstance(o, str) and o == shown[i] else o
+                    gr.skip() if i < len(shown) and _same(o, shown[i]) else o
                     for i, o in enumerate(outputs)
                 )
                 shown = outputs
@@ -414,7 +434,7 @@ def build_demo(
 
         async def on_clear(request: gr.Request) -> tuple[Any, ...]:
             manager.clear(_owner(request))
-            return ("", *outputs_for(None, final=True))
+            return ("", *outputs_for(None, final=True), share_line(_owner(request), None))
 
         def on_kind(kind_label: str) -> tuple[Any, Any, Any, Any]:
             return (
@@ -425,7 +445,7 @@ def build_demo(
             )
 
         async def on_load(request: gr.Request) -> AsyncIterator[tuple[str, str, Any, str, str]]:
-            follower = follow_link(tokens.token_for(_owner(request)))
+            follower = share_line(_owner(request), None)
             mic_value = json.dumps({"token": link.tokens.token_for(_owner(request))})
 
             def current() -> tuple[str, str, Any, str, str]:

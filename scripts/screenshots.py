@@ -4,7 +4,8 @@ Starts ``app.py`` (the embedded engine), plays a clip from the evaluation set as
 microphone, and saves, into ``--out`` (default ``docs/screenshots``):
 
 * ``main-live.png``: the page while the clip is spoken (tentative words in grey italics);
-* ``main-done.png``: the page after Stop, with the figures and the downloads;
+* ``main-done.png``: the page after Stop, with the downloads and the figures unfolded;
+* ``phone.png``: the same page on a 390-px-wide phone screen, as it first shows;
 * ``presentation-light.png`` / ``presentation-dark.png``: the same tab in its presentation
   view at 1920×1080, in both themes;
 * ``follower.png``: the follower link opened in a second browser, at 1920×1080.
@@ -30,6 +31,7 @@ from bench.page import SILENCE_BEFORE, launch_browser, padded, start_app  # noqa
 from components.core.evaluation import load_clips  # noqa: E402
 
 HD = {"width": 1920, "height": 1080}
+PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 860}
 DEFAULT_CLIP = "librispeech-1221-135766-0002"  # "Yet these thoughts affected Hester Prynne..."
 
@@ -88,6 +90,12 @@ def shoot(browser: object, url: str, seconds: float, args: argparse.Namespace) -
         "() => document.querySelector('#figures .figures')?.dataset.state === 'done'",
         timeout=120_000,
     )
+    page.set_viewport_size(PHONE)
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.screenshot(path=out / "phone.png")
+    page.set_viewport_size(DESKTOP)
+    page.locator("#figures-panel").get_by_text("Figures").first.click()
+    page.locator("#figures table").wait_for(state="visible", timeout=10_000)
     page.screenshot(path=out / "main-done.png", full_page=True)
     main_text = page.locator("#captions .final").inner_text().strip()
     follower = page.evaluate("() => document.querySelector('#presentation-link').href")

@@ -613,6 +613,50 @@ def test_speech_a_dropped_hypothesis_ended_is_decoded_again() -> None:
     assert policy.transcript.startswith("Here's a long pause and I")
 
 
+def test_a_lone_guess_at_a_noise_is_not_committed_by_a_pause() -> None:
+    # An "uh", decoded once as "you" with a no-speech probability of 0.97, then a pause: the
+    # guess is dropped. Committed, it would be forced on the next phrase's decodes.
+    policy = make()
+    agreed(policy, 1.0, " It was late.", ends=(1.0, 1.0))
+    talk(policy, 1.0, voice=False)
+    policy.settle()
+    assert policy.transcript == "It was late."
+    talk(policy, 1.0)
+    talk(policy, 0.5, voice=False)
+    policy.apply(next_request(policy), Hypothesis((Piece(" you", None, 1.5),), 0.97, -0.7))
+    assert policy.tail == ["you"]
+    talk(policy, 1.5, voice=False)
+    assert policy.settle() == Update(delta="", partial="")
+    assert policy.transcript == "It was late."
+    talk(policy, 1.5)
+    assert "you" not in next_request(policy).prefix.split()
+
+
+def test_a_short_answer_the_decoder_doubts_less_is_committed_by_a_pause() -> None:
+    policy = make()
+    talk(policy, 1.0)
+    talk(policy, 0.5, voice=False)
+    policy.apply(next_request(policy), Hypothesis((Piece(" Yes.", None, 1.0),), 0.85, -0.4))
+    talk(policy, 1.5, voice=False)
+    assert policy.settle() == Update(delta="Yes.", partial="")
+
+
+def test_the_window_does_not_skip_speech_whose_decode_was_called_silence() -> None:
+    # A decode over voice that reads as silence ends its (dropped) text at a segment end:
+    # restarting the window there would skip the speech before it for good.
+    policy = make()
+    talk(policy, 3.0)
+    request = next_request(policy)
+    garbled = Hypothesis((Piece(" can see that there's a lot of", None, 2.0),), 0.8, -1.3)
+    policy.apply(request, garbled)
+    assert policy.window_start == request.start
+    talk(policy, 0.5)
+    decode(policy, " And here's a long pause and")
+    talk(policy, 0.5)
+    decode(policy, " And here's a long pause and I")
+    assert policy.transcript.startswith("And here's a long pause")
+
+
 def end_phrase(policy: StreamingPolicy, text: str) -> None:
     """A pause: the phrase is committed, without a decode or with a last one saying ``text``."""
     talk(policy, 1.5, voice=False)

@@ -25,7 +25,8 @@ text and which audio the next decode should see:
   commits and never counts towards agreement), so a viewer sees text within about a second
   of someone starting to talk. After ``commit_silence`` of
   silence the phrase is committed whole: from the latest hypothesis if that one heard all the
-  speech, else after one more decode. The end of the audio commits the same way. A decode
+  speech, else after one more decode; a lone hypothesis the decoder itself called nearly
+  certain silence (``NEAR_SILENCE``: the "you" it writes over an "uh") is dropped instead. The end of the audio commits the same way. A decode
   whose text stops at a segment end while speech goes on restarts the window there (Whisper's
   own "seek"), and a backlog is decoded in windows that end in pauses between words.
 * **Repetition guards.** Small Whisper models sometimes loop (the same words over and over)
@@ -79,6 +80,11 @@ the same passage said again)."""
 SKIP_MIN_VOICE = 4.0
 """Seconds of voice a window needs before its word count is judged (short ones vary)."""
 REPEAT_EDGE_WORDS = 1
+NEAR_SILENCE = 0.95
+"""No-speech probability above which a lone hypothesis is the decoder's guess at a noise, not
+speech: Whisper writes "you" or "Thank you." over a cough or an "uh" with a probability of
+0.97 that nothing was said. Real speech, even with a cold in a noisy room, stays below 0.9 in
+the evaluation set."""
 """Words a repeat may hold beyond that (a word at the edge of the previous decode's audio)."""
 GLUE = "\u2060"
 """Marks a word that continues the previous one (the decoder went on without a space)."""
@@ -316,6 +322,8 @@ class StreamingPolicy:
     showed no words)."""
     repeats_judged: int = 0
     """Hypotheses whose text repeated itself or recent committed text (loop or echo suspects)."""
+    dropped_guesses: int = 0
+    """Lone hypotheses of a noise (``NEAR_SILENCE``) not committed at the end of a phrase."""
     repeats_kept: int = 0
     """Of those, the ones the audio had room for: kept as speech."""
     final_stop: float = -1.0
@@ -327,6 +335,8 @@ class StreamingPolicy:
     voiced_marks: list[tuple[float, float]] = field(default_factory=list)
     """(audio end, seconds of voice so far) at each push inside the window: how much speech
     a stretch of the window holds."""
+    tail_no_speech: float = 0.0
+    """The no-speech probability of the decode that gave the tail."""
     guarded: bool = False
     """The latest decode's words were cut by a loop or echo guard: its text says nothing of
     the audio after the cut, which is therefore not counted as decoded."""
@@ -488,6 +498,14 @@ class StreamingPolicy:
         if self.decoded_until < self.last_voice + self.config.voice_margin - EPS:
             return None
         base, old_tail = len(self.committed), self.tail
+        if sum(1 for _, h in self.history if h) <= 1 and self.tail_no_speech >= NEAR_SILENCE:
+            # One decode, nearly sure it heard nothing: a noise's words, never confirmed.
+            # Committed, they would become the forced prefix of the speech that follows and
+            # lead its decodes astray.
+            self.tail, self.history = [], []
+            self.settled_until = max(self.settled_until, self.decoded_until)
+            self.dropped_guesses += 1
+            return self._update(base, old_tail)
         self._commit(self.tail)
         self.tail, self.history = [], []
         self.unprompted = False
@@ -742,6 +760,7 @@ class StreamingPolicy:
             horizon = request.end - self.config.confirm_span - self.config.min_step
             older = [(end, h[agreed:]) for end, h in self.history if end > horizon]
             self.tail = words[agreed:]
+            self.tail_no_speech = hypothesis.no_speech_prob
             self.history = [*older[-8:], (request.end, self.tail)]
         self._remember_cuts(boundaries, base, agreed)
         stop = self._early_stop(request, hypothesis)
@@ -830,11 +849,15 @@ class StreamingPolicy:
     def _early_stop(self, request: DecodeRequest, hypothesis: Hypothesis) -> float | None:
         """Where the text stopped, if it stopped at a segment end a second before more speech.
 
-        Only with every word committed, and only half a second or more into the window, so
-        that restarting the window there always makes progress.
+        Only with every word of the decode kept and committed (a text the guards or the
+        no-speech judgement dropped would be lost with the audio it skipped), and only half a
+        second or more into the window, so that restarting the window there always makes
+        progress.
         """
         if self.tail or not hypothesis.pieces or self.last_voice is None:
             return None
+        if self.guarded or says_no_speech(hypothesis):
+            return None  # its text was dropped: where it ends says nothing of the speech
         last = hypothesis.pieces[-1].end
         if last is None:
             last = hypothesis.text_end
