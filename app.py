@@ -150,16 +150,19 @@ def render_figures(view: SessionView | None, idle_backend: str, followers: int =
     cells = "".join(
         f"<tr><td>{name}</td><td>{html.escape(value)}</td></tr>" for name, value in rows
     )
-    return f'<div class="figures" {attrs}><table>{cells}</table></div>'
+    # Folded under a one-line summary; page.js keeps it open across updates once opened.
+    summary = "Figures · idle" if view is None else f"Figures · {view.state.value}"
+    if view is not None and not view.finished:
+        summary += f" · lag {_seconds(view.lag)}"
+    return (
+        f'<div class="figures" {attrs}><details><summary>{summary}</summary>'
+        f"<table>{cells}</table></details></div>"
+    )
 
 
 def _same(new: Any, old: Any) -> bool:
-    """Whether an output is unchanged since it was sent (text, or a button's visibility)."""
-    if isinstance(new, str):
-        return new == old
-    if isinstance(new, gr.Button) and isinstance(old, gr.Button):
-        return new.visible == old.visible
-    return False
+    """Whether an output is unchanged since it was sent (text, or a widget's visibility)."""
+    return isinstance(new, str | dict) and new == old
 
 
 # --------------------------------------------------------------------------- the page
@@ -264,7 +267,7 @@ def build_demo(
             render_figures(view, idle_backend(), followers_of(view)),
             render_status(view),
             *downloads,
-            gr.Button(visible=streaming_file),
+            gr.update(visible=streaming_file),
         )
 
     with gr.Blocks(title="Live Captions", delete_cache=(1800, 3600)) as demo:
@@ -284,7 +287,7 @@ def build_demo(
                 "Stop streaming", variant="stop", visible=False, scale=0, elem_id="stop"
             )
             clear_btn = gr.Button("Clear", scale=0, min_width=90, elem_id="clear")
-            present_btn = gr.Button("Presentation view", scale=0, min_width=150, elem_id="present")
+            present_btn = gr.Button("Presentation view", scale=0, min_width=190, elem_id="present")
         captions = gr.HTML(render_captions(None), elem_id="captions")
         status = gr.HTML("", elem_id="status")
         with gr.Row(elem_id="downloads"):
@@ -354,8 +357,7 @@ def build_demo(
                 elem_id="upload",
             )
             play = gr.Button("Stream the recording", elem_id="stream-file")
-        with gr.Accordion("Figures", open=False, elem_id="figures-panel"):
-            figures = gr.HTML(render_figures(None, idle_backend()), elem_id="figures")
+        figures = gr.HTML(render_figures(None, idle_backend()), elem_id="figures")
         session_id = gr.Textbox("", visible="hidden", elem_id="session-id")
 
         backend_inputs = [kind, endpoint, region, url, language, terms]

@@ -70,7 +70,9 @@ def shoot(browser: object, url: str, seconds: float, args: argparse.Namespace) -
     mic = page.locator("#mic")
     mic.get_by_role("button", name="Record").wait_for(timeout=60_000)
     if args.terms:
+        page.locator("#settings .label-wrap").first.click()
         page.locator("#terms textarea, #terms input").first.fill(args.terms)
+        page.locator("#settings .label-wrap").first.click()
     mic.get_by_role("button", name="Record").click()
     page.wait_for_function(
         "(s) => parseFloat(document.querySelector('#figures .figures')"
@@ -94,7 +96,7 @@ def shoot(browser: object, url: str, seconds: float, args: argparse.Namespace) -
     page.evaluate("() => window.scrollTo(0, 0)")
     page.screenshot(path=out / "phone.png")
     page.set_viewport_size(DESKTOP)
-    page.locator("#figures-panel").get_by_text("Figures").first.click()
+    page.locator("#figures summary").click()
     page.locator("#figures table").wait_for(state="visible", timeout=10_000)
     page.screenshot(path=out / "main-done.png", full_page=True)
     main_text = page.locator("#captions .final").inner_text().strip()

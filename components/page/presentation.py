@@ -3,8 +3,11 @@
 Each browser tab of the page gets an unguessable follower token
 (:class:`~components.page.tab_tokens.TabTokens`). The link ``live/<token>`` (relative, so it works
 under a path prefix such as a Space's) serves a page with nothing but the captions, readable
-across a room; it long-polls ``live/<token>/captions`` for changes, so text arrives when the
-tab's session changes, not on a timer. A wrong token is 404, like a page that does not exist.
+across a room; it follows the pushed events of ``live/<token>/events`` (one change, serialised
+once, to every follower; :mod:`components.outputs.fanout`), falling back to the long poll of
+``live/<token>/captions`` where a browser or proxy cannot keep an event stream, so text
+arrives when the tab's session changes, not on a timer. A wrong token is 404, like a page
+that does not exist.
 The token follows the tab, not one recording: Record again and the projector shows the new
 session.
 
@@ -228,11 +231,15 @@ PAGE = """<!doctype html>
   }
   function push() {
     // Pushed events (one stream, no request per change); the long poll where they fail.
-    if (!window.EventSource) return poll();
+    if (!window.EventSource) { root.dataset.transport = "poll"; return poll(); }
+    root.dataset.transport = "events";
     const events = new EventSource(base + "/events");
     events.onmessage = (m) => show(JSON.parse(m.data));
     events.onerror = () => {
-      if (events.readyState === EventSource.CLOSED) { events.close(); poll(); }
+      if (events.readyState !== EventSource.CLOSED) return;  // it reconnects by itself
+      events.close();
+      root.dataset.transport = "poll";
+      poll();
     };
   }
   document.addEventListener("keydown", (e) => {

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from components.core.evaluation import Clip, wer
 from tests.browser.conftest import SILENCE_BEFORE, padded_wav, running_app
@@ -42,6 +43,12 @@ class CaptionPage:
             "() => document.querySelector('#mic .record-button')?.disabled === false",
             timeout=30_000,
         )
+
+    def unfold(self, panel: str) -> None:
+        """Open one of the page's folded panels (``settings``, ``recording``) by its label."""
+        label = self.page.locator(f"#{panel} .label-wrap").first
+        if "open" not in (label.get_attribute("class") or "").split():
+            label.click()
 
     def record(self) -> None:
         self.mic.get_by_role("button", name="Record").click()
@@ -163,6 +170,7 @@ def test_names_and_terms_spell_the_speakers_names(
 ) -> None:
     clip = clips["librispeech-1221-135766-0002"]  # "... Hester Prin ..." without the terms
     page = CaptionPage(open_browser(padded_wav(clip, wav_dir)), app_url)
+    page.unfold("settings")
     terms = page.page.get_by_label("Names and terms")
     assert terms.get_attribute("maxlength") == "500"
     assert not page.page.locator("#language").is_visible()  # tiny.en speaks English only
@@ -272,6 +280,7 @@ def test_backend_down_shows_an_error_and_stops_the_microphone(
     app_url: str, open_browser: Any, clips: dict[str, Clip], wav_dir: Path
 ) -> None:
     page = CaptionPage(open_browser(padded_wav(clips[OTHER], wav_dir)), app_url)
+    page.unfold("settings")
     page.page.get_by_role("radio", name="Realtime server URL").check()
     closed = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     page.page.locator("#rt-url").get_by_role("textbox").fill(closed)
@@ -290,13 +299,17 @@ def test_an_uploaded_recording_is_captioned_as_if_live(
 ) -> None:
     clip = clips[OTHER]
     page = CaptionPage(open_browser(None), app_url)
+    page.unfold("recording")
     page.page.locator("#upload input[type=file]").set_input_files(str(clip.path))
     page.page.locator("#upload audio, #upload .waveform-container, #upload button").first.wait_for(
         timeout=15_000
     )
+    expect(page.page.locator("#stop")).to_be_hidden()
     page.page.locator("#stream-file").click()
     page.wait_state("live", "stopping", timeout=15)
+    expect(page.page.locator("#stop")).to_be_visible()  # only while a recording streams
     assert page.wait_state("done", timeout=clip.seconds + 30) == "done"
+    expect(page.page.locator("#stop")).to_be_hidden()
     text = page.final_text()
     assert wer(clip.text, text) <= MAX_WER, text
     assert page.figure("samples-lost") == "0"
@@ -330,6 +343,7 @@ def test_sagemaker_backend_from_the_page(
 ) -> None:
     clip = clips[OTHER]
     page = CaptionPage(open_browser(padded_wav(clip, wav_dir)), sagemaker_page_url)
+    page.unfold("settings")
     page.page.get_by_role("radio", name="SageMaker").check()
     assert page.page.get_by_role("radio", name="Local").count() == 0  # not offered here
     assert page.page.get_by_role("radio", name="Realtime server URL").count() == 0
@@ -342,5 +356,6 @@ def test_sagemaker_backend_from_the_page(
     assert page.wait_state("done", "failed") == "done", page.page.locator("#status").inner_text()
     text = page.final_text()
     assert wer(clip.text, text) <= MAX_WER, text
-    assert "SageMaker endpoint live-captions" in page.page.locator("#figures").inner_text()
+    figures = page.page.locator("#figures").text_content() or ""
+    assert "SageMaker endpoint live-captions" in figures
     page.assert_nothing_lost()

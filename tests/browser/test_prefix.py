@@ -5,6 +5,7 @@ must stay under the prefix, or nothing would reach the app."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,19 @@ def test_the_page_works_under_a_path_prefix(
     assert f"{PREFIX}/live/" in follower
     state = httpx.get(f"{follower}/captions", timeout=30).json()
     assert state["text"].strip() == page.final_text()
+
+    # The push stream passes the proxy too: its first event is the whole state, and the
+    # follower page in Chromium takes it (not the long poll) and shows the final text.
+    with httpx.stream("GET", f"{follower}/events", timeout=30) as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        first = next(line for line in events.iter_lines() if line.startswith("data: "))
+    snapshot = json.loads(first.removeprefix("data: "))
+    assert snapshot["text"].strip() == page.final_text() and snapshot["state"] == "done"
+    screen = page.context.new_page()
+    screen.goto(follower, wait_until="load")
+    screen.wait_for_function(
+        "(t) => document.querySelector('#captions .final').textContent.trim() === t",
+        arg=page.final_text(),
+        timeout=15_000,
+    )
+    assert screen.evaluate("() => document.documentElement.dataset.transport") == "events"

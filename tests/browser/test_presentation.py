@@ -82,6 +82,7 @@ def test_keys_record_stop_and_clear(
     assert page.final_text()
     page.assert_nothing_lost()
     # A key typed into a field is text, not a command.
+    page.unfold("settings")
     terms = page.page.get_by_label("Names and terms")
     terms.fill("")
     terms.press("c")

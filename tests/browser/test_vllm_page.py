@@ -30,6 +30,7 @@ def page_url(playwright: Any) -> Iterator[str]:
 
 
 def use_server(page: CaptionPage, url: str) -> None:
+    page.unfold("settings")
     page.page.get_by_role("radio", name="Realtime server URL").check()
     page.page.locator("#rt-url").get_by_role("textbox").fill(url)
 
@@ -51,7 +52,7 @@ def test_captions_from_vllms_own_server(
         "#status"
     ).inner_text()
     assert page.final_text(), "the tiny model's letters reached the page"
-    assert vllm_server.ws in page.page.locator("#figures").inner_text()
+    assert vllm_server.ws in (page.page.locator("#figures").text_content() or "")
     page.assert_nothing_lost()
 
 

@@ -26,7 +26,8 @@ text and which audio the next decode should see:
   of someone starting to talk. After ``commit_silence`` of
   silence the phrase is committed whole: from the latest hypothesis if that one heard all the
   speech, else after one more decode; a lone hypothesis the decoder itself called nearly
-  certain silence (``NEAR_SILENCE``: the "you" it writes over an "uh") is dropped instead. The end of the audio commits the same way. A decode
+  certain silence (``NEAR_SILENCE``: the "you" it writes over an "uh") is dropped instead.
+  The end of the audio commits the same way. A decode
   whose text stops at a segment end while speech goes on restarts the window there (Whisper's
   own "seek"), and a backlog is decoded in windows that end in pauses between words.
 * **Repetition guards.** Small Whisper models sometimes loop (the same words over and over)

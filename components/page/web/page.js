@@ -42,6 +42,20 @@
   const mount = () => document.body ? document.body.append(exit, hint) : setTimeout(mount, 20);
   mount();
 
+  // The figures panel is re-rendered with every update, which closes it: keep it the way the
+  // person left it (their clicks on its summary decide, not the re-renders).
+  let figuresOpen = false;
+  document.addEventListener("click", (e) => {
+    const summary = e.target.closest && e.target.closest("#figures summary");
+    if (summary) figuresOpen = !summary.parentElement.open;
+  }, true);
+  new MutationObserver(() => {
+    const fold = document.querySelector("#figures details");
+    if (fold && fold.open !== figuresOpen) fold.open = figuresOpen;
+  }).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ["open"],
+  });
+
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     const t = e.target;
