@@ -35,6 +35,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 
 from components.core.languages import VOXTRAL_REALTIME_LANGUAGES, language_name
+from components.outputs.delivery import describe
+from components.outputs.targets import OutputKind
 from components.page.manager import SessionManager
 from components.page.metrics import add_metrics_route
 from components.page.mic_link import MicLink, parse_recording
@@ -160,6 +162,62 @@ def render_figures(view: SessionView | None, idle_backend: str, followers: int =
     )
 
 
+SEND_TO_FIELDS = (
+    (OutputKind.ZOOM, "Zoom: API token URL", "https://wmcc.zoom.us/closedcaption?id=…"),
+    (
+        OutputKind.YOUTUBE,
+        "YouTube Live: caption ingestion URL",
+        "https://upload.youtube.com/closedcaption?cid=…",
+    ),
+    (
+        OutputKind.TEAMS,
+        "Teams: CART caption link",
+        "https://api.captions.office.microsoft.com/cartcaption?meetingid=…",
+    ),
+    (OutputKind.OBS, "OBS: obs-websocket address", "ws://:PASSWORD@127.0.0.1:4455"),
+)
+"""The page's "Send captions to" fields: which output, its label, and what it looks like."""
+
+
+def send_box(kind: OutputKind, label: str, hint: str, settings: Settings) -> gr.Textbox:
+    """One output's field: a password box (the address is a credential), showing only the
+    masked address when the deployment sends there by default."""
+    default = next((t for t in settings.send_to if t.kind is kind), None)
+    public_obs = kind is OutputKind.OBS and settings.public and not settings.outputs_any_host
+    return gr.Textbox(
+        label=label,
+        type="password",
+        placeholder=f"by default: {default.masked()}" if default else hint,
+        visible=not public_obs,
+        elem_id=f"send-{kind.value}",
+    )
+
+
+def overlay_link(token: str) -> str:
+    """The follower view as an OBS Browser Source: transparent, two lines (all adjustable)."""
+    href = f"live/{token}?overlay=1&amp;lines=2&amp;size=42&amp;position=bottom"
+    return (
+        f'<a id="overlay-link" href="{href}" target="_blank" rel="noopener">Overlay for OBS</a>'
+        ": add it as a Browser Source (1920×1080) for captions over the video; its query sets "
+        "<code>lines</code>, <code>size</code> (px), <code>font</code>, <code>color</code>, "
+        "<code>background</code> and <code>position</code> (top or bottom)."
+    )
+
+
+def render_outputs(view: SessionView | None) -> str:
+    """Where the captions also go, masked, and how that goes (nothing without outputs)."""
+    if view is None or not view.outputs:
+        return ""
+    rows = "".join(
+        f'<tr data-kind="{o.kind}" data-state="{o.state}" data-words="{o.words}" '
+        f'data-posts="{o.posts}"><td>{html.escape(o.label.split(": ", 1)[-1])}</td>'
+        f"<td><code>{html.escape(o.masked)}</code></td><td>{html.escape(o.state)}</td>"
+        f"<td>{html.escape(describe(o))}</td></tr>"
+        for o in view.outputs
+    )
+    return f'<table class="outputs">{rows}</table>'
+
+
 def _same(new: Any, old: Any) -> bool:
     """Whether an output is unchanged since it was sent (text, or a widget's visibility)."""
     return isinstance(new, str | dict) and new == old
@@ -179,6 +237,7 @@ def _choice(
     url: str | None,
     language: str | None = None,
     terms: str | None = None,
+    *send_to: str | None,
 ) -> BackendChoice:
     kind = LABEL_KINDS.get(kind_label, kind_label)
     return BackendChoice(
@@ -188,6 +247,11 @@ def _choice(
         url=url or "",
         language=language or "",
         prompt=terms or "",
+        send_to=tuple(
+            f"{k.value}={v.strip()}"
+            for k, v in zip(OutputKind, send_to, strict=False)
+            if v and v.strip()
+        ),
     )
 
 
@@ -268,6 +332,7 @@ def build_demo(
             render_status(view),
             *downloads,
             gr.update(visible=streaming_file),
+            render_outputs(view),
         )
 
     with gr.Blocks(title="Live Captions", delete_cache=(1800, 3600)) as demo:
@@ -295,6 +360,7 @@ def build_demo(
             dl_srt = gr.DownloadButton("Download .srt", visible=False, elem_id="dl-srt")
             dl_vtt = gr.DownloadButton("Download .vtt", visible=False, elem_id="dl-vtt")
         presentation = gr.HTML("", elem_id="presentation")
+        outputs_box = gr.HTML("", elem_id="outputs")
         with gr.Accordion("Settings", open=False, elem_id="settings"):
             with gr.Row():
                 terms = gr.Textbox(
@@ -349,6 +415,20 @@ def build_demo(
                     interactive=settings.allow_custom_url,
                     elem_id="rt-url",
                 )
+            gr.Markdown(
+                "**Send captions to** the platform the audience is on: paste the address it "
+                "gives the organiser. Addresses are secrets: never logged, never shown to "
+                "followers, masked here once a session runs.",
+                elem_id="send-to-intro",
+            )
+            send_boxes = []
+            with gr.Row():
+                for kind_of, label, hint in SEND_TO_FIELDS[:2]:
+                    send_boxes.append(send_box(kind_of, label, hint, settings))
+            with gr.Row():
+                for kind_of, label, hint in SEND_TO_FIELDS[2:]:
+                    send_boxes.append(send_box(kind_of, label, hint, settings))
+            overlay = gr.HTML("", elem_id="overlay")
         with gr.Accordion("Stream a recording instead", open=False, elem_id="recording"):
             upload = gr.Audio(
                 sources=["upload"],
@@ -360,8 +440,18 @@ def build_demo(
         figures = gr.HTML(render_figures(None, idle_backend()), elem_id="figures")
         session_id = gr.Textbox("", visible="hidden", elem_id="session-id")
 
-        backend_inputs = [kind, endpoint, region, url, language, terms]
-        view_outputs = [captions, figures, status, dl_txt, dl_srt, dl_vtt, stop_btn, presentation]
+        backend_inputs = [kind, endpoint, region, url, language, terms, *send_boxes]
+        view_outputs = [
+            captions,
+            figures,
+            status,
+            dl_txt,
+            dl_srt,
+            dl_vtt,
+            stop_btn,
+            outputs_box,
+            presentation,
+        ]
 
         async def on_record(
             value: str,
@@ -371,6 +461,10 @@ def build_demo(
             server_url: str | None,
             language_code: str | None,
             names: str | None,
+            zoom_url: str | None,
+            youtube_url: str | None,
+            teams_url: str | None,
+            obs_url: str | None,
             request: gr.Request,
         ) -> Any:
             """Record was pressed: start the session its audio connection will feed."""
@@ -380,7 +474,16 @@ def build_demo(
                 log.warning("a Record event without this tab's microphone token was ignored")
                 return gr.skip()
             choice = _choice(
-                kind_label, endpoint_name, region_name, server_url, language_code, names
+                kind_label,
+                endpoint_name,
+                region_name,
+                server_url,
+                language_code,
+                names,
+                zoom_url,
+                youtube_url,
+                teams_url,
+                obs_url,
             )
             session = manager.start(owner, choice, key=parsed[1], source="microphone")
             return session.id
@@ -423,13 +526,26 @@ def build_demo(
             server_url: str | None,
             language_code: str | None,
             names: str | None,
+            zoom_url: str | None,
+            youtube_url: str | None,
+            teams_url: str | None,
+            obs_url: str | None,
             request: gr.Request,
         ) -> tuple[Any, Any]:
             if not path:
                 message = "Choose an audio file first (drop it on the recording box)."
                 return gr.skip(), f'<div class="error" role="alert">{message}</div>'
             choice = _choice(
-                kind_label, endpoint_name, region_name, server_url, language_code, names
+                kind_label,
+                endpoint_name,
+                region_name,
+                server_url,
+                language_code,
+                names,
+                zoom_url,
+                youtube_url,
+                teams_url,
+                obs_url,
             )
             session = manager.stream_file(_owner(request), choice, path)
             return session.id, ""
@@ -446,17 +562,19 @@ def build_demo(
                 language_update(languages_for(kind_label)),
             )
 
-        async def on_load(request: gr.Request) -> AsyncIterator[tuple[str, str, Any, str, str]]:
+        async def on_load(request: gr.Request) -> AsyncIterator[tuple[Any, ...]]:
             follower = share_line(_owner(request), None)
             mic_value = json.dumps({"token": link.tokens.token_for(_owner(request))})
+            overlay_html = overlay_link(tokens.token_for(_owner(request)))
 
-            def current() -> tuple[str, str, Any, str, str]:
+            def current() -> tuple[Any, ...]:
                 return (
                     render_figures(None, idle_backend()),
                     f"Local engine: {manager.engine_note()}",
                     language_update(languages_for(labels[0])),
                     follower,
                     mic_value,
+                    overlay_html,
                 )
 
             yield current()
@@ -515,7 +633,7 @@ def build_demo(
         demo.load(
             on_load,
             None,
-            [figures, local_note, language, presentation, mic],
+            [figures, local_note, language, presentation, mic, overlay],
             show_progress="hidden",
             api_visibility="private",
         )

@@ -240,11 +240,14 @@ class BackgroundLoop:
 
 
 @contextmanager
-def serve_app(bg: BackgroundLoop, app: Any, timeout: float = 30.0) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on ``bg``'s loop at a free port; yield its base URL."""
+def serve_app(
+    bg: BackgroundLoop, app: Any, timeout: float = 30.0, port: int | None = None
+) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on ``bg``'s loop at ``port`` (default: a free one);
+    yield its base URL."""
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

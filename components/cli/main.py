@@ -45,6 +45,8 @@ from components.core.protocol import (
     Usage,
 )
 from components.core.transcript import Transcript, to_srt, to_txt, to_vtt
+from components.outputs.delivery import CaptionOutputs, describe, zoom_language
+from components.outputs.targets import InvalidTarget, Target, parse_target
 
 log = logging.getLogger("components.cli.main")
 
@@ -209,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"names and terms to spell right, e.g. 'Hester Prynne, Kubernetes' "
         f"(at most {MAX_PROMPT_CHARS} characters)",
     )
+    tr.add_argument(
+        "--send-to",
+        action="append",
+        metavar="KIND=URL",
+        help="also send the captions to a platform as they are confirmed; KIND is zoom, "
+        "youtube, teams or obs, URL the address the platform gives the organiser "
+        "(repeatable; LIVE_CAPTIONS_SEND_TO, space-separated, is the default)",
+    )
     tr.add_argument("-q", "--quiet", action="store_true", help="no live text on stderr")
     tr.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return parser
@@ -304,6 +314,7 @@ async def stream_file(
     view: LiveView | None = None,
     policy: ContinuityPolicy | None = None,
     options: SessionOptions = NO_OPTIONS,
+    outputs: CaptionOutputs | None = None,
 ) -> Result:
     """Send ``samples`` (float32 16 kHz) through a continuous stream (handovers and
     reconnections as needed, see :mod:`components.continuity.chain`); collect the timed
@@ -324,6 +335,8 @@ async def stream_file(
                 transcript.add_delta(delta, at)
                 if view:
                     view.delta(delta)
+                if outputs:
+                    outputs.feed(delta)
             case TranscriptionPartial(text=text):
                 transcript.set_partial(text)
                 if view:
@@ -440,10 +453,16 @@ def load_audio(path: str) -> np.ndarray:
 
 
 async def _transcribe(
-    args: argparse.Namespace, backend: Backend, samples: np.ndarray, options: SessionOptions
+    args: argparse.Namespace,
+    backend: Backend,
+    samples: np.ndarray,
+    options: SessionOptions,
+    targets: Sequence[Target] = (),
 ) -> int:
     pace = args.pace or ("realtime" if args.format in ("srt", "vtt") else "fast")
     view = LiveView(sys.stderr, partials=args.partials, enabled=not args.quiet)
+    outputs = CaptionOutputs(targets, lang=zoom_language(options.language))
+    outputs.start()
     try:
         result = await stream_file(
             backend,
@@ -453,14 +472,31 @@ async def _transcribe(
             view=view,
             policy=ContinuityPolicy(max_stream_seconds=args.max_stream_seconds),
             options=options,
+            outputs=outputs,
         )
     finally:
+        statuses = await outputs.finish()
         engine = getattr(backend, "engine", None)
         if engine is not None:
             await engine.aclose()
     sys.stdout.write(format_result(result, args.format, backend_name=backend.name))
     sys.stdout.flush()
-    return 0
+    failed = False
+    for status in statuses:
+        failed |= status.state == "failed"
+        if not args.quiet or status.state == "failed":
+            print(f"{status.label}: {describe(status)}", file=sys.stderr)
+    return EXIT_ERROR if failed else 0
+
+
+def send_to_targets(specs: Sequence[str]) -> list[Target]:
+    """The ``--send-to`` outputs (else ``LIVE_CAPTIONS_SEND_TO``), checked; CliError if not."""
+    if not specs:
+        specs = (read(os.environ, "LIVE_CAPTIONS_SEND_TO", str, "") or "").split()
+    try:
+        return [parse_target(spec) for spec in specs]
+    except InvalidTarget as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -475,9 +511,10 @@ def cmd_transcribe(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         options = SessionOptions.checked(args.language, args.prompt)
     except ProtocolError as exc:
         parser.error(exc.message)
+    targets = send_to_targets(args.send_to or ())
     samples = load_audio(args.file)
     backend = make_backend(args, parser)
-    return asyncio.run(_transcribe(args, backend, samples, options))
+    return asyncio.run(_transcribe(args, backend, samples, options, targets))
 
 
 # --------------------------------------------------------------------------- serve

@@ -191,6 +191,17 @@ PAGE = """<!doctype html>
               display: flex; flex-direction: column-reverse; }
   .partial { color: var(--tail); font-style: italic; }
   .hint { position: fixed; top: 8px; right: 12px; font-size: 14px; opacity: .55; }
+  /* ?overlay=1: a Browser Source in OBS, drawn over the video: no background, outlined text,
+     and lines, size, font, colours and position from the query string. */
+  :root.overlay, :root.overlay body { background: transparent; }
+  :root.overlay body { font: var(--weight, 600) var(--size, 42px)/1.25 var(--font, system-ui),
+                       sans-serif; color: var(--color, #fff);
+                       justify-content: var(--position, flex-end); }
+  :root.overlay #captions { max-height: calc(var(--lines, 2) * 1.25em); padding: 2vh 3vw;
+                            text-shadow: 0 0 4px #000, 0 0 2px #000; }
+  :root.overlay #captions > div { background: var(--box, transparent); padding: 0 .25em; }
+  :root.overlay .partial { color: var(--color, #fff); opacity: .7; }
+  :root.overlay .hint { display: none; }
 </style>
 </head>
 <body>
@@ -203,6 +214,18 @@ PAGE = """<!doctype html>
   const params = new URLSearchParams(location.search);
   const root = document.documentElement;
   if (params.get("theme")) root.dataset.theme = params.get("theme");
+  if (params.get("overlay")) {
+    root.classList.add("overlay");
+    const set = (name, value) => value && root.style.setProperty(name, value);
+    const lines = parseInt(params.get("lines") || "", 10);
+    const size = parseInt(params.get("size") || "", 10);
+    set("--lines", lines >= 1 && lines <= 10 ? String(lines) : "");
+    set("--size", size >= 8 && size <= 400 ? size + "px" : "");
+    set("--font", (params.get("font") || "").replace(/[^\\w ,'"-]/g, ""));
+    set("--color", (params.get("color") || "").replace(/[^\\w#(),.% ]/g, ""));
+    set("--box", (params.get("background") || "").replace(/[^\\w#(),.% ]/g, ""));
+    set("--position", params.get("position") === "top" ? "flex-start" : "");
+  }
   const finalEl = document.querySelector("#captions .final");
   const partialEl = document.querySelector("#captions .partial");
   const base = location.pathname.replace(/\\/$/, "");

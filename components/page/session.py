@@ -45,6 +45,7 @@ from components.core.protocol import (
     TranscriptionPartial,
 )
 from components.core.transcript import Transcript, write_exports
+from components.outputs.delivery import CaptionOutputs, zoom_language
 from components.page.settings import BackendChoice, BackendKind, InvalidChoice, Settings
 from components.page.view import SessionState, SessionView
 
@@ -59,6 +60,9 @@ STOP_GRACE_SECONDS = 0.25
 
 FINAL_TIMEOUT_SECONDS = 30.0
 """How long to wait for ``transcription.done`` after the final commit."""
+
+OUTPUT_GRACE_SECONDS = 5.0
+"""After the final transcript, caption outputs may take this long to post what waits."""
 
 VOICE_RMS = 0.01
 """Frame loudness (about -40 dBFS) above which audio counts as speech for the lag figure."""
@@ -221,6 +225,9 @@ class CaptionSession:
         self._caption_at: float | None = None
         self._uncaptioned_voice = 0.0
         self._chain: ContinuousStream | None = None
+        self._outputs = CaptionOutputs(
+            choice.outputs, session=self.id, lang=zoom_language(choice.language or None)
+        )
 
     # ------------------------------------------------------------------ edges (any thread)
 
@@ -324,6 +331,7 @@ class CaptionSession:
                 reconnects=stats.reconnects,
                 exports=dict(self._exports) if self._exports else None,
                 version=self._changes.version,
+                outputs=self._outputs.statuses(),
             )
 
     async def wait_changed(self, seen: int, max_wait: float) -> int:
@@ -447,6 +455,10 @@ class CaptionSession:
                 self._pending.clear()
                 self._pending_samples = 0
                 self._transcript.set_partial("")
+            if final is SessionState.CANCELLED:
+                await self._outputs.cancel()
+            else:
+                await self._outputs.finish(grace=OUTPUT_GRACE_SECONDS)
             if backend_held:
                 self._host.release_backend(self.choice)
             if final is not SessionState.CANCELLED:
@@ -492,6 +504,7 @@ class CaptionSession:
             label=f"session {self.id}",
         )
         self._chain = chain
+        self._outputs.start()
         with self._lock:
             if self._state is SessionState.STARTING:
                 self._state = SessionState.LIVE
@@ -604,6 +617,7 @@ class CaptionSession:
                     with self._lock:
                         self._transcript.add_delta(delta, self._samples_sent / SAMPLE_RATE)
                         self._caption_seen_locked()
+                    self._outputs.feed(delta)
                     self._bump()
                 case TranscriptionPartial(text=text):
                     with self._lock:
@@ -613,9 +627,13 @@ class CaptionSession:
                     self._bump()
                 case TranscriptionDone(text=text):
                     with self._lock:
+                        before = self._transcript.text
                         self._transcript.finish(text, self._samples_sent / SAMPLE_RATE)
-                        if self._transcript.text:
+                        after = self._transcript.text
+                        if after:
                             self._caption_seen_locked()
+                    if len(after) > len(before) and after.startswith(before):
+                        self._outputs.feed(after[len(before) :])  # words only the final had
                     self._bump()
                     return
                 case ErrorEvent() if event.code == ErrorCode.OVERLOADED:

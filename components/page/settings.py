@@ -13,10 +13,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
-from components.core.env import environment, positive, read
+from components.core.env import SettingError, environment, positive, read
 from components.core.errors import BackendError, NotFound
 from components.core.protocol import MAX_PROMPT_CHARS, ProtocolError, SessionOptions
+from components.outputs.targets import InvalidTarget, Target, check_allowed, parse_target
 
 PUBLIC_PROMPT_CHARS = 200
 """A public deployment's default bound on what a visitor may put in "Names and terms"."""
@@ -56,6 +58,10 @@ class Settings:
     public: bool = False
     max_prompt_chars: int = MAX_PROMPT_CHARS
     """Longest "Names and terms" text a visitor may send (``MAX_PROMPT_CHARS``)."""
+    send_to: tuple[Target, ...] = ()
+    """Caption outputs of every session whose visitor names none (``LIVE_CAPTIONS_SEND_TO``)."""
+    outputs_any_host: bool = False
+    """Let a public deployment post captions anywhere (``OUTPUTS_ANY_HOST``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,7 +77,16 @@ class Settings:
             or env.get("AWS_DEFAULT_REGION")
             or "us-east-1"
         ).strip()
+        try:
+            send_to = tuple(
+                parse_target(spec)
+                for spec in (read(env, "LIVE_CAPTIONS_SEND_TO", str, "") or "").split()
+            )
+        except InvalidTarget as exc:
+            raise SettingError(f"LIVE_CAPTIONS_SEND_TO: {exc}") from None
         return cls(
+            send_to=send_to,
+            outputs_any_host=read(env, "OUTPUTS_ANY_HOST", bool, False),
             max_sessions=positive("MAX_SESSIONS", read(env, "MAX_SESSIONS", int, 8)),
             max_session_seconds=positive(
                 "MAX_SESSION_SECONDS", read(env, "MAX_SESSION_SECONDS", float, 4 * 3600.0)
@@ -145,6 +160,9 @@ class BackendChoice:
     """ISO-639-1 code, or "" for the engine's default."""
     prompt: str = ""
     """Names and terms for the engine to spell right."""
+    send_to: tuple[str, ...] = ()
+    """Caption outputs as ``KIND=URL`` (checked into :attr:`outputs`)."""
+    outputs: tuple[Target, ...] = ()
 
     @property
     def options(self) -> SessionOptions:
@@ -171,7 +189,21 @@ def validate_choice(choice: BackendChoice, settings: Settings) -> BackendChoice:
         )
     except ProtocolError as exc:
         raise InvalidChoice(exc.message) from None
-    extra = {"language": options.language or "", "prompt": options.prompt or ""}
+    try:
+        outputs = tuple(
+            check_allowed(
+                parse_target(spec), public=settings.public, any_host=settings.outputs_any_host
+            )
+            for spec in choice.send_to
+            if spec.partition("=")[2].strip()
+        )
+    except InvalidTarget as exc:
+        raise InvalidChoice(str(exc)) from None
+    extra: dict[str, Any] = {
+        "language": options.language or "",
+        "prompt": options.prompt or "",
+        "outputs": outputs or settings.send_to,
+    }
     if kind is BackendKind.LOCAL:
         return BackendChoice(kind, **extra)
     if kind is BackendKind.SAGEMAKER:

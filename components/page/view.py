@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from components.outputs.delivery import OutputStatus
+
 
 class SessionState(StrEnum):
     STARTING = "starting"
@@ -48,6 +50,8 @@ class SessionView:
     reconnects: int
     exports: dict[str, Path] | None
     version: int
+    outputs: tuple[OutputStatus, ...] = ()
+    """Where the captions also go (Zoom, YouTube, Teams, OBS) and how that goes."""
 
     @property
     def finished(self) -> bool:
