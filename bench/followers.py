@@ -10,7 +10,8 @@ one a real HTTP connection reading ``live/<token>/events`` as the follower page 
 process notes when each change of the session happened; the child, when each follower received
 it (CLOCK_MONOTONIC is one clock for both). Printed as JSON: follower lag beyond the change
 (p50/p95/max over every follower and change), whether every follower ended with the session's
-final text, the server process's CPU share and memory, and the followers still connected.
+final text, the server process's CPU share and memory (and its growth per 100 connected
+followers), and the speaker's own first-caption time and WER (compare ``--followers 0``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     from bench.loopback import free_port
     from components.core.audio import load_file
-    from components.core.evaluation import load_clips
+    from components.core.evaluation import load_clips, wer
     from components.page.manager import SessionManager
     from components.page.presentation import add_routes
     from components.page.settings import BackendChoice, BackendKind, Settings
@@ -97,11 +98,13 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         str(out),
         stdout=asyncio.subprocess.PIPE,
     )
+    before = rss_mb()["rss_mb"]
     try:
         assert child.stdout is not None
         await child.stdout.readline()
         while feeds.followers_of(owner) < args.followers:  # noqa: ASYNC110 - a count
             await asyncio.sleep(0.1)
+        connected = rss_mb()["rss_mb"]
         changes: dict[str, float] = {}
         session = manager.start(owner, BackendChoice(BackendKind.LOCAL))
         cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
@@ -121,7 +124,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(max(0.0, started + sent / 16_000 - time.monotonic()))
                 session.feed(16_000, samples[i : i + 1_600])
         session.stop()
-        final = (await session.wait_finished(120)).text
+        finished = await session.wait_finished(120)
+        final = finished.text
         await asyncio.wait_for(child.wait(), 300)
         wall = time.monotonic() - wall0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -152,7 +156,14 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             t.strip() == final.strip() for t in result["texts"]
         ),
         "server_cpu_share": round(cpu / wall, 3),
+        "speaker": {
+            "first_caption_s": finished.first_caption and round(finished.first_caption, 3),
+            "wer": round(wer(" ".join(c.text for c in clips), final), 4),
+        },
         "memory": rss_mb(),
+        "memory_per_100_followers_mb": (
+            round((connected - before) * 100 / args.followers, 2) if args.followers else None
+        ),
         "machine": machine(),
     }
 

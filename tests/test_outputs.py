@@ -392,5 +392,5 @@ def test_waiting_posts_are_bounded_and_counted_when_dropped() -> None:
     for i in range(10):
         delivery.feed(f" sentence {i}.")
     status = delivery.status()
-    assert status.dropped_words == 20  # 6 posts dropped of 2 words, and 4 waiting
+    assert status.dropped_words == 12  # the 6 oldest posts of 2 words each
     assert delivery.waiting_posts == 4

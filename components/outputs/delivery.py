@@ -85,6 +85,7 @@ class Delivery:
         self._ended = False
         self._figures = _Figures()
         self._last_post = -math.inf
+        self._in_flight: Post | None = None
         self.delivered: list[Post] = []
         """Every post the platform took, in order (kept only when ``keep`` is set)."""
         self.keep = False
@@ -130,7 +131,8 @@ class Delivery:
             words=f.words,
             lag_p95=p95,
             last_error=f.last_error,
-            dropped_words=f.dropped_words + sum(p.words for p in self._waiting),
+            dropped_words=f.dropped_words
+            + (sum(p.words for p in self._waiting) if f.state in ("failed", "done") else 0),
         )
 
     # ------------------------------------------------------------------ the output's task
@@ -158,7 +160,7 @@ class Delivery:
                 if gap > 0:
                     await asyncio.sleep(gap)
                     continue
-                post = self._take()
+                post = self._in_flight = self._take()
                 while True:  # the same post until it goes through
                     try:
                         await self.sink.post(post)
@@ -166,16 +168,19 @@ class Delivery:
                     except OutputError as exc:
                         self._failed(exc)
                         if not exc.retry:
-                            self._figures.dropped_words += post.words
                             return
                         await asyncio.sleep(exc.wait if exc.wait is not None else backoff)
                         backoff = min(backoff * 2, BACKOFF_MAX)
                         self._queue(self._lines.tick(self._clock()))
                 backoff = BACKOFF_FIRST
+                self._in_flight = None
                 self._delivered(post)
                 idle_since = self._last_post = self._clock()
         finally:
-            if self._figures.state not in ("failed",):
+            if self._in_flight is not None:  # refused for good, or still failing at the end
+                self._figures.dropped_words += self._in_flight.words
+                self._in_flight = None
+            if self._figures.state != "failed":
                 self._figures.state = "done" if not self._waiting else "failed"
 
     def _take(self) -> Post:
