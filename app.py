@@ -453,38 +453,26 @@ def build_demo(
             presentation,
         ]
 
-        async def on_record(
-            value: str,
-            kind_label: str,
-            endpoint_name: str | None,
-            region_name: str | None,
-            server_url: str | None,
-            language_code: str | None,
-            names: str | None,
-            zoom_url: str | None,
-            youtube_url: str | None,
-            teams_url: str | None,
-            obs_url: str | None,
-            request: gr.Request,
-        ) -> Any:
+        def choice_of(data: dict[Any, Any]) -> BackendChoice:
+            """The backend and session options the settings hold (Gradio's dict of inputs)."""
+            return _choice(
+                data[kind],
+                data[endpoint],
+                data[region],
+                data[url],
+                data[language],
+                data[terms],
+                *(data[box] for box in send_boxes),
+            )
+
+        async def on_record(data: dict[Any, Any], request: gr.Request) -> Any:
             """Record was pressed: start the session its audio connection will feed."""
             owner = _owner(request)
-            parsed = parse_recording(value)
+            parsed = parse_recording(data[mic])
             if parsed is None or link.tokens.owner_of(parsed[0]) != owner:
                 log.warning("a Record event without this tab's microphone token was ignored")
                 return gr.skip()
-            choice = _choice(
-                kind_label,
-                endpoint_name,
-                region_name,
-                server_url,
-                language_code,
-                names,
-                zoom_url,
-                youtube_url,
-                teams_url,
-                obs_url,
-            )
+            choice = choice_of(data)
             session = manager.start(owner, choice, key=parsed[1], source="microphone")
             return session.id
 
@@ -518,35 +506,12 @@ def build_demo(
         async def on_stop(request: gr.Request) -> None:
             manager.stop(_owner(request))
 
-        async def on_file(
-            path: str | None,
-            kind_label: str,
-            endpoint_name: str | None,
-            region_name: str | None,
-            server_url: str | None,
-            language_code: str | None,
-            names: str | None,
-            zoom_url: str | None,
-            youtube_url: str | None,
-            teams_url: str | None,
-            obs_url: str | None,
-            request: gr.Request,
-        ) -> tuple[Any, Any]:
+        async def on_file(data: dict[Any, Any], request: gr.Request) -> tuple[Any, Any]:
+            path = data[upload]
             if not path:
                 message = "Choose an audio file first (drop it on the recording box)."
                 return gr.skip(), f'<div class="error" role="alert">{message}</div>'
-            choice = _choice(
-                kind_label,
-                endpoint_name,
-                region_name,
-                server_url,
-                language_code,
-                names,
-                zoom_url,
-                youtube_url,
-                teams_url,
-                obs_url,
-            )
+            choice = choice_of(data)
             session = manager.stream_file(_owner(request), choice, path)
             return session.id, ""
 
@@ -591,7 +556,7 @@ def build_demo(
 
         mic.start_recording(
             on_record,
-            inputs=[mic, *backend_inputs],
+            inputs={mic, *backend_inputs},
             outputs=[session_id],
             concurrency_limit=None,
             show_progress="hidden",
@@ -611,7 +576,7 @@ def build_demo(
         )
         play.click(
             on_file,
-            inputs=[upload, *backend_inputs],
+            inputs={upload, *backend_inputs},
             outputs=[session_id, status],
             js=STOP_MIC_KEEP_INPUTS_JS,
             show_progress="hidden",

@@ -3,21 +3,23 @@
     .venv/bin/python bench/outputs.py                      # 5 min for lag, 30 min with faults
     .venv/bin/python bench/outputs.py --lag-minutes 2 --fault-minutes 10 --speed 10
 
-The evaluation recordings, back to back, are transcribed once by the embedded engine
-(``LocalBackend``, as fast as it goes); each delta keeps the audio time at which it arrived,
-which is when a live session would have confirmed it. Those deltas are then played into a
-session's outputs (``CaptionOutputs``) on that schedule, sending to the stand-ins of Zoom,
-YouTube Live, Teams and obs-websocket (``tests/support_platforms.py``; the platforms cannot run
-here), all four at once:
+The evaluation recordings, back to back, are captioned by the embedded engine
+(``LocalBackend``) into a session's outputs (``CaptionOutputs``), sending to the stand-ins of
+Zoom, YouTube Live, Teams and obs-websocket (``tests/support_platforms.py``; the platforms
+cannot run here), all four at once:
 
-* **lag**: the first ``--lag-minutes`` at real time, the stand-ins answering at once: per
-  output, the time from a word's confirmation to the platform's answer to its post (p50/p95;
-  target p95 <= 1 s);
-* **faults**: ``--fault-minutes`` of session played ``--speed`` times faster, while every few
+* **lag**: ``--lag-minutes`` of speech at real time, each confirmed delta handed to the
+  outputs as it arrives, the stand-ins answering at once: per output, the time from a word's
+  confirmation to the platform's answer to its post (p50/p95; target p95 <= 1 s);
+* **faults**: ``--fault-minutes`` of speech, transcribed as fast as the engine goes, its
+  deltas played into the outputs evenly, ``--speed`` times faster than said, while every few
   seconds one platform misbehaves in turn: 5xx bursts, answers after the client gave up, a
   Zoom meeting "not started" for a while, OBS not streaming, and a restart of the HTTP
   stand-ins and of OBS. Per output: words the session confirmed, words the platform took,
-  words lost and doubled (target 0 and 0), posts, and whether ``seq`` stayed gap-free.
+  words lost and doubled (target 0 and 0; counted on the text without white space, so a
+  word boundary a late continuation moved is no loss), posts, words unconfirmed (sent once
+  without an answer to a platform without sequence numbers, not sent again), and whether
+  ``seq`` stayed gap-free.
 
 Printed as JSON.
 """
@@ -35,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import concatenate, machine, references_apart, replay, select_clips
+from bench.common import concatenate, machine, references_apart, select_clips
 from components.outputs.delivery import CaptionOutputs
 from components.outputs.targets import parse_target
 from tests.support_platforms import ObsStandIn, PlatformStandIn, urls
@@ -53,36 +55,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def confirmed_deltas(minutes: float) -> list[tuple[float, str]]:
-    """(audio time of confirmation, delta) for ``minutes`` of the evaluation set, repeated."""
-    from components.backends.local import LocalBackend
-    from components.engines.whisper.engine import WhisperEngine
-
+def long_audio(minutes: float) -> Any:
+    """``minutes`` of the evaluation set, back to back (0.5 s apart), repeated as needed."""
     refs = references_apart(select_clips(None), beam5=False)
     long_ref = concatenate(refs)
     repeats = max(1, int(minutes * 60 / long_ref.clip.seconds + 0.999))
-    audio = concatenate([long_ref] * repeats).audio[: int(minutes * 60 * 16000)]
+    return concatenate([long_ref] * repeats).audio[: int(minutes * 60 * 16000)]
+
+
+async def transcribe(audio: Any, pace: float, on_delta: Any = None) -> list[str]:
+    """The engine's confirmed deltas for ``audio`` at ``pace`` (``on_delta`` as each comes)."""
+    from components.backends.local import LocalBackend
+    from components.backends.play import play
+    from components.core.audio import float_to_pcm16
+    from components.core.protocol import TranscriptionDelta
+    from components.engines.whisper.engine import WhisperEngine
+
+    deltas: list[str] = []
+
+    def on_event(event: Any, played: Any) -> None:
+        if isinstance(event, TranscriptionDelta):
+            deltas.append(event.delta)
+            if on_delta is not None:
+                on_delta(event.delta)
+
     engine = WhisperEngine.from_env()
     try:
         stream = await LocalBackend(engine).open()
-        result = await replay(stream, audio, pace=0.0)
+        await play(stream, float_to_pcm16(audio), pace=pace, chunk_seconds=0.1, on_event=on_event)
     finally:
         await engine.aclose()
-    # Arrival wall time -> the audio time sent by then: when a live session had it.
-    out: list[tuple[float, str]] = []
-    sent = result.sent
-    i = 0
-    for arrival, delta in result.deltas:
-        while i + 1 < len(sent) and sent[i + 1][1] <= arrival:
-            i += 1
-        out.append((sent[i][0] if sent else 0.0, delta))
-    return out
+    return deltas
 
 
-async def play_into(outputs: CaptionOutputs, deltas: list[tuple[float, str]], speed: float) -> None:
+async def play_into(outputs: CaptionOutputs, deltas: list[str], seconds: float) -> None:
+    """The deltas of a session, evenly over ``seconds``."""
     start = time.monotonic()
-    for at, delta in deltas:
-        wait = start + at / speed - time.monotonic()
+    for i, delta in enumerate(deltas):
+        wait = start + seconds * i / max(1, len(deltas)) - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         outputs.feed(delta)
@@ -103,25 +113,39 @@ def taken_words(platforms: PlatformStandIn, obs: ObsStandIn) -> dict[str, list[s
 
 
 def compare(said: list[str], taken: list[str]) -> dict[str, int]:
-    """Words lost and doubled, from the longest common subsequence of the two word lists."""
+    """Words lost and doubled between what the session confirmed and what a platform took.
+
+    Compared as text without white space: a delta that continues a word already posted
+    ("fat" then "-mutton") reaches a platform as a post of its own, which moves a word
+    boundary but loses and doubles nothing.
+    """
     import difflib
 
-    matcher = difflib.SequenceMatcher(a=said, b=taken, autojunk=False)
+    a, b = "".join(said), "".join(taken)
+    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
     common = sum(block.size for block in matcher.get_matching_blocks())
-    return {"lost": len(said) - common, "doubled": len(taken) - common}
+    lost_chars, doubled_chars = len(a) - common, len(b) - common
+    per_word = max(1.0, len(a) / max(1, len(said)))
+    return {
+        "lost": round(lost_chars / per_word),
+        "doubled": round(doubled_chars / per_word),
+        "lost_chars": lost_chars,
+        "doubled_chars": doubled_chars,
+    }
 
 
-async def lag_phase(deltas: list[tuple[float, str]], minutes: float) -> dict[str, Any]:
+async def lag_phase(minutes: float) -> dict[str, Any]:
+    """A live session: the engine at real time, each confirmed delta handed to the outputs
+    the moment it arrives, as a caption session does."""
     platforms, obs = PlatformStandIn(), ObsStandIn(password="bench")
-    part = [(at, d) for at, d in deltas if at <= minutes * 60]
     with BackgroundLoop() as bg, serve_app(bg, platforms.app()) as base:
         await obs.start()
         outputs = CaptionOutputs(targets(base, obs), session="bench-lag")
         outputs.start()
-        await play_into(outputs, part, 1.0)
+        deltas = await transcribe(long_audio(minutes), 1.0, outputs.feed)
         statuses = await outputs.finish()
         await obs.stop()
-    said = "".join(d for _, d in part).split()
+    said = "".join(deltas).split()
     result: dict[str, Any] = {"minutes": minutes, "words": len(said)}
     taken = taken_words(platforms, obs)
     for status in statuses:
@@ -135,12 +159,12 @@ async def lag_phase(deltas: list[tuple[float, str]], minutes: float) -> dict[str
     return result
 
 
-async def fault_phase(
-    deltas: list[tuple[float, str]], minutes: float, speed: float, seed: int
-) -> dict[str, Any]:
+async def fault_phase(minutes: float, speed: float, seed: int) -> dict[str, Any]:
+    """A long session's deltas (transcribed as fast as the engine goes) played into the
+    outputs ``speed`` times faster than they were said, while the platforms misbehave."""
     rng = random.Random(seed)
     platforms, obs = PlatformStandIn(slow_seconds=6.0), ObsStandIn(password="bench")
-    part = [(at, d) for at, d in deltas if at <= minutes * 60]
+    part = await transcribe(long_audio(minutes), 0.0)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     faults: list[str] = []
@@ -150,7 +174,7 @@ async def fault_phase(
     await obs.start()
     outputs = CaptionOutputs(targets(base, obs), session="bench-faults")
     outputs.start()
-    player = asyncio.create_task(play_into(outputs, part, speed))
+    player = asyncio.create_task(play_into(outputs, part, minutes * 60 / speed))
 
     async def restart_http() -> None:
         nonlocal server
@@ -207,7 +231,7 @@ async def fault_phase(
         await obs.stop()
         await asyncio.to_thread(server.__exit__, None, None, None)
         server_loop.close()
-    said = "".join(d for _, d in part).split()
+    said = "".join(part).split()
     taken = taken_words(platforms, obs)
     result: dict[str, Any] = {
         "minutes": minutes,
@@ -220,6 +244,7 @@ async def fault_phase(
             "posts": status.posts,
             "state": status.state,
             "dropped_words": status.dropped_words,
+            "unconfirmed_words": status.unconfirmed_words,
             **compare(said, taken[status.kind]),
         }
         if status.kind in ("zoom", "youtube"):
@@ -231,23 +256,11 @@ async def fault_phase(
 
 async def main() -> None:
     args = _parser().parse_args()
-    minutes = max(args.lag_minutes, args.fault_minutes)
-    began = time.monotonic()
-    deltas = await confirmed_deltas(minutes)
-    transcribed = time.monotonic() - began
-    lag = await lag_phase(deltas, args.lag_minutes)
-    faults = await fault_phase(deltas, args.fault_minutes, args.speed, args.seed)
+    lag = await lag_phase(args.lag_minutes)
+    faults = await fault_phase(args.fault_minutes, args.speed, args.seed)
     print(
         json.dumps(
-            {
-                "bench": "outputs",
-                "transcribed_minutes": minutes,
-                "transcribe_wall_s": round(transcribed, 1),
-                "lag": lag,
-                "faults": faults,
-                "machine": machine(),
-            },
-            indent=2,
+            {"bench": "outputs", "lag": lag, "faults": faults, "machine": machine()}, indent=2
         )
     )
 

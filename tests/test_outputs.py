@@ -273,6 +273,26 @@ def test_teams_takes_one_line_per_post_and_a_reset_link_says_so(
     assert status.last_error and "generate a new CART caption link" in status.last_error
 
 
+def test_a_post_that_may_have_arrived_is_not_sent_again_where_it_would_show_twice(
+    platforms: tuple[PlatformStandIn, dict[str, str], BackgroundLoop],
+) -> None:
+    # Teams has no sequence number: a post it took but answered too late for would show
+    # twice if sent again. It is counted as unconfirmed instead.
+    stand_in, url, bg = platforms
+    stand_in.slow_seconds = 1.0  # the client waits 0.5 s
+    stand_in.fail_next("teams", "slow")
+
+    async def session() -> Delivery:
+        delivery = Delivery(TeamsSink(parse_target(f"teams={url['teams']}"), client=fast_client()))
+        await deliver(delivery)
+        return delivery
+
+    status = bg.run(session()).status()
+    assert stand_in.words("teams") == SPEECH.split()  # once: the late one was not resent
+    assert status.unconfirmed_words > 0 and status.dropped_words == 0
+    assert status.words + status.unconfirmed_words == len(SPEECH.split())
+
+
 def test_obs_authenticates_and_sends_stream_captions_of_32_columns() -> None:
     assert authentication("pw", "salt", "challenge") == authentication("pw", "salt", "challenge")
 

@@ -29,13 +29,22 @@ POST_TIMEOUT = 5.0
 class OutputError(Exception):
     """A post that did not go through; ``message`` says why in a sentence."""
 
-    def __init__(self, message: str, *, retry: bool = True, wait: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry: bool = True,
+        wait: float | None = None,
+        uncertain: bool = False,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry = retry
         """Whether posting again can succeed (False: the person must fix something)."""
         self.wait = wait
         """Seconds to wait before the next try, when the platform says (None: back off)."""
+        self.uncertain = uncertain
+        """The platform may have taken the post (it went out; no answer came back)."""
 
 
 class Sink(Protocol):
@@ -50,6 +59,9 @@ class Sink(Protocol):
     """Most text one post may carry (what waits longer is coalesced up to this)."""
     heartbeat_every: float | None
     """Post an empty caption after this long without one (None: never)."""
+    idempotent: bool
+    """Whether the platform recognises a post sent again (by its ``seq``) and shows it once.
+    Where it does not, a post that may have arrived is never sent again: it would show twice."""
 
     async def post(self, post: Post) -> None:
         """Send one post, exactly once; a retry after an error is the same post."""
@@ -77,9 +89,14 @@ async def send(
             content=body,
             headers={"Content-Type": "text/plain; charset=utf-8"} if body is not None else None,
         )
+    except httpx.ConnectTimeout:
+        raise OutputError(
+            f"Cannot reach {target.platform} at {target.host} (no connection within "
+            f"{POST_TIMEOUT:g} s); trying again."
+        ) from None
     except httpx.TimeoutException:
         raise OutputError(
-            f"{target.platform} did not answer within {POST_TIMEOUT:g} s; trying again."
+            f"{target.platform} did not answer within {POST_TIMEOUT:g} s.", uncertain=True
         ) from None
     except httpx.HTTPError as exc:
         raise OutputError(

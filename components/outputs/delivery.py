@@ -52,6 +52,10 @@ class OutputStatus:
     """Seconds from a word's confirmation to the platform's answer to its post (p95)."""
     last_error: str | None
     dropped_words: int
+    """Words the platform never got (it refused for good, or they waited too long)."""
+    unconfirmed_words: int = 0
+    """Words sent once without an answer, to a platform that would show them twice if sent
+    again (Teams, OBS)."""
 
 
 @dataclass
@@ -59,6 +63,7 @@ class _Figures:
     posts: int = 0
     words: int = 0
     dropped_words: int = 0
+    unconfirmed_words: int = 0
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     last_error: str | None = None
     state: str = "connecting"
@@ -131,6 +136,7 @@ class Delivery:
             words=f.words,
             lag_p95=p95,
             last_error=f.last_error,
+            unconfirmed_words=f.unconfirmed_words,
             dropped_words=f.dropped_words
             + (sum(p.words for p in self._waiting) if f.state in ("failed", "done") else 0),
         )
@@ -161,11 +167,16 @@ class Delivery:
                     await asyncio.sleep(gap)
                     continue
                 post = self._in_flight = self._take()
+                taken = True
                 while True:  # the same post until it goes through
                     try:
                         await self.sink.post(post)
                         break
                     except OutputError as exc:
+                        if exc.uncertain and not self.sink.idempotent:
+                            self._unconfirmed(post, exc)  # sent again, it could show twice
+                            taken = False
+                            break
                         self._failed(exc)
                         if not exc.retry:
                             return
@@ -174,7 +185,8 @@ class Delivery:
                         self._queue(self._lines.tick(self._clock()))
                 backoff = BACKOFF_FIRST
                 self._in_flight = None
-                self._delivered(post)
+                if taken:
+                    self._delivered(post)
                 idle_since = self._last_post = self._clock()
         finally:
             if self._in_flight is not None:  # refused for good, or still failing at the end
@@ -212,6 +224,15 @@ class Delivery:
             f.dropped_words += sum(p.words for p in self._waiting)
             self._waiting.clear()
 
+    def _unconfirmed(self, post: Post, exc: OutputError) -> None:
+        f = self._figures
+        f.unconfirmed_words += post.words
+        f.last_error = (
+            f"{exc.message} Its last {post.words} words may not have arrived; they are not "
+            "sent again (they would show twice)."
+        )
+        log.warning("%s: %s", self.label, f.last_error)
+
     def _delivered(self, post: Post) -> None:
         f = self._figures
         f.posts += 1
@@ -233,6 +254,8 @@ def describe(status: OutputStatus) -> str:
     text = f"{status.words} words in {status.posts} posts{lag}"
     if status.dropped_words:
         text += f", {status.dropped_words} words not delivered"
+    if status.unconfirmed_words:
+        text += f", {status.unconfirmed_words} words unconfirmed"
     if status.state == "retrying" and status.last_error:
         text += f"; {status.last_error}"
     return text

@@ -46,6 +46,7 @@ class ObsSink:
     min_interval = 0.25
     max_chars = 4 * 33
     heartbeat_every = None
+    idempotent = False
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -71,16 +72,21 @@ class ObsSink:
         }
         try:
             await socket.send(json.dumps(request))
+        except (ConnectionClosed, OSError):
+            await self._drop()
+            raise OutputError("The connection to OBS dropped; reconnecting.") from None
+        try:
             while True:
                 message = _message(await _recv(socket))
                 if message.get("op") == 7 and message["d"].get("requestId") == request_id:
                     break
-        except (ConnectionClosed, OSError, TimeoutError):
+        except (ConnectionClosed, OSError, OutputError):
+            # The caption went out; whether OBS showed it, no answer says.
             await self._drop()
-            raise OutputError("The connection to OBS dropped; reconnecting.") from None
-        except OutputError:
-            await self._drop()  # no answer, or not one of OBS's: start afresh next time
-            raise
+            raise OutputError(
+                "OBS did not answer a caption (the connection dropped or stalled); reconnecting.",
+                uncertain=True,
+            ) from None
         status = message["d"].get("requestStatus", {})
         if status.get("result"):
             return

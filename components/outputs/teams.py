@@ -22,6 +22,7 @@ class TeamsSink:
     min_interval = 0.5
     max_chars = 240
     heartbeat_every = None
+    idempotent = False
 
     def __init__(self, target: Target, *, client: httpx.AsyncClient | None = None) -> None:
         self.target = target

@@ -26,6 +26,7 @@ class ZoomSink:
     min_interval = 0.5
     max_chars = 1000
     heartbeat_every = None
+    idempotent = True
 
     def __init__(
         self, target: Target, *, lang: str = "en-US", client: httpx.AsyncClient | None = None
