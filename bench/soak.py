@@ -19,7 +19,11 @@ Every ``--window`` minutes of audio one JSON line: the engine process's RSS, wor
 (wall seconds from sending the chunk that holds a word's end to the delta that carries it),
 WER of the window, handovers and reconnects so far. The last line sums up against the targets:
 RSS growth per hour of audio after the first window, RSS after the session ended against after
-the first window, lag p95 and WER of the last window against the first.
+the first window, lag p95 and WER of the last window against the first. WER follows what a
+window holds (each pass is shuffled anew, and noisy clips score worse than read speech), so
+the summary adds a measure that does not: per window, the words the stream missed over the
+number its clips' session-wide miss rates predict, and its drift (the last two windows
+against the first two).
 
 Why pace 2 stands for real time here: the streaming policy decides in audio time (a decode per
 half second of new audio, agreement over the last second of audio), and one stream at twice
@@ -288,12 +292,15 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
 def window_line(
     lo: float, hi: float, refs: list[Any], placements: list[Placement], timeline: Timeline
 ) -> dict[str, Any]:
-    """WER and word lag of the words whose audio ended in ``[lo, hi)``."""
+    """WER and word lag of the words whose audio ended in ``[lo, hi)``, and per clip of the
+    evaluation set its words in the window and how many of them the stream missed."""
     ref_words: list[tuple[str, float]] = []
+    clip_of: list[int] = []
     for p in placements:
         for word, end in refs[p.index].words:
             if lo <= p.start + end < hi:
                 ref_words.append((word, p.start + end))
+                clip_of.append(p.index)
     hyp = [(w, arrival) for w, arrival, mark in timeline.words if lo < mark <= hi + 5.0]
     # Words that arrived after the window's audio but belong to it are in the next window's
     # first seconds: take hypothesis words up to the one aligned with the last reference word.
@@ -310,13 +317,39 @@ def window_line(
             k = min(int(np.searchsorted(ends, end - 1e-6)), len(sent) - 1)
             lags.append(hyp[j][1] - sent[k])
     lag = lag_summary(lags)
+    hit = {i for i, j in pairs if j <= last and hyp[j][0] == ref_words[i][0]}
+    per_clip: dict[str, list[int]] = {}
+    for i, clip in enumerate(clip_of):
+        counts = per_clip.setdefault(str(clip), [0, 0])
+        counts[0] += 1
+        counts[1] += i not in hit
     return {
         "audio_min": round(hi / 60, 1),
         "words": len(ref_words),
         "wer": round(edits / len(ref_words), 4) if ref_words else None,
         "lag_p50_s": lag["p50_s"],
         "lag_p95_s": lag["p95_s"],
+        "clips": per_clip,
     }
+
+
+def missed_vs_expected(lines: list[dict[str, Any]]) -> list[float | None]:
+    """Per window: words the stream missed, over what its clips' session-wide miss rates
+    predict. WER follows what is said (a window of noisy clips scores worse than one of read
+    speech, and every pass is shuffled anew); this ratio does not, so a trend in it is drift."""
+    totals: dict[str, list[int]] = {}
+    for line in lines:
+        for clip, (words, missed) in line["clips"].items():
+            t = totals.setdefault(clip, [0, 0])
+            t[0] += words
+            t[1] += missed
+    rates = {clip: missed / words for clip, (words, missed) in totals.items() if words}
+    ratios: list[float | None] = []
+    for line in lines:
+        expected = sum(words * rates.get(clip, 0.0) for clip, (words, _) in line["clips"].items())
+        missed = sum(m for _, m in line["clips"].values())
+        ratios.append(round(missed / expected, 3) if expected else None)
+    return ratios
 
 
 def summary(lines: list[dict[str, Any]], after: float, args: argparse.Namespace) -> dict[str, Any]:
@@ -330,6 +363,11 @@ def summary(lines: list[dict[str, Any]], after: float, args: argparse.Namespace)
         a, b = first.get(key), last.get(key)
         return round(b / a - 1, 3) if a and b is not None else None
 
+    adjusted = missed_vs_expected(lines)
+    # Over the first and last two windows: one window holds only a few clips.
+    head = [r for r in adjusted[:2] if r is not None]
+    tail = [r for r in adjusted[-2:] if r is not None]
+
     return {
         "summary": "soak",
         "path": args.path,
@@ -342,6 +380,12 @@ def summary(lines: list[dict[str, Any]], after: float, args: argparse.Namespace)
         "rss_after_end_vs_first_window_mb": round(after - first["rss_mb"], 1),
         "lag_p95_drift": drift("lag_p95_s"),
         "wer_drift": drift("wer"),
+        "missed_vs_expected_per_window": adjusted,
+        "missed_vs_expected_drift": (
+            round((sum(tail) / len(tail)) / (sum(head) / len(head)) - 1, 3)
+            if head and tail and sum(head)
+            else None
+        ),
         "targets": TARGETS,
         "machine": machine(),
     }
