@@ -77,6 +77,13 @@ def test_a_word_waits_at_most_the_hold_time() -> None:
     assert post.lines == ("what your country.",) and post.continues
 
 
+def test_a_platform_of_one_line_per_post_gets_each_line_as_it_completes() -> None:
+    lines = CaptionLines(40, hold=60.0, single_line=True)
+    posts = lines.add(SPEECH, 0.0) + lines.flush()
+    assert all(len(p.lines) == 1 and len(p.lines[0]) <= 40 for p in posts)
+    assert " ".join(p.lines[0] for p in posts).split() == SPEECH.split()
+
+
 def test_a_glued_delta_continues_its_word() -> None:
     lines = CaptionLines(40, hold=60.0)
     lines.add("Hester Pryn", 0.0)
@@ -259,7 +266,7 @@ def test_teams_takes_one_line_per_post_and_a_reset_link_says_so(
 
     assert bg.run(session()).status().state == "done"
     assert stand_in.words("teams") == SPEECH.split()
-    assert all("\n" not in t.text and len(t.text) <= 240 for t in stand_in.teams)
+    assert all("\n" not in t.text and len(t.text) <= 120 for t in stand_in.teams)
 
     stand_in.teams_link_valid = False
 
@@ -400,6 +407,7 @@ def test_waiting_posts_are_bounded_and_counted_when_dropped() -> None:
     class Never:
         target = Target(OutputKind.TEAMS, "https://teams.microsoft.com/cartcaption?token=1")
         width, min_interval, max_chars, heartbeat_every = 40, 0.0, 40, None
+        single_line, idempotent = False, True
 
         async def post(self, post: Post) -> None:
             raise AssertionError("not started in this test")

@@ -59,6 +59,8 @@ class Sink(Protocol):
     """Most text one post may carry (what waits longer is coalesced up to this)."""
     heartbeat_every: float | None
     """Post an empty caption after this long without one (None: never)."""
+    single_line: bool
+    """Whether each post is shown as one caption line (no post may hold two)."""
     idempotent: bool
     """Whether the platform recognises a post sent again (by its ``seq``) and shows it once.
     Where it does not, a post that may have arrived is never sent again: it would show twice."""

@@ -83,7 +83,7 @@ class Delivery:
         self.sink = sink
         self.label = label or sink.target.label
         self._clock = clock
-        self._lines = CaptionLines(sink.width)
+        self._lines = CaptionLines(sink.width, single_line=sink.single_line)
         self._waiting: deque[Post] = deque()
         self._max_waiting = max_waiting
         self._wake = asyncio.Event()

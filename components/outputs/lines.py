@@ -59,6 +59,9 @@ class CaptionLines:
     width: int
     hold: float = 0.6
     """Longest a confirmed word waits for its line to fill before it is posted anyway (s)."""
+    single_line: bool = False
+    """Post each display line as soon as it is complete, so that no post holds more than one
+    (a platform that shows each post as one caption line: Teams)."""
     column: int = 0
     """Characters on the current display line, posted or not."""
     _lines: list[list[str]] = field(default_factory=list)
@@ -75,6 +78,7 @@ class CaptionLines:
 
     def add(self, text: str, now: float) -> list[Post]:
         """Confirmed text (a delta: it may continue the last word without a space)."""
+        posts: list[Post] = []
         glued = bool(text) and not text[0].isspace()
         for i, word in enumerate(text.split()):
             if i == 0 and glued and self._words and self.column + len(word) <= self.width:
@@ -82,10 +86,10 @@ class CaptionLines:
                 self.column += len(word)
                 self._last = self._words[-1]
             else:
-                self._place(word[: self.width], now)  # a "word" wider than a line is cut
+                posts += self._place(word[: self.width], now)  # a wider "word" is cut
         if self._words and self._last.endswith(SENTENCE_ENDS):
-            return self._post()
-        return []
+            posts += self._post()
+        return posts
 
     def tick(self, now: float) -> list[Post]:
         """Post what has waited ``hold`` seconds (call a few times a second)."""
@@ -97,7 +101,8 @@ class CaptionLines:
         """A pause or the end: post whatever waits."""
         return self._post()
 
-    def _place(self, word: str, now: float) -> None:
+    def _place(self, word: str, now: float) -> list[Post]:
+        posts: list[Post] = []
         needed = len(word) + (1 if self.column else 0)
         if self.column and (
             self.column + needed > self.width
@@ -106,6 +111,8 @@ class CaptionLines:
             if self._words:
                 self._lines.append(self._words)
                 self._words = []
+            if self.single_line:
+                posts = self._post()
             self.column, needed = 0, len(word)
         if self._since is None:
             self._since = now
@@ -113,6 +120,7 @@ class CaptionLines:
         self._words.append(word)
         self.column += needed
         self._last = word
+        return posts
 
     def _post(self) -> list[Post]:
         lines = [*self._lines, *([self._words] if self._words else [])]

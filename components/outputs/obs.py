@@ -46,6 +46,7 @@ class ObsSink:
     min_interval = 0.25
     max_chars = 4 * 33
     heartbeat_every = None
+    single_line = False
     idempotent = False
 
     def __init__(self, target: Target) -> None:

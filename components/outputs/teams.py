@@ -20,8 +20,9 @@ NOT_STARTED_WAIT = 5.0
 class TeamsSink:
     width = 110
     min_interval = 0.5
-    max_chars = 240
+    max_chars = 120
     heartbeat_every = None
+    single_line = True
     idempotent = False
 
     def __init__(self, target: Target, *, client: httpx.AsyncClient | None = None) -> None:

@@ -28,6 +28,7 @@ class YouTubeSink:
     min_interval = 1.0
     max_chars = 1000
     heartbeat_every = 20.0
+    single_line = False
     idempotent = True
 
     def __init__(

@@ -26,6 +26,7 @@ class ZoomSink:
     min_interval = 0.5
     max_chars = 1000
     heartbeat_every = None
+    single_line = False
     idempotent = True
 
     def __init__(
