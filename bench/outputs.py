@@ -248,7 +248,9 @@ async def fault_phase(minutes: float, speed: float, seed: int) -> dict[str, Any]
             **compare(said, taken[status.kind]),
         }
         if status.kind in ("zoom", "youtube"):
-            seqs = [t.seq for t in getattr(platforms, status.kind)]
+            seqs = (
+                [t.seq for t in platforms.zoom] if status.kind == "zoom" else platforms.youtube_seqs
+            )
             entry["seq_gap_free"] = seqs == list(range(1, len(seqs) + 1))
         result[status.kind] = entry
     return result

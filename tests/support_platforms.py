@@ -54,6 +54,8 @@ class PlatformStandIn:
     youtube: list[Taken] = field(default_factory=list)
     teams: list[Taken] = field(default_factory=list)
     heartbeats: int = 0
+    youtube_seqs: list[int] = field(default_factory=list)
+    """Every ``seq`` YouTube took, captions and heartbeats alike."""
     zoom_started: bool = True
     teams_started: bool = True
     teams_link_valid: bool = True
@@ -127,9 +129,12 @@ class PlatformStandIn:
         text = rest[:-1] if rest.endswith("\n") else rest
 
         async def take() -> None:
+            if seq in self.youtube_seqs:
+                return  # a retry of a post it already took
+            self.youtube_seqs.append(seq)
             if not text:
                 self.heartbeats += 1
-            elif not self.youtube or seq > (self.youtube[-1].seq or 0):
+            else:
                 self.youtube.append(Taken(seq, text))
 
         if (fault := await self._fault("youtube", take)) is not None:

@@ -236,9 +236,9 @@ def test_youtube_posts_timestamped_text_and_counts_seq_once_per_post(
 
     bg.run(session())
     assert stand_in.words("youtube") == SPEECH.split()
-    seqs = [t.seq for t in stand_in.youtube]
+    seqs = stand_in.youtube_seqs  # the heartbeat takes a number too
     assert seqs == list(range(1, len(seqs) + 1))
-    assert stand_in.heartbeats == 1
+    assert stand_in.heartbeats == 1 and len(seqs) == len(stand_in.youtube) + 1
     assert any("<br>" in t.text for t in stand_in.youtube) or len(stand_in.youtube) > 1
 
 
