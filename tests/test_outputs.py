@@ -24,7 +24,7 @@ from components.outputs.targets import (
 )
 from components.outputs.teams import TeamsSink
 from components.outputs.youtube import YouTubeSink, timestamp
-from components.outputs.zoom import ZoomSink
+from components.outputs.zoom import ZoomSink, zoom_language
 from tests.support_platforms import ObsStandIn, PlatformStandIn, urls
 from tests.support_server import BackgroundLoop, free_port, serve_app
 
@@ -202,6 +202,14 @@ def test_zoom_numbers_posts_continues_the_count_and_retries_with_the_same_seq(
 
     bg.run(again())
     assert stand_in.zoom[-1].seq == seqs[-1] + 1 and stand_in.zoom[-1].text == "Thank you."
+
+
+def test_zoom_takes_the_session_language_as_a_region_tag() -> None:
+    assert zoom_language(None) == "en-US"
+    assert zoom_language("de") == "de-DE"
+    assert zoom_language("sv") == "sv"  # no region known: the language alone
+    target = parse_target("zoom=https://wmcc.zoom.us/closedcaption?id=1&ns=a")
+    assert ZoomSink(target, language="fr").lang == "fr-FR"
 
 
 def test_zoom_refusing_the_token_stops_that_output_with_a_sentence(

@@ -45,7 +45,7 @@ from components.core.protocol import (
     Usage,
 )
 from components.core.transcript import Transcript, to_srt, to_txt, to_vtt
-from components.outputs.delivery import CaptionOutputs, describe, zoom_language
+from components.outputs.delivery import CaptionOutputs, describe
 from components.outputs.targets import InvalidTarget, Target, parse_target
 
 log = logging.getLogger("components.cli.main")
@@ -461,7 +461,7 @@ async def _transcribe(
 ) -> int:
     pace = args.pace or ("realtime" if args.format in ("srt", "vtt") else "fast")
     view = LiveView(sys.stderr, partials=args.partials, enabled=not args.quiet)
-    outputs = CaptionOutputs(targets, lang=zoom_language(options.language))
+    outputs = CaptionOutputs(targets, language=options.language)
     outputs.start()
     try:
         result = await stream_file(

@@ -261,33 +261,13 @@ def describe(status: OutputStatus) -> str:
     return text
 
 
-def zoom_language(language: str | None) -> str:
-    """The ``lang`` Zoom expects (a region-qualified tag) for an ISO-639-1 code."""
-    regions = {
-        "en": "en-US",
-        "de": "de-DE",
-        "fr": "fr-FR",
-        "es": "es-ES",
-        "pt": "pt-PT",
-        "it": "it-IT",
-        "nl": "nl-NL",
-        "ja": "ja-JP",
-        "zh": "zh-CN",
-        "ko": "ko-KR",
-        "ru": "ru-RU",
-        "ar": "ar-SA",
-        "hi": "hi-IN",
-    }
-    return regions.get(language or "en", language or "en-US")
-
-
-def make_sink(target: Target, *, lang: str = "en-US") -> Sink:
+def make_sink(target: Target, *, language: str | None = None) -> Sink:
     """The sink for ``target``'s platform (imported here, so each platform's module is only
     loaded by sessions that send to it)."""
     if target.kind is OutputKind.ZOOM:
         from components.outputs.zoom import ZoomSink
 
-        return ZoomSink(target, lang=lang)
+        return ZoomSink(target, language=language)
     if target.kind is OutputKind.YOUTUBE:
         from components.outputs.youtube import YouTubeSink
 
@@ -309,10 +289,10 @@ class CaptionOutputs:
         targets: Iterable[Target],
         *,
         session: str = "",
-        lang: str = "en-US",
+        language: str | None = None,
         sink_factory: Callable[[Target], Sink] | None = None,
     ) -> None:
-        factory = sink_factory or (lambda t: make_sink(t, lang=lang))
+        factory = sink_factory or (lambda t: make_sink(t, language=language))
         self.session = session
         self.deliveries = [
             Delivery(factory(t), label=f"session {session}: {t.label}" if session else "")

@@ -20,6 +20,29 @@ from components.outputs.targets import Target
 NOT_STARTED_WAIT = 5.0
 """Seconds between tries while the meeting has not started."""
 
+REGIONS = {
+    "en": "en-US",
+    "de": "de-DE",
+    "fr": "fr-FR",
+    "es": "es-ES",
+    "pt": "pt-PT",
+    "it": "it-IT",
+    "nl": "nl-NL",
+    "ja": "ja-JP",
+    "zh": "zh-CN",
+    "ko": "ko-KR",
+    "ru": "ru-RU",
+    "ar": "ar-SA",
+    "hi": "hi-IN",
+}
+"""The region Zoom's ``lang`` names for a language (it takes tags like ``en-US``)."""
+
+
+def zoom_language(language: str | None) -> str:
+    """Zoom's ``lang`` for a session's ISO-639-1 language (English when none was chosen)."""
+    code = language or "en"
+    return REGIONS.get(code, code)
+
 
 class ZoomSink:
     width = 80
@@ -30,10 +53,14 @@ class ZoomSink:
     idempotent = True
 
     def __init__(
-        self, target: Target, *, lang: str = "en-US", client: httpx.AsyncClient | None = None
+        self,
+        target: Target,
+        *,
+        language: str | None = None,
+        client: httpx.AsyncClient | None = None,
     ) -> None:
         self.target = target
-        self.lang = lang
+        self.lang = zoom_language(language)
         self._client = client or http_client()
         self._seq: int | None = None
 

@@ -45,7 +45,7 @@ from components.core.protocol import (
     TranscriptionPartial,
 )
 from components.core.transcript import Transcript, write_exports
-from components.outputs.delivery import CaptionOutputs, zoom_language
+from components.outputs.delivery import CaptionOutputs
 from components.page.settings import BackendChoice, BackendKind, InvalidChoice, Settings
 from components.page.view import SessionState, SessionView
 
@@ -226,7 +226,7 @@ class CaptionSession:
         self._uncaptioned_voice = 0.0
         self._chain: ContinuousStream | None = None
         self._outputs = CaptionOutputs(
-            choice.outputs, session=self.id, lang=zoom_language(choice.language or None)
+            choice.outputs, session=self.id, language=choice.language or None
         )
 
     # ------------------------------------------------------------------ edges (any thread)
