@@ -16,14 +16,16 @@ until ``--hours`` of audio have gone by, in 100 ms appends at ``--pace`` x real 
   ``container/serve`` (bridge and engine server); RSS is the engine server's.
 
 Every ``--window`` minutes of audio one JSON line: the engine process's RSS, word lag p50/p95
-(wall seconds from sending the chunk that holds a word's end to the delta that carries it),
-WER of the window, handovers and reconnects so far. The last line sums up against the targets:
-RSS growth per hour of audio after the first window, RSS after the session ended against after
-the first window, lag p95 and WER of the last window against the first. WER follows what a
-window holds (each pass is shuffled anew, and noisy clips score worse than read speech), so
-the summary adds a measure that does not: per window, the words the stream missed over the
-number its clips' session-wide miss rates predict, and its drift (the last two windows
-against the first two).
+(wall seconds from sending the chunk that holds a word's end to the delta that carries it), WER
+of the window, handovers and reconnects so far, and where the engine's worker spent the window
+(rounds, ms per round, ms per decode, busy share; local and serve paths). The last line sums up
+against the targets: RSS growth per hour of audio after the first window, RSS after the session
+ended against after the first window, lag p95 and WER of the last window against the first (and
+the lag's trend along a line fitted through every window, which one noisy window cannot sway).
+WER follows what a window holds (each pass is shuffled anew, and noisy clips score worse than
+read speech), so the summary adds a measure that does not: per window, the words the stream
+missed over the number its clips' session-wide miss rates predict, and its drift (the last two
+windows against the first two).
 
 Why pace 2 stands for real time here: the streaming policy decides in audio time (a decode per
 half second of new audio, agreement over the last second of audio), and one stream at twice
@@ -48,7 +50,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,51 @@ def engine_pid(root: int) -> int:
     return root
 
 
+def metrics_counts(base: str) -> Callable[[], dict[str, float]]:
+    """Read a server's ``live_captions_engine_*`` figures from its ``/metrics``."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    prefix = "live_captions_engine_"
+
+    def read() -> dict[str, float]:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        return {
+            family.name[len(prefix) :]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith(prefix)
+            for sample in family.samples
+        }
+
+    return read
+
+
+def worker_figures(
+    before: dict[str, float], after: dict[str, float], wall: float
+) -> dict[str, float | None]:
+    """Where the engine's worker spent a window: rounds, time per round and per decode, and
+    the share of wall time it was busy. A lag that rises while these stay flat lies outside
+    the decoding; a round that grows longer points at the engine or the policy."""
+    if "rounds" not in after or "busy_seconds" not in after:
+        return {}
+    rounds = after["rounds"] - before.get("rounds", 0.0)
+    decodes = after.get("decodes", 0.0) - before.get("decodes", 0.0)
+
+    def per(key: str, n: float) -> float | None:
+        spent = after.get(key, 0.0) - before.get(key, 0.0)
+        return round(spent / n * 1000, 1) if n else None
+
+    busy = after["busy_seconds"] - before.get("busy_seconds", 0.0)
+    return {
+        "rounds": int(rounds),
+        "decodes_per_round": round(decodes / rounds, 2) if rounds else None,
+        "round_ms": per("busy_seconds", rounds),
+        "encode_ms_per_round": per("encode_seconds", rounds),
+        "generate_ms_per_decode": per("generate_seconds", decodes),
+        "worker_busy": round(busy / wall, 3) if wall > 0 else None,
+    }
+
+
 # --------------------------------------------------------------------------- the long session
 
 
@@ -167,10 +214,14 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
     lines: list[dict[str, Any]] = []
     rss_trace: list[tuple[float, float]] = []
 
-    async def run(stream: Any, pid: int, stats: Any) -> None:
+    async def run(
+        stream: Any, pid: int, stats: Any, counts: Callable[[], dict[str, float]] = dict
+    ) -> None:
         started = time.monotonic()
         sent = 0  # samples
         next_window = window
+        last_counts = await asyncio.to_thread(counts)
+        last_wall = time.monotonic()
 
         def audio_now() -> float:
             return sent / SAMPLE_RATE
@@ -211,6 +262,10 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
                             next_window - window, next_window, refs, placements, timeline
                         )
                         line.update(rss_mb=round(rss_of(pid), 1), **stats())
+                        now_counts = await asyncio.to_thread(counts)
+                        now_wall = time.monotonic()
+                        line.update(worker_figures(last_counts, now_counts, now_wall - last_wall))
+                        last_counts, last_wall = now_counts, now_wall
                         lines.append(line)
                         print(json.dumps(line), flush=True)
                         next_window += window
@@ -229,7 +284,7 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
         engine = WhisperEngine.from_env()
         stream = await LocalBackend(engine).open()
         try:
-            await run(stream, os.getpid(), dict)
+            await run(stream, os.getpid(), dict, engine.counts)
             await asyncio.sleep(args.settle)
             after = rss_of(os.getpid())
         finally:
@@ -279,7 +334,7 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "expired": chain.stats.expired,
                 }
 
-            await run(chain, url.process.pid, stats)
+            await run(chain, url.process.pid, stats, metrics_counts(url))
             await asyncio.sleep(args.settle)
             after = rss_of(url.process.pid)
     lines.append(summary(lines, after, args))
@@ -352,6 +407,20 @@ def missed_vs_expected(lines: list[dict[str, Any]]) -> list[float | None]:
     return ratios
 
 
+def trend(lines: list[dict[str, Any]], key: str) -> float | None:
+    """Relative change of ``key`` from the first window to the last along the least-squares
+    line through every window. One window's p95 moves by a tenth either way with what it
+    holds (measured: 0.94-1.13 s over twelve 5-minute windows of one flat hour), so the first
+    window against the last can show drift that is not there, or hide drift that is."""
+    points = [(line["audio_min"], line[key]) for line in lines if line.get(key) is not None]
+    if len(points) < 3:
+        return None
+    xs, ys = zip(*points, strict=True)
+    slope, intercept = np.polyfit(xs, ys, 1)
+    start, end = intercept + slope * xs[0], intercept + slope * xs[-1]
+    return round(float(end / start - 1), 3) if start > 0 else None
+
+
 def summary(lines: list[dict[str, Any]], after: float, args: argparse.Namespace) -> dict[str, Any]:
     if len(lines) < 2:
         return {"summary": "too short: at least two windows are needed", "rss_after_end_mb": after}
@@ -379,6 +448,9 @@ def summary(lines: list[dict[str, Any]], after: float, args: argparse.Namespace)
         "rss_after_end_mb": round(after, 1),
         "rss_after_end_vs_first_window_mb": round(after - first["rss_mb"], 1),
         "lag_p95_drift": drift("lag_p95_s"),
+        "lag_p95_trend": trend(lines, "lag_p95_s"),
+        "lag_p50_trend": trend(lines, "lag_p50_s"),
+        "round_ms_trend": trend(lines, "round_ms"),
         "wer_drift": drift("wer"),
         "missed_vs_expected_per_window": adjusted,
         "missed_vs_expected_drift": (
@@ -405,6 +477,12 @@ def plot(path: str, rss: list[tuple[float, float]], lines: list[dict[str, Any]],
     minutes = [line["audio_min"] for line in lines]
     bottom.plot(minutes, [line["lag_p50_s"] for line in lines], "o-", label="lag p50")
     bottom.plot(minutes, [line["lag_p95_s"] for line in lines], "o-", label="lag p95")
+    if any(line.get("round_ms") for line in lines):
+        rounds = bottom.twinx()
+        rounds.plot(
+            minutes, [line.get("round_ms") for line in lines], "s--", color="tab:gray", alpha=0.6
+        )
+        rounds.set_ylabel("ms per engine round (dashed)")
     bottom.set_ylabel("word lag (s)")
     bottom.set_xlabel("audio (minutes)")
     bottom.grid(alpha=0.3)

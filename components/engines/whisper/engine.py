@@ -225,13 +225,17 @@ class WhisperEngine:
         return self.scheduler.active
 
     def counts(self) -> dict[str, float]:
-        """Live figures for ``/metrics``: streams, rounds, decodes per batch, audio waiting."""
+        """Live figures for ``/metrics``: streams, rounds, decodes per batch, audio waiting,
+        and where the worker's time went (totals since start; a rate of them is the time per
+        round or per decode, which tells a slower decode apart from more of them)."""
         return {
             "streams": self.scheduler.active,
             "rounds": self.scheduler.rounds,
             "decodes": self.decoder.items,
             "batches": self.decoder.calls,
             "queued_audio_seconds": round(self.scheduler.pending_seconds, 3),
+            "busy_seconds": round(self.scheduler.busy_seconds, 3),
+            **{f"{k}_seconds": round(v, 3) for k, v in self.decoder.seconds.items()},
         }
 
     @classmethod
