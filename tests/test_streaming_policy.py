@@ -224,10 +224,15 @@ def test_previews_are_off_without_a_reader_of_partials() -> None:
 # --------------------------------------------------------------------------- agreement
 
 
-def test_shared_policy_has_short_windows_and_two_hypothesis_agreement() -> None:
+def test_shared_policy_keeps_the_windows_and_takes_two_hypothesis_agreement() -> None:
     alone = PolicyConfig()
     shared = alone.shared()
-    assert shared.trim_at < alone.trim_at and shared.max_window < alone.max_window
+    # Long windows keep the acoustic context that noisy and spontaneous speech needs.
+    assert (shared.trim_at, shared.keep_audio, shared.max_window) == (
+        alone.trim_at,
+        alone.keep_audio,
+        alone.max_window,
+    )
     assert shared.confirm_span == 0.5 < alone.confirm_span
     transcripts = []
     for config in (shared, alone):
