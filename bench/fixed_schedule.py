@@ -107,8 +107,6 @@ def _engine(args: argparse.Namespace, sessions: int) -> WhisperEngine:
         engine.shared_policy = dataclasses.replace(engine.shared_policy, **settings)
     else:
         engine.policy = dataclasses.replace(engine.policy, **settings)
-    # The round function picks the shared policy when the scheduler has several streams.
-    engine.scheduler._slots = {str(i): None for i in range(sessions)}  # type: ignore[misc]
     return engine
 
 
@@ -141,7 +139,7 @@ def _replay(
             if not finished
         ]
         started = time.perf_counter()
-        outcomes = engine._round(work)
+        outcomes = engine.run_round(work, shared=len(streams) > 1)
         rounds.append(time.perf_counter() - started)
         for w, outcome in zip(work, outcomes, strict=True):
             i = slots.index(w.slot)  # type: ignore[arg-type]

@@ -131,7 +131,7 @@ def _decode_cost(engine: WhisperEngine, audio: np.ndarray) -> dict[str, Any]:
             started = time.perf_counter()
             decoder.decode([item])
             times.append(time.perf_counter() - started)
-        context, _, _ = decoder._prompt(item)
+        context, _, _ = decoder.prompt_tokens(item)
         out[label] = {
             "ms": round(1000 * statistics.median(times), 1),
             "context_tokens": len(context),

@@ -113,7 +113,7 @@ async def test_unsupported_options_are_engine_errors(engine: WhisperEngine) -> N
 def test_terms_are_kept_when_a_context_is_shortened(engine: WhisperEngine) -> None:
     decoder = engine.decoder
     item = DecodeItem(np.zeros(1), "word " * 100, "", terms="Hester Prynne")
-    context, _, keep = decoder._prompt(item)
+    context, _, keep = decoder.prompt_tokens(item)
     terms = decoder.tokenizer.encode(" Hester Prynne")
     assert context[1 : 1 + len(terms)] == terms and keep == 1 + len(terms)
     short = decoder._shorten(context, keep, 20)
@@ -332,7 +332,7 @@ def test_committed_words_are_found_in_the_audio(
 def test_ellipses_are_not_forced_back_into_the_decoder(engine: WhisperEngine) -> None:
     assert without_ellipses("So this is the...") == "So this is the"
     assert without_ellipses("the...is it \u2026 so") == "the is it so"
-    _, forced, _ = engine.decoder._prompt(DecodeItem(np.zeros(1), "", "So this is the..."))
+    _, forced, _ = engine.decoder.prompt_tokens(DecodeItem(np.zeros(1), "", "So this is the..."))
     assert engine.decoder.tokenizer.decode(forced[1:]) == " So this is the"
 
 

@@ -183,7 +183,7 @@ class WhisperDecoder:
         head = self._encode_frames(self._features(padded))[0]
         return np.concatenate([head, self._silence[len(head) :]], axis=0)
 
-    def _prompt(self, item: DecodeItem) -> tuple[list[int], list[int], int]:
+    def prompt_tokens(self, item: DecodeItem) -> tuple[list[int], list[int], int]:
         """(context tokens before <|startoftranscript|>, forced tokens after it, how many of the
         context's first tokens a shortened context must keep).
 
@@ -251,7 +251,7 @@ class WhisperDecoder:
         out: list[Hypothesis | None],
     ) -> None:
         """Decode ``items`` into ``out`` at ``places``, batching those that can share a call."""
-        prompts = [self._prompt(item) for item in items]
+        prompts = [self.prompt_tokens(item) for item in items]
         # The decoder needs <|startoftranscript|> at the same position across a batch:
         # shorten long contexts to a common length (never below the terms they must keep),
         # group the short ones by exact length.

@@ -211,7 +211,7 @@ class WhisperEngine:
         self.languages = self.decoder.languages
         self.takes_prompt = True
         self.scheduler = Scheduler(
-            self._round,
+            self.run_round,
             min_step=self.policy.min_step,
             max_batch=max_batch,
             overload_lag=overload_lag,
@@ -329,10 +329,16 @@ class WhisperEngine:
 
     # ------------------------------------------------------------------ the worker
 
-    def _round(self, work: list[Work]) -> list[Outcome]:
-        """One round on the worker thread: take audio, decide, decode together, commit."""
+    def run_round(self, work: list[Work], *, shared: bool | None = None) -> list[Outcome]:
+        """One round on the worker thread: take audio, decide, decode together, commit.
+
+        The scheduler calls this; ``shared`` (whether streams share the engine, and so follow
+        ``shared_policy``) defaults to whether it holds more than one stream, and a bench that
+        replays streams on a fixed schedule sets it.
+        """
         outcomes = [Outcome() for _ in work]
-        shared = self.scheduler.active > 1
+        if shared is None:
+            shared = self.scheduler.active > 1
         config = self.shared_policy if shared else self.policy
         jobs: list[tuple[int, DecodeRequest]] = []
         items: list[DecodeItem] = []
