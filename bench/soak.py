@@ -18,14 +18,14 @@ until ``--hours`` of audio have gone by, in 100 ms appends at ``--pace`` x real 
 Every ``--window`` minutes of audio one JSON line: the engine process's RSS, word lag p50/p95
 (wall seconds from sending the chunk that holds a word's end to the delta that carries it), WER
 of the window, handovers and reconnects so far, and where the engine's worker spent the window
-(rounds, ms per round, ms per decode, busy share; local and serve paths). The last line sums up
-against the targets: RSS growth per hour of audio after the first window, RSS after the session
-ended against after the first window, lag p95 and WER of the last window against the first (and
-the lag's trend along a line fitted through every window, which one noisy window cannot sway).
-WER follows what a window holds (each pass is shuffled anew, and noisy clips score worse than
-read speech), so the summary adds a measure that does not: per window, the words the stream
-missed over the number its clips' session-wide miss rates predict, and its drift (the last two
-windows against the first two).
+(rounds, ms per round, ms per decode, busy share; local and serve paths) and the machine's load
+average. The last line sums up against the targets: RSS growth per hour of audio after the
+first window, RSS after the session ended against after the first window, lag p95 and WER of
+the last window against the first (and the lag's trend along a line fitted through every
+window, which one noisy window cannot sway). WER follows what a window holds (each pass is
+shuffled anew, and noisy clips score worse than read speech), so the summary adds a measure
+that does not: per window, the words the stream missed over the number its clips' session-wide
+miss rates predict, and its drift (the last two windows against the first two).
 
 Why pace 2 stands for real time here: the streaming policy decides in audio time (a decode per
 half second of new audio, agreement over the last second of audio), and one stream at twice
@@ -261,7 +261,12 @@ async def soak(args: argparse.Namespace) -> list[dict[str, Any]]:
                         line = window_line(
                             next_window - window, next_window, refs, placements, timeline
                         )
-                        line.update(rss_mb=round(rss_of(pid), 1), **stats())
+                        line.update(
+                            rss_mb=round(rss_of(pid), 1),
+                            # Other work on the machine shows here before it shows as drift.
+                            load_1m=round(os.getloadavg()[0], 2),
+                            **stats(),
+                        )
                         now_counts = await asyncio.to_thread(counts)
                         now_wall = time.monotonic()
                         line.update(worker_figures(last_counts, now_counts, now_wall - last_wall))
