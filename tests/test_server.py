@@ -513,6 +513,10 @@ async def test_metrics_count_sessions_audio_errors_and_first_captions(
     assert value(text, "live_captions_audio_seconds_total") == pytest.approx(len(audio) / 32_000)
     assert value(text, "vllm:time_to_first_token_seconds_count") == 1
     assert value(text, "live_captions_engine_streams") == 0
+    # Where the worker's time went: a round holds the decoding and more.
+    busy = value(text, "live_captions_engine_busy_seconds")
+    generate = value(text, "live_captions_engine_generate_seconds")
+    assert busy is not None and generate is not None and busy >= generate > 0
 
 
 async def test_metrics_need_the_api_key_when_one_is_set(auth_server: Server) -> None:
