@@ -119,17 +119,17 @@ def engine_pid(root: int) -> int:
 def metrics_counts(base: str) -> Callable[[], dict[str, float]]:
     """Read a server's ``live_captions_engine_*`` figures from its ``/metrics``."""
     import httpx
-    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support_metrics import samples
 
     prefix = "live_captions_engine_"
 
     def read() -> dict[str, float]:
         text = httpx.get(f"{base}/metrics", timeout=10).text
         return {
-            family.name[len(prefix) :]: sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name.startswith(prefix)
-            for sample in family.samples
+            name[len(prefix) :]: v
+            for (name, _), v in samples(text).items()
+            if name.startswith(prefix)
         }
 
     return read
