@@ -489,6 +489,13 @@ SESSIONS: tuple[Session, ...] = (
         [CREATED, DELTAS, DONE],
     ),
     Session(
+        "final commit after done",
+        # The second final commit comes after the request has finished, with no audio since:
+        # it must not start an empty transcription.
+        (UPDATE, COMMIT, Speak(), FINAL, UntilDone(), FINAL, Sync(), Requests(0), Sync()),
+        [CREATED, DELTAS, DONE],
+    ),
+    Session(
         "final commit alone",
         # Once the reader has answered (Sync), ours has started its request; when no request
         # is left in flight, whatever it sent is in before the second probe's answer.

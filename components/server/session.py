@@ -3,7 +3,8 @@
 The flow is vLLM's (``session.created`` on accept; ``session.update`` validates the model and
 answers only on error; appends queue audio; the first non-final commit starts an engine request
 and a second one while it runs is ignored; the final commit ends the audio; deltas, then
-``done``; afterwards a new commit starts a fresh request). On top of it:
+``done``; afterwards a new commit starts a fresh request, and a final commit with no audio
+since then starts nothing). On top of it:
 
 * the audio queue is bounded; while an engine request drains it, a full queue pauses reading
   the socket (back-pressure through TCP) instead of growing, and ``audio_buffer_full`` closes
@@ -366,6 +367,11 @@ class RealtimeSession:
             self._start_request()
             return
         if not running:
+            if not self._queue.total:
+                # Nothing was said since the last transcription ended (a repeated final
+                # commit that lost the race with ``done``): like vLLM, start nothing.
+                self.log.debug("final commit ignored: no audio since the last transcription")
+                return
             self._start_request()
         if self._request_queue is self._queue:
             # The running request's audio ends here; audio sent from now on waits for the
