@@ -3,6 +3,7 @@
     .venv/bin/python bench/fixed_schedule.py                      # 3 streams, 40 s, 0.5 s rounds
     .venv/bin/python bench/fixed_schedule.py --confirm-span 1.0   # the same with another span
     .venv/bin/python bench/fixed_schedule.py --per-clip            # each clip alone, one stream
+    .venv/bin/python bench/fixed_schedule.py --apart               # each stream alone
 
 In real time, how often a stream is decoded depends on how fast the machine is at that moment
 (on a shared machine, the same work can take a quarter longer from one minute to the next), so
@@ -78,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         help="another setting of the policy in use (PolicyConfig field), e.g. trim_at=2.0",
     )
     p.add_argument("--confirm-span", type=float, help="agreement span (same as --set)")
+    p.add_argument(
+        "--apart",
+        action="store_true",
+        help="decode the same streams one at a time, each alone (what sharing costs)",
+    )
     return p
 
 
@@ -103,7 +109,7 @@ def _engine(args: argparse.Namespace, sessions: int) -> WhisperEngine:
     if args.confirm_span is not None:
         settings["confirm_span"] = args.confirm_span
     # One stream runs the lone policy, several the shared one: change the one in use.
-    if sessions > 1:
+    if sessions > 1 and not args.apart:
         engine.shared_policy = dataclasses.replace(engine.shared_policy, **settings)
     else:
         engine.policy = dataclasses.replace(engine.policy, **settings)
@@ -221,19 +227,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.sessions
     engine = _engine(args, n)
     streams = [_session_audio(refs, i * max(1, len(refs) // n), args.seconds) for i in range(n)]
-    texts, replays, rounds, slots = _replay(engine, streams, args.step)
+    if args.apart:
+        # The same streams, each alone (the lone policy, nothing batched): the cost of sharing.
+        texts, replays, rounds, slots = [], [], [], []
+        for stream in streams:
+            text, replay, times, slot = _replay(engine, [stream], args.step)
+            texts, replays, rounds, slots = (
+                texts + text,
+                replays + replay,
+                rounds + times,
+                slots + slot,
+            )
+    else:
+        texts, replays, rounds, slots = _replay(engine, streams, args.step)
     pairs = [(ref.clip.text, text) for ref, text in zip(streams, texts, strict=True)]
     live = rounds[: int(args.seconds / args.step)]
     return {
         "bench": "fixed_schedule",
         "sessions": n,
+        "apart": args.apart,
         "seconds": args.seconds,
         "step_s": args.step,
-        "policy": dataclasses.asdict(engine.shared_policy if n > 1 else engine.policy),
+        "policy": dataclasses.asdict(
+            engine.shared_policy if n > 1 and not args.apart else engine.policy
+        ),
         "wer": wer_of(pairs),
         "wer_per_stream": [wer_of([pair]) for pair in pairs],
         "lag_if_saturated": lag_summary(_lags(streams, replays)),
         "offline_wer": wer_of([(ref.clip.text, ref.offline_text) for ref in streams]),
+        "offline_wer_per_stream": [wer_of([(r.clip.text, r.offline_text)]) for r in streams],
         "work": _work(engine, slots),
         "round_s": {
             "mean": round(float(np.mean(live)), 3),
