@@ -565,6 +565,46 @@ def test_backlog_is_decoded_in_bounded_pieces() -> None:
     assert policy.forced_cuts == 1
 
 
+def backlog(
+    policy: StreamingPolicy, seconds: float, *, pause: float, quiet: tuple[float, float]
+) -> None:
+    """``seconds`` of backlog with a pause between words at ``pause`` and no voice in ``quiet``."""
+    for _ in range(round(seconds * 10)):
+        start = policy.audio_end
+        end = start + 0.1
+        silent = quiet[0] <= start + 0.05 < quiet[1]
+        gaps = (pause,) if start < pause <= end else ()
+        policy.push(0.1, end, gaps=gaps, voiced=0.0 if silent else 0.1)
+
+
+def test_a_backlog_window_ending_in_a_pause_keeps_the_speech_its_text_did_not_reach() -> None:
+    # The decode of a backlog window that ends in a pause stopped its text 0.8 s early
+    # ("Alright, thanks." left out; too close to the pause for an early stop): the window
+    # restarts where the text ended, so that speech is decoded again instead of skipped.
+    policy = make()
+    backlog(policy, 30.0, pause=20.0, quiet=(20.0, 20.3))
+    request = next_request(policy)
+    assert request.kind == "cut" and request.end == pytest.approx(20.0)
+    policy.apply(request, Hypothesis.of(" One two.", " Three four.", ends=(9.0, 19.2)))
+    assert policy.transcript == "One two. Three four."
+    assert policy.window_start == pytest.approx(19.2)
+    again = next_request(policy)
+    assert again.start == pytest.approx(19.2)
+    policy.apply(again, Hypothesis.of(" Alright, thanks.", ends=(0.7,)))
+    shown = policy.committed + policy.tail  # committed, or waiting for agreement
+    assert shown[:6] == ["One", "two.", "Three", "four.", "Alright,", "thanks."]
+
+
+def test_a_backlog_window_whose_text_reaches_its_pause_moves_past_it() -> None:
+    # Silence between the text's end and the pause: nothing to decode again.
+    policy = make()
+    backlog(policy, 30.0, pause=20.0, quiet=(19.2, 20.3))
+    request = next_request(policy)
+    assert request.end == pytest.approx(20.0)
+    policy.apply(request, Hypothesis.of(" One two.", " Three four.", ends=(9.0, 19.2)))
+    assert policy.window_start == pytest.approx(20.0)
+
+
 def test_prompt_is_bounded_and_starts_at_a_word() -> None:
     policy = make(prompt_chars=20)
     policy.committed = [f"word{i}" for i in range(30)]

@@ -77,6 +77,9 @@ the same passage said again)."""
 SKIP_MIN_VOICE = 4.0
 """Seconds of voice a window needs before its word count is judged (short ones vary)."""
 REPEAT_EDGE_WORDS = 1
+UNREAD_VOICE = 0.3
+"""Seconds of voice after a cut decode's text that are decoded again rather than skipped
+(a word or two; less is the tail of the last word or a breath)."""
 NEAR_SILENCE = 0.95
 """No-speech probability above which a lone hypothesis is the decoder's guess at a noise, not
 speech: Whisper writes "you" or "Thank you." over a cough or an "uh" with a probability of
@@ -760,7 +763,10 @@ class StreamingPolicy:
             if stop is not None:
                 self._move_window(stop, len(self.committed))
             elif request.end in self.gaps:
-                self._move_window(request.end, len(self.committed))  # it ended in a pause
+                # It ended in a pause: move past it, unless voice the text did not reach
+                # comes before the pause (then it is decoded again, not skipped).
+                resume = self._unread_voice(request, hypothesis)
+                self._move_window(resume or request.end, len(self.committed))
             elif boundaries:
                 self._move_window(boundaries[-1][0], base + boundaries[-1][1])
             else:
@@ -858,6 +864,28 @@ class StreamingPolicy:
         end = request.start + last
         voice = min(self.last_voice, request.end)
         return end if voice >= end + 1.0 else None
+
+    def _unread_voice(self, request: DecodeRequest, hypothesis: Hypothesis) -> float | None:
+        """Where a cut decode's text ended, when speech the voice detector heard follows it.
+
+        A backlog's window ends in a pause; its text may stop short of that pause (the last
+        words of a passage, "Alright, thanks.", left out by one decode). Moving the window
+        to the pause would drop that speech unheard, so the window restarts where the text
+        ended instead. Only when every word of the decode was kept (a dropped text says
+        nothing of where the speech is) and the window moves forward.
+        """
+        if self.guarded or says_no_speech(hypothesis) or not hypothesis.pieces:
+            return None
+        last = hypothesis.pieces[-1].end
+        if last is None:
+            last = hypothesis.text_end
+        if last is None or last > request.duration:
+            return None
+        end = request.start + last
+        if end <= self.window_start + self.config.min_step:
+            return None
+        voiced = self.voiced(end, request.end)
+        return end if voiced is not None and voiced >= UNREAD_VOICE else None
 
     def _update(self, base: int, old_tail: list[str]) -> Update:
         new_words = self.committed[base:]
