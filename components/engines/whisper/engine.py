@@ -379,6 +379,7 @@ class WhisperEngine:
                     max_words=request.max_words,
                     pad=SHARED_PAD_SECONDS if shared else PAD_SECONDS,
                     align=request.kind == "align",
+                    whole=request.final,
                 )
             )
         hypotheses = self.decoder.decode(items)
