@@ -295,6 +295,26 @@ def test_short_window_encoding_completes_whisper_context(
     np.testing.assert_array_equal(encoded[300:], engine.decoder._silence[300:])
 
 
+def test_a_whole_phrase_is_padded_as_the_offline_transcript_pads_it(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    # faster-whisper's transcribe (the offline bar) encodes the log-mel without its last
+    # frame, zero frames after it; a whole phrase encoded in full must see the same input.
+    import ctranslate2
+    from faster_whisper.audio import pad_or_trim
+
+    audio = load_file(str(clips["jfk"].path))[: SAMPLE_RATE * 4]
+    model = engine.decoder.model
+    feats = model.feature_extractor(audio)  # type: ignore[attr-defined]
+    offline_input = np.ascontiguousarray(pad_or_trim(feats[:, :-1])[None])
+    offline = model.model.encode(ctranslate2.StorageView.from_array(offline_input), to_cpu=False)  # type: ignore[attr-defined]
+    whole = engine.decoder.encode(audio, pad=30.0, whole=True)
+    np.testing.assert_allclose(whole, np.asarray(offline)[0], atol=1e-4)
+    # Audio cut off mid-speech is followed by silent audio instead: another input.
+    cut = engine.decoder.encode(audio, pad=30.0)
+    assert not np.allclose(cut, whole, atol=1e-2)
+
+
 def test_new_text_is_bounded_by_the_expected_words_whatever_the_batch(
     engine: WhisperEngine, clips: dict[str, Clip]
 ) -> None:
