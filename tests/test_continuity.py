@@ -15,9 +15,11 @@ the uninterrupted stream said it once, is not.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -195,6 +197,46 @@ async def test_a_handover_waits_for_a_pause(
     handovers = [r for r in caplog.records if "handing over" in r.getMessage()]
     assert len(handovers) == result.stats.handovers  # the chain's log is the one read here
     assert not [r for r in caplog.records if "mid-speech" in r.getMessage()]
+
+
+class ListeningBackend:
+    """The real backend, with the audio each of its streams was sent kept, in order."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.sent: list[bytearray] = []
+        self.max_stream_seconds = getattr(backend, "max_stream_seconds", None)
+
+    async def open(self, **kwargs: Any) -> Any:
+        stream = await self.backend.open(**kwargs)
+        heard = bytearray()
+        self.sent.append(heard)
+        real_send = stream.send_audio
+
+        async def send_audio(pcm16: bytes) -> None:
+            heard.extend(pcm16)
+            await real_send(pcm16)
+
+        stream.send_audio = send_audio
+        return stream
+
+
+async def test_a_new_leg_hears_the_quiet_its_predecessor_ended_in(
+    server: ServerURL, recording: Recording, uninterrupted: str
+) -> None:
+    """A leg that started right at speech would hear its first words worst: each new leg
+    first gets the quiet the old one ended in, and no word is said twice."""
+    backend = ListeningBackend(RealtimeWSBackend(server.ws))
+    policy = ContinuityPolicy(max_stream_seconds=20)
+    result = await caption(backend, recording, policy=policy)  # type: ignore[arg-type]
+    assert result.stats.handovers >= 2
+    assert result.stats.lead_in_samples > 0
+    for before, after in itertools.pairwise(backend.sent):
+        lead = round(policy.lead_in * 16_000) * 2
+        assert after[:lead] == before[-lead:]  # the same audio, sent to both legs
+        quiet = np.frombuffer(bytes(after[:lead]), "<i2").astype(np.float32) / 32768
+        assert float(np.sqrt(np.mean(quiet**2))) < policy.pause_rms
+    assert_continuous(result.text, uninterrupted, recording.reference)
 
 
 sagemaker = sagemaker_fixture(front_args=("--max-stream-seconds", "15"))

@@ -278,8 +278,22 @@ class ContinuousStream:
             old.age(self._clock()),
         )
         stream = await self._open_leg(retiring=old, reason=None)
-        self._add_leg(stream, start=self._buffer.end, after=old)
+        # The quiet the old leg ended in starts the new one too: no words lie in it, and the
+        # new leg's first words are not the first thing it hears.
+        quiet = min(old.timer.quiet, self.policy.lead_in)
+        begin, lead = self._buffer.read(self._buffer.end - round(quiet * protocol.SAMPLE_RATE))
+        leg = self._add_leg(stream, start=begin, after=old)
         self._notify("handover", "Continuing on a new stream.")
+        if lead:
+            self.stats.lead_in_samples += len(lead) // 2
+            try:
+                await stream.send_audio(lead)
+                leg.sent += len(lead) // 2
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+                leg.failure = leg.failure or exc
+                await self._take_over(leg)
 
     async def _take_over(self, lost: _Leg) -> None:
         """Open a leg for ``lost``'s unfinished audio: replay it, then continue live (or finish
