@@ -157,6 +157,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.texts:
         out["seams_s"] = [round(x, 1) for x in seams]
+        out["seam_extra_lag_max_s"] = [
+            round(max(lags), 2) if lags else None
+            for lags in (
+                _seam_extra_lags(long, plain, chained, [seam], args.pace) for seam in seams
+            )
+        ]
         out["uninterrupted"] = plain.text
         out["chained"] = chained.text
     return out
