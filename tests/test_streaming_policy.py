@@ -322,6 +322,22 @@ def test_words_waiting_too_long_need_only_two_hypotheses() -> None:
     assert decode(policy, " a b c d").delta == "a b c"
 
 
+def test_a_passage_read_two_ways_by_turns_is_committed_once_it_has_waited() -> None:
+    # "ill-disposed", "old-sposed", "ill-disposed", ...: no two hypotheses in a row agree,
+    # but once the words have waited 1.5 s, one earlier hypothesis agreeing is enough.
+    policy = make(max_wait=1.5)
+    talk(policy, 1.0)
+    decode(policy, " ill-disposed.")
+    talk(policy, 0.5)
+    assert decode(policy, " old-sposed.").delta == ""
+    talk(policy, 0.5)
+    assert decode(policy, " ill-disposed. Had").delta == ""  # waited 1 s only
+    talk(policy, 0.5)
+    assert decode(policy, " old-sposed. Had he").delta == "old-sposed."
+    talk(policy, 0.5)
+    assert decode(policy, " Had he married").delta == " Had he"  # in a row again
+
+
 def test_hold_last_word_waits_for_a_following_word() -> None:
     policy = make(hold_last_word=True)
     talk(policy, 1.0)

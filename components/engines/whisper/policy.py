@@ -739,7 +739,7 @@ class StreamingPolicy:
         else:
             agreed = self._agreement(words, request.end, self.config.confirm_span)
             if not agreed and self.audio_end - self.waiting_since >= self.config.max_wait - EPS:
-                agreed = self._agreement(words, request.end, 0.0)
+                agreed = self._agreement_with_any(words)
             last_open = not hypothesis.pieces or hypothesis.pieces[-1].end is None
             if self.config.hold_last_word and agreed == len(words) and agreed and last_open:
                 agreed -= 1
@@ -752,8 +752,18 @@ class StreamingPolicy:
             self.unprompted = self.retried = False
         else:
             # Keep the hypotheses a later agreement may still need, without what was committed.
-            horizon = request.end - self.config.confirm_span - self.config.min_step
-            older = [(end, h[agreed:]) for end, h in self.history if end > horizon]
+            # While words wait, every hypothesis since they began waiting is kept: a passage
+            # the decoder reads two ways by turns agrees only with the one before last.
+            horizon = min(
+                request.end - self.config.confirm_span - self.config.min_step,
+                self.waiting_since - EPS,
+            )
+            done = [normalize_word(w) for w in words[:agreed]]
+            older = [
+                (end, h[agreed:])
+                for end, h in self.history
+                if end > horizon and [normalize_word(w) for w in h[:agreed]] == done
+            ]
             self.tail = words[agreed:]
             self.tail_no_speech = hypothesis.no_speech_prob
             self.history = [*older[-8:], (request.end, self.tail)]
@@ -914,6 +924,24 @@ class StreamingPolicy:
                 break
             agreed += 1
         return agreed
+
+    def _agreement_with_any(self, words: list[str]) -> int:
+        """Length of the longest prefix ``words`` shares with any one earlier tail.
+
+        Words that have waited ``max_wait`` are committed when two hypotheses agree on them,
+        in a row or not: a decoder that reads a passage two ways by turns ("ill-disposed",
+        "old-sposed", "ill-disposed") would otherwise hold every word after it until the
+        phrase ends.
+        """
+        best = 0
+        for _, tail in self.history:
+            shared = 0
+            for word, earlier in zip(words, tail, strict=False):
+                if normalize_word(word) != normalize_word(earlier):
+                    break
+                shared += 1
+            best = max(best, shared)
+        return best
 
     def _boundaries(
         self, request: DecodeRequest, hypothesis: Hypothesis, pieces: list[list[str]]
