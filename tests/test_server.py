@@ -454,6 +454,7 @@ async def test_served_model_name_is_the_only_accepted_id(bg: BackgroundLoop, eng
             event = await recv(ws, 10)
             assert event["code"] == "model_not_found" and "captions-v1" in event["error"]
             await ws.send(serialize(SessionUpdate(model="captions-v1")))
+            await ws.send(serialize(InputAudioBufferCommit()))
             await ws.send(serialize(InputAudioBufferCommit(final=True)))
             assert (await collect(ws))[-1]["type"] == "transcription.done"
 
