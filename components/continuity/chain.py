@@ -234,6 +234,10 @@ class ContinuousStream:
 
     async def _send(self, leg: _Leg, pcm16: bytes) -> None:
         self._buffer.append(pcm16)  # kept before sending: a failed send is replayed
+        await self._deliver(leg, pcm16)
+
+    async def _deliver(self, leg: _Leg, pcm16: bytes) -> None:
+        """Send audio the replay buffer already holds; a retryable failure hands it over."""
         leg.sent += len(pcm16) // 2
         try:
             await leg.stream.send_audio(pcm16)
@@ -286,14 +290,7 @@ class ContinuousStream:
         self._notify("handover", "Continuing on a new stream.")
         if lead:
             self.stats.lead_in_samples += len(lead) // 2
-            try:
-                await stream.send_audio(lead)
-                leg.sent += len(lead) // 2
-            except BackendError as exc:
-                if not exc.retryable:
-                    raise
-                leg.failure = leg.failure or exc
-                await self._take_over(leg)
+            await self._deliver(leg, lead)
 
     async def _take_over(self, lost: _Leg) -> None:
         """Open a leg for ``lost``'s unfinished audio: replay it, then continue live (or finish

@@ -917,13 +917,7 @@ class StreamingPolicy:
         earlier = [tail for end, tail in self.history if now - end <= span + EPS]
         if not earlier:
             earlier = [self.history[-1][1]]
-        agreed = 0
-        for i, word in enumerate(words):
-            norm = normalize_word(word)
-            if any(i >= len(h) or normalize_word(h[i]) != norm for h in earlier):
-                break
-            agreed += 1
-        return agreed
+        return min(_shared_prefix(words, tail) for tail in earlier)
 
     def _agreement_with_any(self, words: list[str]) -> int:
         """Length of the longest prefix ``words`` shares with any one earlier tail.
@@ -933,15 +927,7 @@ class StreamingPolicy:
         "old-sposed", "ill-disposed") would otherwise hold every word after it until the
         phrase ends.
         """
-        best = 0
-        for _, tail in self.history:
-            shared = 0
-            for word, earlier in zip(words, tail, strict=False):
-                if normalize_word(word) != normalize_word(earlier):
-                    break
-                shared += 1
-            best = max(best, shared)
-        return best
+        return max((_shared_prefix(words, tail) for _, tail in self.history), default=0)
 
     def _boundaries(
         self, request: DecodeRequest, hypothesis: Hypothesis, pieces: list[list[str]]
@@ -1017,3 +1003,13 @@ class StreamingPolicy:
         self.tail, self.history = [], []
         self._move_window(at, len(self.committed))
         self.forced_cuts += 1
+
+
+def _shared_prefix(words: list[str], other: list[str]) -> int:
+    """How many leading words ``words`` and ``other`` share (case and punctuation aside)."""
+    shared = 0
+    for word, theirs in zip(words, other, strict=False):
+        if normalize_word(word) != normalize_word(theirs):
+            break
+        shared += 1
+    return shared
