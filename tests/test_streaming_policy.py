@@ -309,6 +309,25 @@ def test_slow_steps_need_only_two_hypotheses() -> None:
     assert decode(policy, " the engine was busy").delta == "the engine"
 
 
+def test_short_steps_need_hypotheses_reaching_back_a_full_span() -> None:
+    # A shared engine steps a stream whenever it has a few tenths of a second of audio: two
+    # hypotheses 0.3 s apart heard nearly the same audio, and their agreement proves little.
+    policy = make(confirm_span=0.5, max_wait=10.0)
+    talk(policy, 1.0)
+    assert decode(policy, " one two").delta == ""
+    talk(policy, 0.5)
+    assert decode(policy, " one two three").delta == "one two"
+    talk(policy, 0.3)
+    # Only the hypothesis of 0.3 s ago has "three" (the one before stopped at "two"): with
+    # the previous hypothesis alone it would be confirmed now.
+    assert decode(policy, " three four").delta == ""
+    talk(policy, 0.3)
+    # Hypotheses 0.3 and 0.6 s old both have "three"; only the newer one has "four".
+    assert decode(policy, " three four five").delta == " three"
+    talk(policy, 0.3)
+    assert decode(policy, " four five six").delta == " four"
+
+
 def test_words_waiting_too_long_need_only_two_hypotheses() -> None:
     policy = make(confirm_span=1.0, max_wait=1.5)
     talk(policy, 1.0)
