@@ -200,15 +200,18 @@ async def test_a_handover_waits_for_a_pause(
 
 
 class ListeningBackend:
-    """The real backend, with the audio each of its streams was sent kept, in order."""
+    """The real backend, with the audio each of its streams was sent, and the context it was
+    opened with, kept in order."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.sent: list[bytearray] = []
+        self.contexts: list[str | None] = []
         self.max_stream_seconds = getattr(backend, "max_stream_seconds", None)
 
     async def open(self, **kwargs: Any) -> Any:
         stream = await self.backend.open(**kwargs)
+        self.contexts.append(kwargs["options"].context)
         heard = bytearray()
         self.sent.append(heard)
         real_send = stream.send_audio
@@ -221,11 +224,12 @@ class ListeningBackend:
         return stream
 
 
-async def test_a_new_leg_hears_the_quiet_its_predecessor_ended_in(
+async def test_a_new_leg_hears_the_quiet_and_reads_the_text_before_it(
     server: ServerURL, recording: Recording, uninterrupted: str
 ) -> None:
-    """A leg that started right at speech would hear its first words worst: each new leg
-    first gets the quiet the old one ended in, and no word is said twice."""
+    """A leg that started right at speech, knowing nothing of what was said, would hear its
+    first words worst: each new leg first gets the quiet the old one ended in, and the
+    transcript so far as its context; no word is said twice."""
     backend = ListeningBackend(RealtimeWSBackend(server.ws))
     policy = ContinuityPolicy(max_stream_seconds=20)
     result = await caption(backend, recording, policy=policy)  # type: ignore[arg-type]
@@ -236,6 +240,11 @@ async def test_a_new_leg_hears_the_quiet_its_predecessor_ended_in(
         assert after[:lead] == before[-lead:]  # the same audio, sent to both legs
         quiet = np.frombuffer(bytes(after[:lead]), "<i2").astype(np.float32) / 32768
         assert float(np.sqrt(np.mean(quiet**2))) < policy.pause_rms
+    assert backend.contexts[0] is None  # nothing was said before the first leg
+    shown = " ".join(result.text.split())
+    for context in backend.contexts[1:]:
+        assert context and len(context.split()) >= 5
+        assert context in shown  # the words the chain had shown before that leg's audio
     assert_continuous(result.text, uninterrupted, recording.reference)
 
 

@@ -77,12 +77,33 @@ def test_session_update_carries_language_and_prompt() -> None:
     assert p.parse_client_event(p.serialize(event)) == event
 
 
+def test_session_update_carries_the_text_said_before_its_audio() -> None:
+    frame = json.dumps({"type": "session.update", "model": "m", "context": " in the\n air, "})
+    event = p.parse_client_event(frame)
+    assert event == p.SessionUpdate(model="m", context="in the air,")
+    assert event.options.context == "in the air," and event.options
+    assert json.loads(p.serialize(event))["context"] == "in the air,"
+    assert p.parse_client_event(p.serialize(event)) == event
+
+
+def test_a_long_context_keeps_its_end_from_a_word_on() -> None:
+    words = " ".join(f"w{i}" for i in range(400))
+    context = p.SessionOptions.checked(context=words).context
+    assert context is not None and len(context) <= p.MAX_CONTEXT_CHARS
+    assert context.endswith("w398 w399") and words.endswith(context)
+    assert context.split()[0] in words.split()  # no word cut in half
+    with pytest.raises(p.ProtocolError) as info:
+        p.SessionOptions.checked(context=["air"])
+    assert info.value.code == "invalid_event"
+
+
 def test_blank_options_mean_none() -> None:
-    frame = '{"type":"session.update","model":"m","language":"","prompt":"  "}'
+    frame = '{"type":"session.update","model":"m","language":"","prompt":"  ","context":" "}'
     event = p.parse_client_event(frame)
     assert event == p.SessionUpdate(model="m")
     assert not event.options
     assert "language" not in p.serialize(event) and "prompt" not in p.serialize(event)
+    assert "context" not in p.serialize(event)
 
 
 def test_prompt_bound_is_inclusive() -> None:

@@ -653,6 +653,36 @@ def test_prompt_is_bounded_and_starts_at_a_word() -> None:
     assert f" {request.prompt}".startswith(" word")
 
 
+def test_context_is_the_prompt_of_a_new_stream_until_its_own_words_fill_it() -> None:
+    # A stream that continues a long session starts with the text said before its audio,
+    # as the committed words before the window are to a stream that never ended.
+    policy = make(prompt_chars=40)
+    policy.context = "when the sunlight strikes raindrops in the air,".split()
+    talk(policy, 1.0)
+    first = next_request(policy)
+    assert first.prefix == "" and first.prompt == "sunlight strikes raindrops in the air,"
+    policy.apply(first, Hypothesis.of(" they act as"))
+    talk(policy, 0.5)
+    assert decode(policy, " they act as a prism").delta == "they act as"
+    policy.committed += "and form a rainbow".split()
+    policy.window_words = 0  # everything committed lies before the window now
+    talk(policy, 0.5)
+    request = next_request(policy)
+    assert request.prompt.endswith("air, they act as and form a rainbow")
+    assert "they act as" not in policy.context  # the context is never transcribed
+    assert policy.transcript == "they act as and form a rainbow"
+
+
+def test_a_new_stream_echoing_its_context_is_cut() -> None:
+    policy = make(echo_words=5)
+    policy.context = "we are just saying some words".split()
+    talk(policy, 1.0)
+    request = next_request(policy)
+    echo = Hypothesis.of(" we are just saying some words and more")
+    # Five words of context said again in a second of audio: an echo, not speech.
+    assert policy.words_of(request, echo) == []
+
+
 def test_stale_request_is_refused() -> None:
     policy = make()
     talk(policy, 1.0)

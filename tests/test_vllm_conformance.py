@@ -451,7 +451,7 @@ SESSIONS: tuple[Session, ...] = (
         "session.update with keys beyond model",
         (
             Send(event("session.update", model=SERVED_MODEL, language="fr", voice="x")),
-            Send(event("session.update", model=SERVED_MODEL, partials=True)),
+            Send(event("session.update", model=SERVED_MODEL, partials=True, context="In the air,")),
             *REQUEST,
             Sync(),
         ),

@@ -171,7 +171,11 @@ class RealtimeWSBackend:
             created = await self._await_created(ws)
             session_id = created.id
             update = SessionUpdate(
-                model=model, partials=partials, language=options.language, prompt=options.prompt
+                model=model,
+                partials=partials,
+                language=options.language,
+                prompt=options.prompt,
+                context=options.context,
             )
             await ws.send(serialize(update))
             await ws.send(serialize(InputAudioBufferCommit(final=False)))

@@ -8,7 +8,9 @@ its first hiccup. :class:`ContinuousStream` is one stream to its user (the page'
 * **Planned handover.** When a leg nears its known limit, the first pause in speech (or, if
   nobody pauses, a hard deadline) ends it: it gets the final commit, the next leg opens and
   takes the audio from there on. The old leg's last text comes first, then the new leg's, so
-  the transcript is one text with nothing to repair at the seam.
+  the transcript is one text with nothing to repair at the seam. The new leg is opened with
+  the transcript so far as its ``context`` (a protocol extension that engines which cannot
+  read it ignore), so that it hears its first words as one stream would have.
 * **Unplanned loss.** Audio sent to a leg stays in a bounded replay buffer. When a leg breaks,
   a new one opens (with backoff; the attempt count resets after a leg that ran well) and gets
   the audio again from a little before the point its predecessor's text had reached. The
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -88,6 +91,8 @@ class _Leg:
     done: protocol.TranscriptionDone | None = None
     text: str = ""
     """What its deltas said."""
+    context: str = ""
+    """The text it was opened with as context (what was said before its audio)."""
     taken_over: bool = False
     """Another leg was opened for its unfinished audio."""
     events: asyncio.Queue[tuple[Any, ...]] = field(
@@ -281,12 +286,16 @@ class ContinuousStream:
             old.end / protocol.SAMPLE_RATE,
             old.age(self._clock()),
         )
-        stream = await self._open_leg(retiring=old, reason=None)
+        # What the old leg said so far (its last words may still be on their way) is the new
+        # leg's context: a decoder that starts without it hears the first words worst.
+        context = _tail(f"{old.context} {old.text}", protocol.MAX_CONTEXT_CHARS)
+        stream = await self._open_leg(retiring=old, reason=None, context=context)
         # The quiet the old leg ended in starts the new one too: no words lie in it, and the
         # new leg's first words are not the first thing it hears.
         quiet = min(old.timer.quiet, self.policy.lead_in)
         begin, lead = self._buffer.read(self._buffer.end - round(quiet * protocol.SAMPLE_RATE))
         leg = self._add_leg(stream, start=begin, after=old)
+        leg.context = context
         self._notify("handover", "Continuing on a new stream.")
         if lead:
             self.stats.lead_in_samples += len(lead) // 2
@@ -366,9 +375,18 @@ class ContinuousStream:
             await leg.stream.send_audio(piece)
             leg.sent += len(piece) // 2
 
-    async def _open_leg(self, *, retiring: _Leg | None, reason: BackendError | None) -> Any:
-        """A new backend stream, retried with backoff; raises once the attempts are spent."""
+    async def _open_leg(
+        self, *, retiring: _Leg | None, reason: BackendError | None, context: str = ""
+    ) -> Any:
+        """A new backend stream, retried with backoff; raises once the attempts are spent.
+
+        ``context`` (the text said before its audio) goes with the session's options when the
+        policy carries context over (``carry_context``).
+        """
         policy = self.policy
+        options = self.options
+        if context and policy.carry_context:
+            options = dataclasses.replace(options, context=context)
         while True:
             self._check_open()
             if self._failures > policy.max_failures:
@@ -377,7 +395,7 @@ class ContinuousStream:
                 delay = min(policy.backoff_cap, policy.backoff_base * 2 ** (self._failures - 1))
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             try:
-                return await self.backend.open(partials=self.partials, options=self.options)
+                return await self.backend.open(partials=self.partials, options=options)
             except Busy as exc:
                 if retiring is not None and not retiring.ended.is_set():
                     # The backend counts the retiring leg: open once it has finished.
@@ -629,6 +647,15 @@ class ContinuousStream:
             prompt_tokens=self._usage.prompt_tokens + usage.prompt_tokens,
             completion_tokens=self._usage.completion_tokens + usage.completion_tokens,
         )
+
+
+def _tail(text: str, chars: int) -> str:
+    """The end of ``text``, at most ``chars`` long, from a word on."""
+    text = " ".join(text.split())
+    if len(text) <= chars:
+        return text
+    cut = text[-chars:]
+    return cut.split(" ", 1)[1] if " " in cut else cut
 
 
 def _unsent_rest(sent: str, final: str) -> str:

@@ -16,6 +16,11 @@ extra key, and a plain client never sees the extra event, so compatibility holds
 context), as vLLM's clients after 0.34 send them. They are validated here (``unknown_language``,
 ``prompt_too_long``); whether an engine can act on them is the server's business. A refused
 ``session.update`` changes nothing and the session stays open.
+
+A second opt-in extension: ``context``, the transcript of what was said just before this
+session's audio (a client that continues a long session on a new stream sends the previous
+stream's text). An engine that reads text context (Whisper) hears the new stream's first words
+as it would have heard them in one stream; one that cannot ignores it, and so does vLLM.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ DEFAULT_MAX_APPEND_BYTES = 8 * 1024 * 1024
 
 PARTIALS_KEY = "partials"
 """``session.update`` key with which a client opts in to ``transcription.partial`` events."""
+
+CONTEXT_KEY = "context"
+"""``session.update`` key carrying the text said before the session's audio (an extension)."""
+
+MAX_CONTEXT_CHARS = 500
+"""The most of a ``context`` that is kept: its end (an engine reads only the latest text)."""
 
 MAX_PROMPT_CHARS = 500
 """Longest ``prompt`` accepted. Whisper reads at most 223 tokens of context; 500 characters
@@ -117,28 +128,34 @@ class SessionOptions:
     """What a client may ask of the transcription besides the model.
 
     ``language``: the ISO-639-1 code of the speech (None: the engine's default or its own
-    detection). ``prompt``: names, terms and context that steer spelling (None: none). Build it
-    with :meth:`checked` to get the codec's validation outside a frame.
+    detection). ``prompt``: names, terms and context that steer spelling (None: none).
+    ``context``: what was said just before the session's audio (None: nothing known); unlike
+    the prompt, it is never refused (an engine that cannot read it ignores it). Build it with
+    :meth:`checked` to get the codec's validation outside a frame.
     """
 
     language: str | None = None
     prompt: str | None = None
+    context: str | None = None
 
     @classmethod
     def checked(
         cls,
         language: object = None,
         prompt: object = None,
+        context: object = None,
         *,
         max_prompt_chars: int = MAX_PROMPT_CHARS,
     ) -> SessionOptions:
         """Validate and normalize; raise :class:`ProtocolError` with the option's code."""
         return cls(
-            language=_check_language(language), prompt=_check_prompt(prompt, max_prompt_chars)
+            language=_check_language(language),
+            prompt=_check_prompt(prompt, max_prompt_chars),
+            context=_check_context(context),
         )
 
     def __bool__(self) -> bool:
-        return self.language is not None or self.prompt is not None
+        return self.language is not None or self.prompt is not None or self.context is not None
 
 
 NO_OPTIONS = SessionOptions()
@@ -152,11 +169,12 @@ class SessionUpdate:
     partials: bool = False
     language: str | None = None
     prompt: str | None = None
+    context: str | None = None
     type: str = field(default="session.update", init=False)
 
     @property
     def options(self) -> SessionOptions:
-        return SessionOptions(language=self.language, prompt=self.prompt)
+        return SessionOptions(language=self.language, prompt=self.prompt, context=self.context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +278,8 @@ def to_dict(event: Event) -> dict[str, Any]:
                 out["language"] = language
             if prompt is not None:
                 out["prompt"] = prompt
+            if event.context is not None:
+                out[CONTEXT_KEY] = event.context
             return out
         case InputAudioBufferAppend(audio=audio):
             return {"type": event.type, "audio": base64.b64encode(audio).decode("ascii")}
@@ -358,13 +378,17 @@ def parse_client_event(
         if not isinstance(model, str):
             raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'model' must be a string")
         options = SessionOptions.checked(
-            obj.get("language"), obj.get("prompt"), max_prompt_chars=max_prompt_chars
+            obj.get("language"),
+            obj.get("prompt"),
+            obj.get(CONTEXT_KEY),
+            max_prompt_chars=max_prompt_chars,
         )
         return SessionUpdate(
             model=model,
             partials=obj.get(PARTIALS_KEY) is True,
             language=options.language,
             prompt=options.prompt,
+            context=options.context,
         )
     raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"Unknown event type: {kind}")
 
@@ -443,6 +467,21 @@ def _check_prompt(value: object, max_chars: int) -> str | None:
             "keep the names and terms that matter most",
         )
     return text
+
+
+def _check_context(value: object) -> str | None:
+    """None or blank mean none; a long context keeps its end, from a word on (the text just
+    before the audio is what matters, and an engine reads only its latest words)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'context' must be a string")
+    text = " ".join(value.split())
+    if len(text) > MAX_CONTEXT_CHARS:
+        text = text[-MAX_CONTEXT_CHARS:]
+        if " " in text:
+            text = text.split(" ", 1)[1]
+    return text or None
 
 
 def _str(value: object) -> str:

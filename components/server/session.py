@@ -303,11 +303,13 @@ class RealtimeSession:
                 self._partials = partials
                 self._options = event.options
                 self.log.debug(
-                    "session.update model=%s partials=%s language=%s prompt=%d chars",
+                    "session.update model=%s partials=%s language=%s prompt=%d chars "
+                    "context=%d chars",
                     model,
                     partials,
                     event.language,
                     len(event.prompt or ""),
+                    len(event.context or ""),
                 )
             case InputAudioBufferAppend(audio=audio):
                 return await self._append(audio)

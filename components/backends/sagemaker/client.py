@@ -275,6 +275,7 @@ class SageMakerBackend:
                 partials=partials,
                 language=options.language,
                 prompt=options.prompt,
+                context=options.context,
             )
         )
         return stream

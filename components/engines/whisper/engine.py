@@ -58,6 +58,7 @@ from components.engines.whisper.decoder import (
     WhisperDecoder,
 )
 from components.engines.whisper.policy import (
+    CONTEXT_WORDS,
     DecodeRequest,
     PolicyConfig,
     StreamingPolicy,
@@ -279,7 +280,11 @@ class WhisperEngine:
         """
         check_engine_options(self, options)
         state = StreamState(
-            policy=StreamingPolicy(self.policy, previews=partials),
+            policy=StreamingPolicy(
+                self.policy,
+                previews=partials,
+                context=(options.context or "").split()[-CONTEXT_WORDS:],
+            ),
             vad=VadStream(self.vad_model, self.vad_threshold),
             window=AudioWindow(),
             terms=options.prompt or "",
