@@ -309,7 +309,7 @@ def test_slow_steps_need_only_two_hypotheses() -> None:
     assert decode(policy, " the engine was busy").delta == "the engine"
 
 
-def test_short_steps_need_hypotheses_reaching_back_a_full_span() -> None:
+def test_short_steps_need_hypotheses_reaching_back_a_full_step() -> None:
     # A shared engine steps a stream whenever it has a few tenths of a second of audio: two
     # hypotheses 0.3 s apart heard nearly the same audio, and their agreement proves little.
     policy = make(confirm_span=0.5, max_wait=10.0)

@@ -6,9 +6,9 @@ text and which audio the next decode should see:
 
 * **Local agreement.** Each decode yields a hypothesis; the words that all hypotheses of the
   last ``confirm_span`` seconds agree on (their common prefix: three hypotheses at half-second
-  steps, two when steps are further apart; always reaching back a full span, so that short
-  steps do not confirm words on nearly the same audio) are *committed* and never change
-  again. The rest is the revisable *tail*, shown only as a partial. Words that wait longer
+  steps, two when steps are further apart; always reaching back at least a full step, so
+  that short steps do not confirm words on nearly the same audio) are *committed* and never
+  change again. The rest is the revisable *tail*, shown only as a partial. Words that wait longer
   than ``max_wait`` need only two agreeing hypotheses.
 * **Committed text is forced, not re-decided.** Committed words inside the window are given to
   the decoder as a forced prefix, so a hypothesis is only the continuation of the committed
@@ -164,7 +164,7 @@ class PolicyConfig:
         A busy engine steps each stream at uneven intervals, and a full second of agreement
         adds more lag than certainty there: in real time at six streams, agreement over a
         second (or 0.8 s) gave the same WER (0.081-0.087) with lag p95 2.1-2.7 s against
-        1.9-2.0 s. The agreeing hypotheses still reach back the whole half second (see
+        1.9-2.0 s. The agreeing hypotheses still reach back a whole step (see
         ``StreamingPolicy._agreement``): three at the 0.4 s steps a shared engine takes.
 
         The windows stay as long as alone. Short shared windows (cut at 3 s, keeping 1 s)
@@ -921,19 +921,19 @@ class StreamingPolicy:
         """Length of the prefix ``words`` shares with the earlier tails of the last ``span`` s.
 
         Every earlier tail at most ``span`` older than ``now`` must agree, and when none of
-        them is a full ``span`` old, so must the latest tail before them: the agreeing
-        hypotheses then reach back at least ``span``, however the audio was cut into steps. A
-        shared engine steps a stream whenever it has a few tenths of a second of new audio;
-        two hypotheses 0.3 s apart heard nearly the same audio and agree on the same wrong
-        words (six streams on a fixed schedule of 0.4 s steps: WER 0.093 with the previous
-        hypothesis alone, 0.066 reaching back half a second). When steps are further apart
-        than ``span`` (a busy engine), the previous tail alone. Without any earlier tail
-        there is no agreement yet.
+        them is a full step (``min_step``, at most ``span``) old, so must the latest tail
+        before them. A shared engine steps a stream whenever it has a few tenths of a second
+        of new audio; two hypotheses 0.3 s apart heard nearly the same audio and agree on the
+        same wrong words (six streams on a fixed schedule of 0.4 s steps: WER 0.093 with the
+        previous hypothesis alone, 0.066 reaching back half a second). When steps are
+        further apart than ``span`` (a busy engine), the previous tail alone. Without any
+        earlier tail there is no agreement yet.
         """
         if not self.history:
             return 0
+        reach = min(span, self.config.min_step)
         earlier = [(end, tail) for end, tail in self.history if now - end <= span + EPS]
-        if not earlier or now - earlier[0][0] < span - EPS:
+        if not earlier or now - earlier[0][0] < reach - EPS:
             before = [(end, tail) for end, tail in self.history if now - end > span + EPS]
             earlier = before[-1:] + earlier
         return min(_shared_prefix(words, tail) for _, tail in earlier)
