@@ -946,6 +946,28 @@ def test_a_final_decode_that_stops_short_of_the_speech_is_continued() -> None:
     assert policy.request() is None and policy.done
 
 
+def test_a_final_decode_that_adds_nothing_before_more_speech_restarts_the_window() -> None:
+    """The end of a backlog: a window of confirmed words, then six seconds of another
+    sentence. The final decode adds nothing after the confirmed words and closes their segment
+    six seconds before the end; decoding the same window with the same prefix again would
+    read the same, and settling it would drop the sentence. The window restarts there."""
+    policy = make()
+    agreed(policy, 8.0, " in the original one.")
+    talk(policy, 6.0)
+    policy.finish()
+    request = next_request(policy)
+    assert request.kind == "end" and request.prefix == "in the original one."
+    policy.apply(request, Hypothesis.of("", ends=(request.duration - 6.0,)))
+    again = next_request(policy)
+    assert again.kind == "end"
+    assert again.start == pytest.approx(request.end - 6.0) and again.prefix == ""
+    assert again.prompt.endswith("in the original one.")
+    policy.apply(again, Hypothesis.of(" Here's a long pause and I think this is probably good."))
+    said = "original one. Here's a long pause and I think this is probably good."
+    assert policy.transcript.endswith(said)
+    assert policy.request() is None and policy.done
+
+
 def test_a_phrase_four_times_on_end_is_a_loop_whatever_the_audio() -> None:
     policy = make()
     talk(policy, 6.0)

@@ -795,13 +795,22 @@ class StreamingPolicy:
                 self._move_window(request.end, len(self.committed))
                 self.forced_cuts += 1
             self.covered_until = self.window_start  # the words after the cut were dropped
-        elif stop is not None and request.final and stop > self.final_stop + EPS:
+        elif stop is not None and request.final and words and stop > self.final_stop + EPS:
             # The phrase's last decode ended its text at a segment end although speech goes
             # on long after it (a phrase said twice, heard once). Its words stay in the window
             # as the forced prefix, and the same audio is decoded once more for what follows
             # them: the segment end's time is too coarse to restart the window at.
             self.final_stop = stop
             self.covered_until = self.decoded_until = stop
+        elif stop is not None and request.final:
+            # It said nothing new before the stop (or stopped where the last one did): the
+            # same window with the same prefix would read the same, and settling it would
+            # drop the speech after the stop (a sentence at the end of a backlog, seconds of
+            # it). Like Whisper's own seek, the window restarts at the stop, and the speech
+            # after it gets a decode of its own, with the words before it as the prompt.
+            self._move_window(max(stop, self.final_stop), len(self.committed))
+            self.final_stop = -1.0
+            self.covered_until = self.decoded_until = self.window_start
         elif stop is not None and not request.final:
             # The decoder ended its text at a segment end although speech goes on long
             # after it: like Whisper's own seek, decode again from there.
