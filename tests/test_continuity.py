@@ -244,7 +244,7 @@ async def test_a_new_leg_hears_the_quiet_and_reads_the_text_before_it(
     shown = " ".join(result.text.split())
     for context in backend.contexts[1:]:
         assert context and len(context.split()) >= 5
-        assert context in shown  # the words the chain had shown before that leg's audio
+        assert context in shown, (context[-80:], shown)  # shown before that leg's audio
     assert_continuous(result.text, uninterrupted, recording.reference)
 
 

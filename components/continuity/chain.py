@@ -91,8 +91,8 @@ class _Leg:
     done: protocol.TranscriptionDone | None = None
     text: str = ""
     """What its deltas said."""
-    context: str = ""
-    """The text it was opened with as context (what was said before its audio)."""
+    drained: int = 0
+    """How much of ``text`` the reader of the chain has taken (the rest is queued)."""
     taken_over: bool = False
     """Another leg was opened for its unfinished audio."""
     events: asyncio.Queue[tuple[Any, ...]] = field(
@@ -288,14 +288,13 @@ class ContinuousStream:
         )
         # What the old leg said so far (its last words may still be on their way) is the new
         # leg's context: a decoder that starts without it hears the first words worst.
-        context = _tail(f"{old.context} {old.text}", protocol.MAX_CONTEXT_CHARS)
+        context = _tail(self._said_through(old), protocol.MAX_CONTEXT_CHARS)
         stream = await self._open_leg(retiring=old, reason=None, context=context)
         # The quiet the old leg ended in starts the new one too: no words lie in it, and the
         # new leg's first words are not the first thing it hears.
         quiet = min(old.timer.quiet, self.policy.lead_in)
         begin, lead = self._buffer.read(self._buffer.end - round(quiet * protocol.SAMPLE_RATE))
         leg = self._add_leg(stream, start=begin, after=old)
-        leg.context = context
         self._notify("handover", "Continuing on a new stream.")
         if lead:
             self.stats.lead_in_samples += len(lead) // 2
@@ -445,6 +444,16 @@ class ContinuousStream:
         self._legs_changed.set()
         return leg
 
+    def _said_through(self, last: _Leg) -> str:
+        """The transcript up to the end of what ``last`` has said: the text shown so far, and
+        what the legs up to ``last`` said that their reader has not taken yet."""
+        parts = [self._text]
+        for leg in self._legs:
+            parts.append(leg.text[leg.drained :])
+            if leg is last:
+                break
+        return " ".join(parts)
+
     def _lost(self, samples: int) -> None:
         self.stats.lost_samples += samples
         seconds = samples / protocol.SAMPLE_RATE
@@ -569,6 +578,7 @@ class ContinuousStream:
             mark = leg.start + leg.sent
             if kind == "delta":
                 text, mark = item[1], item[2]
+                leg.drained += len(text)
             if seam is not None and not seam.resolved:
                 if kind == "delta":
                     seam.held += text
