@@ -78,6 +78,8 @@ the same passage said again)."""
 SKIP_MIN_VOICE = 4.0
 """Seconds of voice a window needs before its word count is judged (short ones vary)."""
 REPEAT_EDGE_WORDS = 1
+"""Words a repeat may hold beyond the room ``REPEAT_RATE`` gives it (a word at the edge of the
+previous decode's audio)."""
 UNREAD_VOICE = 0.3
 """Seconds of voice after a cut decode's text that are decoded again rather than skipped
 (a word or two; less is the tail of the last word or a breath)."""
@@ -86,7 +88,6 @@ NEAR_SILENCE = 0.95
 speech: Whisper writes "you" or "Thank you." over a cough or an "uh" with a probability of
 0.97 that nothing was said. Real speech, even with a cold in a noisy room, stays below 0.9 in
 the evaluation set."""
-"""Words a repeat may hold beyond that (a word at the edge of the previous decode's audio)."""
 CONTEXT_WORDS = 64
 """Words of a stream's context (the text said before its audio) that are kept: more than the
 decoder's text prompt holds (``prompt_chars``) and than the guards look back."""
