@@ -231,7 +231,7 @@ async def test_a_new_leg_hears_the_quiet_and_reads_the_text_before_it(
     first words worst: each new leg first gets the quiet the old one ended in, and the
     transcript so far as its context; no word is said twice."""
     backend = ListeningBackend(RealtimeWSBackend(server.ws))
-    policy = ContinuityPolicy(max_stream_seconds=20)
+    policy = ContinuityPolicy(max_stream_seconds=20, carry_context=True)
     result = await caption(backend, recording, policy=policy)  # type: ignore[arg-type]
     assert result.stats.handovers >= 2
     assert result.stats.lead_in_samples > 0

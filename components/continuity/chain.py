@@ -8,9 +8,9 @@ its first hiccup. :class:`ContinuousStream` is one stream to its user (the page'
 * **Planned handover.** When a leg nears its known limit, the first pause in speech (or, if
   nobody pauses, a hard deadline) ends it: it gets the final commit, the next leg opens and
   takes the audio from there on. The old leg's last text comes first, then the new leg's, so
-  the transcript is one text with nothing to repair at the seam. The new leg is opened with
-  the transcript so far as its ``context`` (a protocol extension that engines which cannot
-  read it ignore), so that it hears its first words as one stream would have.
+  the transcript is one text with nothing to repair at the seam. With
+  ``ContinuityPolicy.carry_context``, the new leg is opened with the transcript so far as its
+  ``context`` (a protocol extension that engines which cannot read it ignore).
 * **Unplanned loss.** Audio sent to a leg stays in a bounded replay buffer. When a leg breaks,
   a new one opens (with backoff; the attempt count resets after a leg that ran well) and gets
   the audio again from a little before the point its predecessor's text had reached. The
@@ -288,7 +288,7 @@ class ContinuousStream:
         )
         # What the old leg said so far (its last words may still be on their way) is the new
         # leg's context: a decoder that starts without it hears the first words worst.
-        context = _tail(self._said_through(old), protocol.MAX_CONTEXT_CHARS)
+        context = protocol.context_tail(self._said_through(old))
         stream = await self._open_leg(retiring=old, reason=None, context=context)
         # The quiet the old leg ended in starts the new one too: no words lie in it, and the
         # new leg's first words are not the first thing it hears.
@@ -375,7 +375,7 @@ class ContinuousStream:
             leg.sent += len(piece) // 2
 
     async def _open_leg(
-        self, *, retiring: _Leg | None, reason: BackendError | None, context: str = ""
+        self, *, retiring: _Leg | None, reason: BackendError | None, context: str | None = None
     ) -> Any:
         """A new backend stream, retried with backoff; raises once the attempts are spent.
 
@@ -657,15 +657,6 @@ class ContinuousStream:
             prompt_tokens=self._usage.prompt_tokens + usage.prompt_tokens,
             completion_tokens=self._usage.completion_tokens + usage.completion_tokens,
         )
-
-
-def _tail(text: str, chars: int) -> str:
-    """The end of ``text``, at most ``chars`` long, from a word on."""
-    text = " ".join(text.split())
-    if len(text) <= chars:
-        return text
-    cut = text[-chars:]
-    return cut.split(" ", 1)[1] if " " in cut else cut
 
 
 def _unsent_rest(sent: str, final: str) -> str:

@@ -33,10 +33,13 @@ class ContinuityPolicy:
     heard there). A stream that starts right at speech hears its first words worst: the
     evaluation clips decoded from 0.15 s before their speech gave WER 0.085, from its onset
     0.103."""
-    carry_context: bool = True
+    carry_context: bool = False
     """Open the leg after a planned handover with the transcript so far as its ``context``
     (a protocol extension: an engine that reads text context hears the new leg's first words
-    as one stream would have; vLLM and engines that cannot read it ignore it)."""
+    as one stream would have; vLLM and engines that cannot read it ignore it). Off by
+    default: a new leg prompted with the sentence it follows sometimes repeats its last
+    words ("waiting. no longer. But he could wait no longer."), and on the continuity
+    bench it lost as many words as without it."""
     replay_seconds: float = 120.0
     """Audio kept for resending after a loss: the bound on what can be recovered."""
     replay_margin: float = 15.0

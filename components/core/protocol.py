@@ -476,7 +476,13 @@ def _check_context(value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'context' must be a string")
-    text = " ".join(value.split())
+    return context_tail(value)
+
+
+def context_tail(text: str) -> str | None:
+    """The end of ``text`` that a ``context`` keeps: whitespace runs collapsed, at most
+    ``MAX_CONTEXT_CHARS``, from a word on; None when nothing is left."""
+    text = " ".join(text.split())
     if len(text) > MAX_CONTEXT_CHARS:
         text = text[-MAX_CONTEXT_CHARS:]
         if " " in text:

@@ -771,11 +771,10 @@ class StreamingPolicy:
                 request.end - self.config.confirm_span - self.config.min_step,
                 self.waiting_since - EPS,
             )
-            done = [normalize_word(w) for w in words[:agreed]]
             older = [
                 (end, h[agreed:])
                 for end, h in self.history
-                if end > horizon and [normalize_word(w) for w in h[:agreed]] == done
+                if end > horizon and _shared_prefix(h, words[:agreed]) == agreed
             ]
             self.tail = words[agreed:]
             self.tail_no_speech = hypothesis.no_speech_prob
