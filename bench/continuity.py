@@ -13,7 +13,9 @@ on loopback:
   every open connection every ``--cut-every`` seconds of audio (a replay after each).
 
 Printed as JSON: WER of both against the references and their ratio (target <= 1.05); words
-lost (reference words the uninterrupted stream has and the chained one lacks; target 0);
+lost (reference words the uninterrupted stream has and the chained one lacks; target 0) and,
+for scale, words gained (the other way round: two streams that cut the same audio into other
+windows read a few hard words differently, either way);
 audio that could not be recovered (target 0); and the extra caption lag of the words in the
 5 s after each seam (chained minus uninterrupted, per word; p50/p95).
 """
@@ -150,6 +152,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "wer_ratio": ratio(wer_chained, wer_plain),
         "wer_chained_vs_uninterrupted": wer_of([(plain.text, chained.text)]),
         "words_lost": _words_lost(reference, plain.text, chained.text),
+        "words_gained": _words_lost(reference, chained.text, plain.text),
         "lost_audio_s": round(stats.lost_samples / 16_000, 2),
         "seam_extra_lag": lag_summary(_seam_extra_lags(long, plain, chained, seams, args.pace)),
         "targets": TARGETS,
