@@ -797,6 +797,34 @@ def test_after_a_loop_the_phrase_is_decoded_without_the_text_prompt() -> None:
     assert request.prompt  # the phrase was committed: back
 
 
+def test_a_prefix_that_leads_every_decode_into_a_loop_is_no_longer_forced() -> None:
+    """A word made up over a noise ("A.") is committed by two hypotheses that both began with
+    it; forced as the prefix, it makes each later decode say it over and over and keep
+    nothing, and the phrase's end would settle the speech after it unheard. The window's
+    words then stop being the prefix: its audio is read afresh, and words said again from
+    its start are dropped, so that nothing is said twice."""
+    policy = make()
+    agreed(policy, 1.0, " I have a cold.")
+    talk(policy, 0.5)
+    decode(policy, " A.", " The strict")
+    talk(policy, 0.5)
+    decode(policy, " A.", " Who's strict")
+    assert policy.transcript == "I have a cold. A."
+    talk(policy, 0.5)
+    request = next_request(policy)
+    assert request.prefix == "I have a cold. A."
+    policy.apply(request, Hypothesis.of(" A. A. A. A. A. A. A. A."))
+    assert policy.tail == [] and policy.transcript == "I have a cold. A."
+    talk(policy, 0.5)
+    request = next_request(policy)
+    assert request.prefix == "" and request.start == 0.0  # the same audio, nothing forced
+    policy.apply(request, Hypothesis.of(" I have a cold. The reporting environment"))
+    assert policy.tail == "The reporting environment".split()  # said again: dropped
+    talk(policy, 0.5)
+    decode(policy, " I have a cold. The reporting environment is")
+    assert policy.transcript == "I have a cold. A. The reporting environment"
+
+
 def test_segments_after_the_audio_and_loops_are_dropped() -> None:
     policy = make()
     talk(policy, 1.0)

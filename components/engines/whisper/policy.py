@@ -36,7 +36,10 @@ text and which audio the next decode should see:
   itself (counting the committed words it may have begun in) or ``echo_words`` words of
   recently committed text is a *suspect*, judged by the audio: kept if the new audio has room
   for its words at a human pace, cut where the repeat starts if it crowds them in (a loop or
-  an echo). After a loop, the decoder gets no text prompt until the phrase is committed.
+  an echo). After a loop, the decoder gets no text prompt until the phrase is committed;
+  when the forced prefix itself is what every decode loops on (a word made up over a noise
+  and committed), the window's words stop being forced and its audio is read afresh, minus
+  the words said again from its start.
 
 Times are seconds from the start of the stream. The engine holds the audio samples; this class
 holds only times and text, so it can be tested exhaustively with made-up hypotheses.
@@ -345,6 +348,12 @@ class StreamingPolicy:
     guarded: bool = False
     """The latest decode's words were cut by a loop or echo guard: its text says nothing of
     the audio after the cut, which is therefore not counted as decoded."""
+    respoken: list[str] = field(default_factory=list)
+    """Committed words whose audio is in the window but which are no longer its forced prefix
+    (the prefix led the decoder into a loop): a hypothesis that says them again has them
+    dropped from its start."""
+    prefix_looped: bool = False
+    """The latest decode looped on the forced prefix and kept no word of its own."""
     unprompted: bool = False
     """A hypothesis looped: decode without the text prompt until the phrase is committed.
     Earlier text is what most often leads a small model into a loop, and it tends to loop
@@ -592,7 +601,21 @@ class StreamingPolicy:
         if new_start > self.window_start:
             self._move_window(new_start, len(self.committed))
 
+    def _free_prefix(self) -> None:
+        """Stop forcing the window's committed words as the decoder's prefix: they lead it
+        into a loop (a word it made up over a noise, committed by two hypotheses that both
+        began with it, then every decode says it again and again and keeps nothing, until the
+        phrase's end settles seconds of speech unheard). The window keeps its audio; the next
+        decodes read it afresh, and a hypothesis that says those words again has them
+        dropped from its start (``respoken``), so that real words are not said twice."""
+        inside = self.committed[len(self.committed) - self.window_words :]
+        self.respoken = self.respoken + inside  # the window's audio holds both
+        self.window_words = 0
+        self.cuts = []
+        self.tail, self.history = [], []
+
     def _move_window(self, start: float, committed_before: int) -> None:
+        self.respoken = []
         self.window_start = start
         self.gaps = [g for g in self.gaps if g > start]
         self.window_words = len(self.committed) - committed_before
@@ -604,7 +627,7 @@ class StreamingPolicy:
 
         A loop also turns the text prompt off for the rest of the phrase (``unprompted``).
         """
-        self.guarded = False
+        self.guarded = self.prefix_looped = False
         if says_no_speech(hypothesis):
             return []
         pieces: list[list[str]] = []
@@ -615,6 +638,9 @@ class StreamingPolicy:
             if i == 0 and words and request.prefix and not piece.text[0].isspace():
                 words[0] = GLUE + words[0]  # continues the prefix's last word
             pieces.append(words)
+        if self.respoken:
+            said = _shared_prefix([w for p in pieces for w in p], self.respoken)
+            pieces = _drop_leading(pieces, said)
         flat = [w for p in pieces for w in p]
         # A glued loop ("the...the...the") is never speech.
         flat_end = next((i for i, w in enumerate(flat) if is_loop(w)), len(flat))
@@ -648,6 +674,11 @@ class StreamingPolicy:
             self.repeats_judged += 1
             if len(kept) == flat_end:
                 self.repeats_kept += 1
+        # Nothing of its own, only the prefix said over and over: the prefix itself (often a
+        # word the decoder made up over a noise, "A." committed twice) leads every decode of
+        # this window into the same loop. See ``_free_prefix``.
+        # (A loop whatever the audio: a repeat the audio may yet hold is only a suspect.)
+        self.prefix_looped = bool(flat) and flat_end == 0 and self.window_words > 0
         if len(kept) < len(flat):
             self.guarded = True
             left = len(kept)
@@ -732,6 +763,8 @@ class StreamingPolicy:
             # without the text prompt.
             self.retried = True
             self.unprompted = True
+            if self.prefix_looped:
+                self._free_prefix()
             return Update(delta="", partial=None)
         old_tail = self.tail
         if self.previewing:
@@ -829,6 +862,8 @@ class StreamingPolicy:
                 end = min(hypothesis.pieces[-1].end, request.duration)
                 self.settled_until = max(self.settled_until, request.start + end)
             self._trim(request, boundaries, base)
+            if self.prefix_looped and self.window_words and self.window_start == request.start:
+                self._free_prefix()
         return self._update(base, old_tail)
 
     def _apply_preview(self, request: DecodeRequest, hypothesis: Hypothesis) -> Update:
@@ -1037,6 +1072,16 @@ class StreamingPolicy:
         self.tail, self.history = [], []
         self._move_window(at, len(self.committed))
         self.forced_cuts += 1
+
+
+def _drop_leading(pieces: list[list[str]], n: int) -> list[list[str]]:
+    """``pieces`` without their first ``n`` words (every piece kept, even if emptied)."""
+    out = []
+    for words in pieces:
+        take = min(n, len(words))
+        out.append(words[take:])
+        n -= take
+    return out
 
 
 def _shared_prefix(words: list[str], other: list[str]) -> int:
