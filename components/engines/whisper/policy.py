@@ -91,6 +91,9 @@ NEAR_SILENCE = 0.95
 speech: Whisper writes "you" or "Thank you." over a cough or an "uh" with a probability of
 0.97 that nothing was said. Real speech, even with a cold in a noisy room, stays below 0.9 in
 the evaluation set."""
+PREFIX_LOOPS = 3
+"""Decodes in a row that loop on the forced prefix and keep nothing before it is no longer
+forced (one or two such decodes happen over real speech: "words words words words")."""
 CONTEXT_WORDS = 64
 """Words of a stream's context (the text said before its audio) that are kept: more than the
 decoder's text prompt holds (``prompt_chars``) and than the guards look back."""
@@ -354,6 +357,8 @@ class StreamingPolicy:
     dropped from its start."""
     prefix_looped: bool = False
     """The latest decode looped on the forced prefix and kept no word of its own."""
+    prefix_loops: int = 0
+    """Such decodes in a row."""
     unprompted: bool = False
     """A hypothesis looped: decode without the text prompt until the phrase is committed.
     Earlier text is what most often leads a small model into a loop, and it tends to loop
@@ -610,7 +615,7 @@ class StreamingPolicy:
         dropped from its start (``respoken``), so that real words are not said twice."""
         inside = self.committed[len(self.committed) - self.window_words :]
         self.respoken = self.respoken + inside  # the window's audio holds both
-        self.window_words = 0
+        self.window_words = self.prefix_loops = 0
         self.cuts = []
         self.tail, self.history = [], []
 
@@ -679,6 +684,7 @@ class StreamingPolicy:
         # this window into the same loop. See ``_free_prefix``.
         # (A loop whatever the audio: a repeat the audio may yet hold is only a suspect.)
         self.prefix_looped = bool(flat) and flat_end == 0 and self.window_words > 0
+        self.prefix_loops = self.prefix_loops + 1 if self.prefix_looped else 0
         if len(kept) < len(flat):
             self.guarded = True
             left = len(kept)
@@ -763,8 +769,8 @@ class StreamingPolicy:
             # without the text prompt.
             self.retried = True
             self.unprompted = True
-            if self.prefix_looped:
-                self._free_prefix()
+            if self.prefix_looped and self.prefix_loops >= PREFIX_LOOPS - 1:
+                self._free_prefix()  # the last chance: a final decode settles its audio
             return Update(delta="", partial=None)
         old_tail = self.tail
         if self.previewing:
@@ -862,7 +868,7 @@ class StreamingPolicy:
                 end = min(hypothesis.pieces[-1].end, request.duration)
                 self.settled_until = max(self.settled_until, request.start + end)
             self._trim(request, boundaries, base)
-            if self.prefix_looped and self.window_words and self.window_start == request.start:
+            if self.prefix_loops >= PREFIX_LOOPS and self.window_start == request.start:
                 self._free_prefix()
         return self._update(base, old_tail)
 
