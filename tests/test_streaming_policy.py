@@ -824,6 +824,12 @@ def test_a_prefix_that_leads_every_decode_into_a_loop_is_no_longer_forced() -> N
     talk(policy, 0.5)
     decode(policy, " I have a cold. The reporting environment is")
     assert policy.transcript == "I have a cold. A. The reporting environment"
+    talk(policy, 0.5)
+    request = next_request(policy)
+    assert request.prefix == ""  # still read from the window's start, until it moves
+    policy.apply(request, Hypothesis.of(" I have a cold. The reporting environment is also"))
+    assert policy.transcript == "I have a cold. A. The reporting environment is"
+    assert policy.tail == ["also"]  # "A." is in no re-reading: skipped, not a stop
 
 
 def test_segments_after_the_audio_and_loops_are_dropped() -> None:

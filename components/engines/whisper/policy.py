@@ -353,8 +353,9 @@ class StreamingPolicy:
     the audio after the cut, which is therefore not counted as decoded."""
     respoken: list[str] = field(default_factory=list)
     """Committed words whose audio is in the window but which are no longer its forced prefix
-    (the prefix led the decoder into a loop): a hypothesis that says them again has them
-    dropped from its start."""
+    (the prefix led the decoder into a loop), and the words committed after them until the
+    window moves: every decode reads the window from its start, and the words it says
+    again are dropped from its start."""
     prefix_looped: bool = False
     """The latest decode looped on the forced prefix and kept no word of its own."""
     prefix_loops: int = 0
@@ -644,7 +645,7 @@ class StreamingPolicy:
                 words[0] = GLUE + words[0]  # continues the prefix's last word
             pieces.append(words)
         if self.respoken:
-            said = _shared_prefix([w for p in pieces for w in p], self.respoken)
+            said = _said_again([w for p in pieces for w in p], self.respoken)
             pieces = _drop_leading(pieces, said)
         flat = [w for p in pieces for w in p]
         # A glued loop ("the...the...the") is never speech.
@@ -679,10 +680,10 @@ class StreamingPolicy:
             self.repeats_judged += 1
             if len(kept) == flat_end:
                 self.repeats_kept += 1
-        # Nothing of its own, only the prefix said over and over: the prefix itself (often a
-        # word the decoder made up over a noise, "A." committed twice) leads every decode of
-        # this window into the same loop. See ``_free_prefix``.
-        # (A loop whatever the audio: a repeat the audio may yet hold is only a suspect.)
+        # Nothing of its own, only the prefix said over and over (a loop whatever the audio;
+        # a repeat the audio may yet hold is only a suspect): the prefix itself, often a word
+        # the decoder made up over a noise ("A." committed twice), leads every decode of this
+        # window into the same loop. See ``_free_prefix``.
         self.prefix_looped = bool(flat) and flat_end == 0 and self.window_words > 0
         self.prefix_loops = self.prefix_loops + 1 if self.prefix_looped else 0
         if len(kept) < len(flat):
@@ -1038,7 +1039,12 @@ class StreamingPolicy:
 
     def _commit(self, words: list[str]) -> None:
         self.committed.extend(words)
-        self.window_words += len(words)
+        if self.respoken:
+            # The window's audio is read from its start: these words, too, are said again
+            # by every later decode, not forced (until the window moves).
+            self.respoken.extend(words)
+        else:
+            self.window_words += len(words)
 
     def _trim(self, request: DecodeRequest, boundaries: list[tuple[float, int]], base: int) -> None:
         """Keep the window short: cut at a committed segment end once it is long."""
@@ -1078,6 +1084,25 @@ class StreamingPolicy:
         self.tail, self.history = [], []
         self._move_window(at, len(self.committed))
         self.forced_cuts += 1
+
+
+RESPOKEN_SKIP = 2
+"""Words of ``respoken`` in a row that a re-reading may leave out (the made-up ones)."""
+
+
+def _said_again(words: list[str], respoken: list[str]) -> int:
+    """How many leading ``words`` say ``respoken`` again, in order, allowing the re-reading to
+    leave out a few of its words: those the decoder made up ("A.") are not in the audio."""
+    theirs = [normalize_word(w) for w in respoken]
+    j = said = 0
+    for i, word in enumerate(words):
+        norm = normalize_word(word)
+        ahead = theirs[j : j + RESPOKEN_SKIP + 1]
+        if norm not in ahead:
+            break
+        j += ahead.index(norm) + 1
+        said = i + 1
+    return said
 
 
 def _drop_leading(pieces: list[list[str]], n: int) -> list[list[str]]:
