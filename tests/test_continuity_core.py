@@ -32,13 +32,6 @@ def test_handover_points_scale_down_for_short_limits() -> None:
     assert POLICY.handover_points(10.0) == pytest.approx((6.5, 8.5))  # 35 % and 15 %
 
 
-def test_a_new_leg_hears_the_seconds_before_the_cut_up_to_a_fifth_of_its_limit() -> None:
-    assert POLICY.handover_overlap(LIMIT) == POLICY.overlap == 4.0
-    assert POLICY.handover_overlap(10.0) == pytest.approx(2.0)
-    assert POLICY.handover_overlap(None) == POLICY.overlap
-    assert ContinuityPolicy(overlap=0).handover_overlap(LIMIT) == 0
-
-
 def test_no_handover_without_a_limit_or_before_the_seek_point() -> None:
     timer = HandoverTimer(POLICY)
     assert timer.cut(99.0, None, quiet(1.0)) is None

@@ -7,9 +7,8 @@ its first hiccup. :class:`ContinuousStream` is one stream to its user (the page'
 
 * **Planned handover.** When a leg nears its known limit, the first pause in speech (or, if
   nobody pauses, a hard deadline) ends it: it gets the final commit, the next leg opens and
-  takes the audio from there on, after the last seconds before the pause (so that it hears
-  its first new words in context; the words it repeats are dropped as after a loss). The old
-  leg's last text comes first, then the new leg's. With
+  takes the audio from there on. The old leg's last text comes first, then the new leg's, so
+  the transcript is one text with nothing to repair at the seam. With
   ``ContinuityPolicy.carry_context``, the new leg is opened with the transcript so far as its
   ``context`` (a protocol extension that engines which cannot read it ignore).
 * **Unplanned loss.** Audio sent to a leg stays in a bounded replay buffer. When a leg breaks,
@@ -291,25 +290,15 @@ class ContinuousStream:
         # leg's context: a decoder that starts without it hears the first words worst.
         context = protocol.context_tail(self._said_through(old))
         stream = await self._open_leg(retiring=old, reason=None, context=context)
-        # The new leg first hears the end of what the old one heard (``policy.overlap``): its
-        # first words after the cut are then not the first thing it hears. It repeats the old
-        # leg's last words, found and dropped at its seam as a replay's are.
-        seconds = self.policy.handover_overlap(self._limit(old))
-        overlap = round(seconds * protocol.SAMPLE_RATE)
-        begin, audio = self._buffer.read(self._buffer.end - overlap)
-        leg = self._add_leg(
-            stream, start=begin, after=old, seam=Seam(replay_from=begin) if audio else None
-        )
+        # The quiet the old leg ended in starts the new one too: no words lie in it, and the
+        # new leg's first words are not the first thing it hears.
+        quiet = min(old.timer.quiet, self.policy.lead_in)
+        begin, lead = self._buffer.read(self._buffer.end - round(quiet * protocol.SAMPLE_RATE))
+        leg = self._add_leg(stream, start=begin, after=old)
         self._notify("handover", "Continuing on a new stream.")
-        if audio:
-            self.stats.overlap_samples += len(audio) // 2
-            try:
-                await self._replay(leg, audio)
-            except BackendError as exc:
-                if not exc.retryable:
-                    raise
-                leg.failure = leg.failure or exc
-                await self._take_over(leg)
+        if lead:
+            self.stats.lead_in_samples += len(lead) // 2
+            await self._deliver(leg, lead)
 
     async def _take_over(self, lost: _Leg) -> None:
         """Open a leg for ``lost``'s unfinished audio: replay it, then continue live (or finish
