@@ -356,10 +356,9 @@ class StreamingPolicy:
     (the prefix led the decoder into a loop), and the words committed after them until the
     window moves: every decode reads the window from its start, and the words it says
     again are dropped from its start."""
-    prefix_looped: bool = False
-    """The latest decode looped on the forced prefix and kept no word of its own."""
     prefix_loops: int = 0
-    """Such decodes in a row."""
+    """Decodes in a row (up to the latest) that looped on the forced prefix and kept no word
+    of their own."""
     unprompted: bool = False
     """A hypothesis looped: decode without the text prompt until the phrase is committed.
     Earlier text is what most often leads a small model into a loop, and it tends to loop
@@ -633,8 +632,9 @@ class StreamingPolicy:
 
         A loop also turns the text prompt off for the rest of the phrase (``unprompted``).
         """
-        self.guarded = self.prefix_looped = False
+        self.guarded = False
         if says_no_speech(hypothesis):
+            self.prefix_loops = 0
             return []
         pieces: list[list[str]] = []
         for i, piece in enumerate(hypothesis.pieces):
@@ -684,8 +684,8 @@ class StreamingPolicy:
         # a repeat the audio may yet hold is only a suspect): the prefix itself, often a word
         # the decoder made up over a noise ("A." committed twice), leads every decode of this
         # window into the same loop. See ``_free_prefix``.
-        self.prefix_looped = bool(flat) and flat_end == 0 and self.window_words > 0
-        self.prefix_loops = self.prefix_loops + 1 if self.prefix_looped else 0
+        looped_on_prefix = bool(flat) and flat_end == 0 and self.window_words > 0
+        self.prefix_loops = self.prefix_loops + 1 if looped_on_prefix else 0
         if len(kept) < len(flat):
             self.guarded = True
             left = len(kept)
@@ -770,7 +770,7 @@ class StreamingPolicy:
             # without the text prompt.
             self.retried = True
             self.unprompted = True
-            if self.prefix_looped and self.prefix_loops >= PREFIX_LOOPS - 1:
+            if self.prefix_loops >= PREFIX_LOOPS - 1:
                 self._free_prefix()  # the last chance: a final decode settles its audio
             return Update(delta="", partial=None)
         old_tail = self.tail
