@@ -66,64 +66,91 @@ class Replay:
         return self.deltas[0][0] - self.start if self.deltas else None
 
 
-def references(clips: list[Clip], model: Any, *, beam5: bool = True) -> list[Reference]:
-    """Offline transcripts (beam 1, and beam 5 if asked) and word end times from ``model``.
+def offline_segments(
+    model: Any, audio: np.ndarray, beam_size: int = 1, **options: Any
+) -> list[Any]:
+    """``model``'s offline transcription of ``audio``: greedy (or beam) without temperature
+    fallback, no voice filter and no previous text as context, as the streaming engine decodes.
 
-    ``model`` is a ``faster_whisper.WhisperModel``; decoding is greedy without temperature
-    fallback, over the whole clip, as the streaming engine decodes.
+    ``model`` is a ``faster_whisper.WhisperModel``.
     """
+    segments, _ = model.transcribe(
+        audio,
+        beam_size=beam_size,
+        temperature=0.0,
+        vad_filter=False,
+        condition_on_previous_text=False,
+        **options,
+    )
+    return list(segments)
 
-    def decode(audio: np.ndarray, beam_size: int, **options: Any) -> list[Any]:
-        segments, _ = model.transcribe(
-            audio,
-            beam_size=beam_size,
-            temperature=0.0,
-            vad_filter=False,
-            condition_on_previous_text=False,
-            **options,
-        )
-        return list(segments)
 
-    def joined(segments: list[Any]) -> str:
-        return " ".join(s.text.strip() for s in segments)
+def joined(segments: list[Any]) -> str:
+    """The text of offline segments."""
+    return " ".join(s.text.strip() for s in segments)
 
+
+def references(clips: list[Clip], model: Any, *, beam5: bool = True) -> list[Reference]:
+    """Offline transcripts (beam 1, and beam 5 if asked) and word end times from ``model``,
+    each clip decoded alone, over the whole clip (:func:`offline_segments`)."""
     out = []
     for clip in clips:
         audio = load_file(str(clip.path))
-        segments = decode(audio, 1, word_timestamps=True)
+        segments = offline_segments(model, audio, 1, word_timestamps=True)
         words: list[tuple[str, float]] = []
         for s in segments:
             for w in s.words or []:
                 for norm in normalize(w.word):
                     words.append((norm, float(w.end)))
-        text5 = joined(decode(audio, 5)) if beam5 else None
+        text5 = joined(offline_segments(model, audio, 5)) if beam5 else None
         out.append(Reference(clip, audio, joined(segments), text5, words))
     return out
 
 
-def _references_job(clip_ids: list[str], beam5: bool) -> list[Reference]:
+def offline_model() -> Any:
     from faster_whisper import WhisperModel
 
     from components.engines.whisper.engine import bundled_model_path
 
     path = os.environ.get("WHISPER_MODEL", "").strip() or str(bundled_model_path())
-    model = WhisperModel(path, device="cpu", compute_type="int8")
+    return WhisperModel(path, device="cpu", compute_type="int8")
+
+
+def _references_job(clip_ids: list[str], beam5: bool) -> list[Reference]:
     wanted = set(clip_ids)
-    return references([c for c in load_clips() if c.id in wanted], model, beam5=beam5)
+    return references([c for c in load_clips() if c.id in wanted], offline_model(), beam5=beam5)
 
 
-def references_apart(clips: list[Clip], *, beam5: bool = True) -> list[Reference]:
-    """:func:`references` computed in a child process with its own copy of the model.
+def _offline_job(audios: list[np.ndarray]) -> list[str]:
+    model = offline_model()
+    return [joined(offline_segments(model, audio)) for audio in audios]
 
-    The benchmark process then holds only the engine under test, so its memory figures are
-    the engine's.
-    """
+
+def _apart(job: Any, *args: Any) -> Any:
+    """``job(*args)`` in a child process with its own copy of the model: the benchmark
+    process then holds only the engine under test, so its memory figures are the engine's."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(_references_job, [c.id for c in clips], beam5).result()
+        return pool.submit(job, *args).result()
+
+
+def references_apart(clips: list[Clip], *, beam5: bool = True) -> list[Reference]:
+    """:func:`references`, computed in a child process (see :func:`_apart`)."""
+    return _apart(_references_job, [c.id for c in clips], beam5)
+
+
+def offline_texts_apart(audios: list[np.ndarray]) -> list[str]:
+    """The offline transcript of each recording as a whole (beam 1), in a child process.
+
+    A stream of clips back to back is one recording: its offline transcript is decoded in
+    Whisper's own 30 s windows, across the clips' seams, as a live stream hears them. The
+    clips' own offline transcripts (each decoded alone, from a clean start) are a different,
+    easier input.
+    """
+    return _apart(_offline_job, audios)
 
 
 def concatenate(refs: list[Reference], gap: float = 0.5) -> Reference:

@@ -17,7 +17,9 @@ few shifts, not one run. The streams are those of
 ``bench/capacity.py`` (whole evaluation clips back to back, each stream starting at another
 clip), run through the engine's own round function with the shared-engine policy.
 
-Printed as JSON: WER (overall and per stream), the caption lag a saturated engine would give
+Printed as JSON: WER (overall and per stream; against the clips' own offline transcripts and
+the offline transcript of each stream's recording as a whole, see ``bench/capacity.py``), the
+caption lag a saturated engine would give
 (every round lasting one step: a round's text arrives one step after its audio), the work done
 (decodes, generated and forced tokens, tokens generated past a decode's own limit because a
 batch companion was allowed more, seconds of audio encoded) and round times. Round times are
@@ -43,6 +45,7 @@ from bench.common import (
     Reference,
     Replay,
     lag_summary,
+    offline_texts_apart,
     ratio,
     references_apart,
     select_clips,
@@ -260,6 +263,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         texts, replays, rounds, slots = _replay(engine, streams, args.step)
     pairs = [(ref.clip.text, text) for ref, text in zip(streams, texts, strict=True)]
+    whole = offline_texts_apart([ref.audio for ref in streams])
+    same = [(ref.clip.text, text) for ref, text in zip(streams, whole, strict=True)]
     live = rounds[: int(args.seconds / args.step)]
     return {
         "bench": "fixed_schedule",
@@ -276,6 +281,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lag_if_saturated": lag_summary(_lags(streams, replays)),
         "offline_wer": wer_of([(ref.clip.text, ref.offline_text) for ref in streams]),
         "offline_wer_per_stream": [wer_of([(r.clip.text, r.offline_text)]) for r in streams],
+        "offline_wer_same_audio": wer_of(same),
+        "offline_wer_same_audio_per_stream": [wer_of([pair]) for pair in same],
         "work": _work(engine, slots),
         "round_s": {
             "mean": round(float(np.mean(live)), 3),

@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import offline_model, offline_segments  # noqa: E402
 from components.core.audio import load_file  # noqa: E402
 from components.core.evaluation import Clip, load_clips, normalize, wer  # noqa: E402
 
@@ -133,14 +134,7 @@ class ClipResult:
 
 
 def offline_words(model: Any, clip: Clip) -> Offline:
-    segments, _ = model.transcribe(
-        load_file(str(clip.path)),
-        beam_size=1,
-        temperature=0.0,
-        word_timestamps=True,
-        vad_filter=False,
-        condition_on_previous_text=False,
-    )
+    segments = offline_segments(model, load_file(str(clip.path)), word_timestamps=True)
     words: list[tuple[str, float, float]] = []
     for segment in segments:
         for w in segment.words or []:
@@ -342,11 +336,7 @@ def main() -> None:
     ids = list(clips) if args.all else (args.clips.split(",") if args.clips else DEFAULT_CLIPS)
     chosen = [clips[i] for i in ids]
 
-    from faster_whisper import WhisperModel
-
-    from components.engines.whisper.engine import bundled_model_path
-
-    model = WhisperModel(str(bundled_model_path()), device="cpu", compute_type="int8")
+    model = offline_model()
     references = {c.id: offline_words(model, c) for c in chosen}
     del model
 

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, ratio, replay
+from bench.common import joined, machine, offline_model, offline_segments, ratio, replay
 from components.core.audio import load_file
 from components.core.evaluation import Errors, errors, load_clips, load_conversations
 
@@ -74,20 +74,9 @@ def _cases(which: str, only: set[str] | None) -> list[Case]:
 
 
 def _offline(cases: list[Case]) -> None:
-    from faster_whisper import WhisperModel
-
-    from components.engines.whisper.engine import bundled_model_path
-
-    model = WhisperModel(str(bundled_model_path()), device="cpu", compute_type="int8")
+    model = offline_model()
     for case in cases:
-        segments, _ = model.transcribe(
-            case.audio,
-            beam_size=1,
-            temperature=0.0,
-            vad_filter=False,
-            condition_on_previous_text=False,
-        )
-        case.offline = " ".join(s.text.strip() for s in segments)
+        case.offline = joined(offline_segments(model, case.audio))
 
 
 async def _stream_all(cases: list[Case], pace: float) -> list[tuple[str, dict[str, Any]]]:
