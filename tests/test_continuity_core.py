@@ -14,8 +14,10 @@ from components.continuity.replay import ReplayBuffer, replay_start
 from components.core.audio import float_to_pcm16, loud_frames
 
 RATE = 16_000
-POLICY = ContinuityPolicy(handover_window=20.0, handover_margin=5.0, min_pause=0.3)
+# Any pause of 0.3 s will do (how long a pause is sought first is tested on its own below).
+POLICY = ContinuityPolicy(handover_window=20.0, handover_margin=5.0, min_pause=0.3, long_pause=0.3)
 LIMIT = 100.0  # seek a pause from age 80 s, end regardless at 95 s
+GRADED = ContinuityPolicy(handover_window=20.0, handover_margin=5.0, min_pause=0.3, long_pause=1.0)
 
 
 def speech(seconds: float) -> bytes:
@@ -57,6 +59,31 @@ def test_a_pause_may_span_chunks() -> None:
     loud_again.cut(85.0, LIMIT, quiet(0.2))
     assert loud_again.cut(85.2, LIMIT, speech(0.2)) is None
     assert loud_again.quiet == 0.0  # speech resets the quiet time
+
+
+def test_the_pause_sought_shrinks_from_a_full_stop_to_a_comma() -> None:
+    assert GRADED.pause_needed(70.0, LIMIT) == pytest.approx(1.0)
+    assert GRADED.pause_needed(80.0, LIMIT) == pytest.approx(1.0)
+    assert GRADED.pause_needed(83.75, LIMIT) == pytest.approx(0.65)
+    # From halfway to the end point on, any pause will do.
+    assert GRADED.pause_needed(87.5, LIMIT) == pytest.approx(0.3)
+    assert GRADED.pause_needed(95.0, LIMIT) == pytest.approx(0.3)
+
+
+def test_a_comma_pause_early_in_the_seek_window_does_not_end_the_leg() -> None:
+    timer = HandoverTimer(GRADED)
+    assert timer.cut(80.0, LIMIT, speech(0.5) + quiet(0.5) + speech(0.5)) is None
+    # A full stop does: the cut falls most of a second into the quiet (by then the pause
+    # sought has shrunk a little).
+    cut = timer.cut(81.5, LIMIT, quiet(1.5))
+    assert cut is not None and int(0.7 * RATE) * 2 <= cut <= int(1.0 * RATE) * 2
+
+
+def test_late_in_the_seek_window_a_comma_pause_is_enough() -> None:
+    timer = HandoverTimer(GRADED)
+    cut = timer.cut(88.0, LIMIT, speech(0.5) + quiet(0.5))
+    assert cut is not None and int(0.8 * RATE) * 2 <= cut <= int(0.85 * RATE) * 2
+    assert not timer.forced
 
 
 def test_without_a_pause_the_leg_ends_at_its_end_point() -> None:

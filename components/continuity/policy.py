@@ -25,7 +25,13 @@ class ContinuityPolicy:
     """How long before the limit a leg is ended even mid-speech (at most 15 % of the limit),
     leaving it time to deliver its last text."""
     min_pause: float = 0.3
-    """Quiet this long counts as a pause to hand over in."""
+    """Quiet this long counts as a pause to hand over in, near the end point."""
+    long_pause: float = 1.0
+    """Quiet this long is sought first: a speaker's full stop. A shorter pause is often a
+    comma, and a leg that starts there hears the rest of a sentence without its start (the
+    continuity bench lost the "they" of "in the air, they act as a prism" that way). The
+    pause asked for shrinks from this to ``min_pause`` over the first half of the seek
+    window."""
     pause_rms: float = 0.01
     """Frame loudness (about -40 dBFS) below which audio is quiet."""
     lead_in: float = 0.3
@@ -57,6 +63,16 @@ class ContinuityPolicy:
     Whisper model may skip its first sentence)."""
     seam_hold_seconds: float = 6.0
     """Longest a replaying leg's text is held back while its overlap is being found."""
+
+    def pause_needed(self, age: float, limit: float) -> float:
+        """The quiet (s) that ends a leg of ``age``: ``long_pause`` from the seek point on,
+        shrinking evenly to ``min_pause`` halfway to the end point. The second half takes
+        any pause: ending a leg mid-speech costs far more than ending it at a comma."""
+        seek_at, end_at = self.handover_points(limit)
+        longest = max(self.long_pause, self.min_pause)
+        half = max((end_at - seek_at) / 2, 1e-9)
+        progress = min(1.0, max(0.0, (age - seek_at) / half))
+        return longest - (longest - self.min_pause) * progress
 
     def handover_points(self, limit: float) -> tuple[float, float]:
         """(start seeking a pause, end regardless), as leg ages, for a leg limited to ``limit``."""
@@ -96,7 +112,8 @@ class ContinuityStats:
 @dataclass(slots=True)
 class HandoverTimer:
     """Where a leg with a known limit should end: in the first pause once its age passes the
-    policy's seek point, or regardless at its end point. Fed each chunk of audio as it is
+    policy's seek point (a long one first, any at the end: ``ContinuityPolicy.pause_needed``),
+    or regardless at its end point. Fed each chunk of audio as it is
     sent, with the leg's age at the chunk's start; keeps the quiet time it has run into."""
 
     policy: ContinuityPolicy
@@ -119,7 +136,7 @@ class HandoverTimer:
         for i, loud in enumerate(loud_frames(pcm16, self.policy.pause_rms, FRAME_SECONDS)):
             self.quiet = 0.0 if loud else self.quiet + FRAME_SECONDS
             at = age + (i + 1) * FRAME_SECONDS
-            if self.quiet >= self.policy.min_pause - 1e-9 and at >= seek_at:
+            if at >= seek_at and self.quiet >= self.policy.pause_needed(at, limit) - 1e-9:
                 return (i + 1) * frame * 2
         if age + seconds >= end_at:
             self.forced = True
