@@ -15,7 +15,8 @@ WER has two offline yardsticks. ``offline_wer`` joins the clips' own offline tra
 clip decoded alone from a clean start: an easier input than the stream, which hears the clips
 as one recording with half-second gaps (a new voice starts while the decoder still holds the
 last one in its window). ``offline_wer_same_audio`` is the offline transcript of each
-session's recording as a whole, the input the stream has. The machine load at the start is
+session's recording as a whole, the input the stream has (Whisper's long-form decoding, each
+30 s window with the text before it as context: ``bench.common.offline_texts_apart``). The machine load at the start is
 included: other work on the machine lowers capacity.
 """
 
