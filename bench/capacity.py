@@ -9,15 +9,15 @@ clip so no two say the same thing at once. A step passes when the caption lag p9
 sessions' words stays within ``--p95`` seconds (2.5 by default). The ramp stops after the first
 failing step (``--all`` runs every step). Printed as JSON: per step the lag figures, WER,
 overload warnings, CPU use and memory; the largest passing session count; and the process
-memory with the model loaded.
+memory with the model loaded. The machine load at the start is included: other work on the
+machine lowers capacity.
 
 WER has two offline yardsticks. ``offline_wer`` joins the clips' own offline transcripts, each
-clip decoded alone from a clean start: an easier input than the stream, which hears the clips
-as one recording with half-second gaps (a new voice starts while the decoder still holds the
-last one in its window). ``offline_wer_same_audio`` is the offline transcript of each
-session's recording as a whole, the input the stream has (Whisper's long-form decoding, each
-30 s window with the text before it as context: ``bench.common.offline_texts_apart``). The machine load at the start is
-included: other work on the machine lowers capacity.
+clip decoded alone from a clean start, which the stream never has: it hears the clips as one
+recording with half-second gaps (a new voice starts while the decoder still holds the last
+one in its window). ``offline_wer_same_audio`` is the offline transcript of each session's
+recording as a whole, the input the stream has (Whisper's long-form decoding, each 30 s
+window with the text before it as context: ``bench.common.offline_texts_apart``).
 """
 
 from __future__ import annotations
