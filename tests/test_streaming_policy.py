@@ -428,6 +428,52 @@ def test_pause_after_undecoded_speech_decodes_the_phrase_once_and_commits_it() -
     assert policy.request() is None
 
 
+def talk_voiced(policy: StreamingPolicy, seconds: float, *, voice: bool = True) -> None:
+    """:func:`talk`, with the detector's count of voiced seconds (as the engine gives it)."""
+    for _ in range(round(seconds * 10)):
+        end = policy.audio_end + 0.1
+        policy.push(0.1, end if voice else policy.last_voice, voiced=0.1 if voice else 0.0)
+
+
+def closed_early(policy: StreamingPolicy, speech: float) -> None:
+    """``speech`` seconds of speech that every decode reads as "his belly", closed at 2.0 s,
+    then a pause long enough to end the phrase."""
+    talk_voiced(policy, speech)
+    decode(policy, " his belly", ends=(2.0,))
+    talk_voiced(policy, 0.5, voice=False)
+    decode(policy, " his belly", ends=(2.0,))
+    assert policy.transcript == "his belly" and policy.tail == []
+    talk_voiced(policy, 0.5, voice=False)
+    assert policy.silence >= policy.config.commit_silence
+
+
+def test_a_pause_does_not_settle_speech_after_the_decoders_closed_text() -> None:
+    # "Stuff it into you, his belly counselled him", with the same sentence said again a
+    # second later: the decoder closed its text after "his belly" though the speech went on
+    # for 0.8 s. The pause does not settle that speech unheard: it is decoded on its own.
+    policy = make()
+    closed_early(policy, 2.8)
+    assert policy.settle() == Update(delta="", partial=None)
+    assert policy.window_start == pytest.approx(2.0)
+    request = next_request(policy)
+    assert request.kind == "phrase" and request.start == pytest.approx(2.0)
+    assert "his belly" in request.prompt
+    update = policy.apply(request, Hypothesis.of(" counselled him."))
+    assert update.delta == " counselled him."
+    assert policy.transcript == "his belly counselled him."
+    assert policy.unread_resumed == 1 and policy.request() is None
+
+
+def test_the_tail_of_the_last_word_after_a_closed_text_is_settled() -> None:
+    # 0.3 s of voice after the text's end: the end of its last word, or a breath.
+    policy = make()
+    closed_early(policy, 2.3)
+    policy.settle()
+    assert policy.window_start == pytest.approx(0.0)
+    assert policy.request() is None and policy.unread_resumed == 0
+    assert policy.transcript == "his belly"
+
+
 def test_end_of_audio_commits_everything_left() -> None:
     policy = make()
     talk(policy, 1.0)

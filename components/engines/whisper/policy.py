@@ -28,7 +28,8 @@ text and which audio the next decode should see:
   silence the phrase is committed whole: from the latest hypothesis if that one heard all the
   speech, else after one more decode; a lone hypothesis the decoder itself called nearly
   certain silence (``NEAR_SILENCE``: the "you" it writes over an "uh") is dropped instead.
-  The end of the audio commits the same way. A decode
+  The end of the audio commits the same way, except that speech after the latest decode's
+  closed text gets a final decode of its own rather than being settled unheard. A decode
   whose text stops at a segment end while speech goes on restarts the window there (Whisper's
   own "seek"), and a backlog is decoded in windows that end in pauses between words.
 * **Repetition guards.** Small Whisper models sometimes loop (the same words over and over)
@@ -86,6 +87,9 @@ previous decode's audio)."""
 UNREAD_VOICE = 0.3
 """Seconds of voice after a cut decode's text that are decoded again rather than skipped
 (a word or two; less is the tail of the last word or a breath)."""
+UNREAD_PHRASE_VOICE = 0.5
+"""Seconds of voice after a decode's closed text that keep a pause from settling the phrase
+(a word or two the decoder left out; less is often the tail of its last word)."""
 NEAR_SILENCE = 0.95
 """No-speech probability above which a lone hypothesis is the decoder's guess at a noise, not
 speech: Whisper writes "you" or "Thank you." over a cough or an "uh" with a probability of
@@ -335,6 +339,9 @@ class StreamingPolicy:
     """Hypotheses whose text repeated itself or recent committed text (loop or echo suspects)."""
     dropped_guesses: int = 0
     """Lone hypotheses of a noise (``NEAR_SILENCE``) not committed at the end of a phrase."""
+    unread_resumed: int = 0
+    """Pauses that found speech after the latest decode's text and decoded it (see
+    :meth:`settle`)."""
     repeats_kept: int = 0
     """Of those, the ones the audio had room for: kept as speech."""
     final_stop: float = -1.0
@@ -348,6 +355,9 @@ class StreamingPolicy:
     a stretch of the window holds."""
     tail_no_speech: float = 0.0
     """The no-speech probability of the decode that gave the tail."""
+    text_until: float | None = None
+    """Where the latest decode's text ended in the audio (its last segment's end), None if it
+    ran on to the end of the audio or said nothing of where it stopped."""
     guarded: bool = False
     """The latest decode's words were cut by a loop or echo guard: its text says nothing of
     the audio after the cut, which is therefore not counted as decoded."""
@@ -517,6 +527,19 @@ class StreamingPolicy:
         if self.decoded_until < self.last_voice + self.config.voice_margin - EPS:
             return None
         base, old_tail = len(self.committed), self.tail
+        unread = self._unread_at_pause()
+        if unread is not None:
+            # The decoder closed its text before the speech ended ("... his belly" over
+            # "... his belly counselled him", the same sentence said again a second later):
+            # settling would drop the rest unheard. Its words are committed and the rest
+            # gets a final decode of its own, with them as the prompt.
+            self._commit(self.tail)
+            self.tail, self.history = [], []
+            self._move_window(unread, len(self.committed))
+            self.covered_until = self.decoded_until = unread
+            self.text_until = None
+            self.unread_resumed += 1
+            return self._update(base, old_tail)
         if sum(1 for _, h in self.history if h) <= 1 and self.tail_no_speech >= NEAR_SILENCE:
             # One decode, nearly sure it heard nothing: a noise's words, never confirmed.
             # Committed, they would become the forced prefix of the speech that follows and
@@ -774,6 +797,7 @@ class StreamingPolicy:
                 self._free_prefix()  # the last chance: a final decode settles its audio
             return Update(delta="", partial=None)
         old_tail = self.tail
+        self.text_until = self._text_stop(request, hypothesis)
         if self.previewing:
             # A preview's guess is only on screen; decisions start from a clean tail.
             self.tail, self.previewing = [], False
@@ -959,6 +983,30 @@ class StreamingPolicy:
             return None
         voiced = self.voiced(end, request.end)
         return end if voiced is not None and voiced >= UNREAD_VOICE else None
+
+    def _text_stop(self, request: DecodeRequest, hypothesis: Hypothesis) -> float | None:
+        """Where ``hypothesis``'s text ended in the audio, if it closed its last segment (or
+        the engine measured it) and every word was kept: a text the guards or the no-speech
+        judgement dropped says nothing of where the speech is."""
+        if self.guarded or says_no_speech(hypothesis) or not hypothesis.pieces:
+            return None
+        last = hypothesis.pieces[-1].end
+        if last is None:
+            last = hypothesis.text_end
+        if last is None or last > request.duration:
+            return None
+        return request.start + last
+
+    def _unread_at_pause(self) -> float | None:
+        """Where the latest decode's text ended, when the voice detector heard at least
+        ``UNREAD_PHRASE_VOICE`` of speech after it (and the window would move forward)."""
+        end = self.text_until
+        if end is None or self.last_voice is None or self.previewing:
+            return None
+        if end <= self.window_start + self.config.min_step or end >= self.last_voice:
+            return None
+        voiced = self.voiced(end, self.last_voice)
+        return end if voiced is not None and voiced >= UNREAD_PHRASE_VOICE else None
 
     def _update(self, base: int, old_tail: list[str]) -> Update:
         new_words = self.committed[base:]
