@@ -949,16 +949,11 @@ class StreamingPolicy:
         second or more into the window, so that restarting the window there always makes
         progress.
         """
-        if self.tail or not hypothesis.pieces or self.last_voice is None:
+        if self.tail or self.last_voice is None:
             return None
-        if self.guarded or says_no_speech(hypothesis):
-            return None  # its text was dropped: where it ends says nothing of the speech
-        last = hypothesis.pieces[-1].end
-        if last is None:
-            last = hypothesis.text_end
-        if last is None or last < 0.5 or last > request.duration:
+        end = self._text_stop(request, hypothesis)
+        if end is None or end < request.start + 0.5:
             return None
-        end = request.start + last
         voice = min(self.last_voice, request.end)
         return end if voice >= end + 1.0 else None
 
@@ -971,15 +966,8 @@ class StreamingPolicy:
         ended instead. Only when every word of the decode was kept (a dropped text says
         nothing of where the speech is) and the window moves forward.
         """
-        if self.guarded or says_no_speech(hypothesis) or not hypothesis.pieces:
-            return None
-        last = hypothesis.pieces[-1].end
-        if last is None:
-            last = hypothesis.text_end
-        if last is None or last > request.duration:
-            return None
-        end = request.start + last
-        if end <= self.window_start + self.config.min_step:
+        end = self._text_stop(request, hypothesis)
+        if end is None or end <= self.window_start + self.config.min_step:
             return None
         voiced = self.voiced(end, request.end)
         return end if voiced is not None and voiced >= UNREAD_VOICE else None
