@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +53,9 @@ from bench.common import (
 )
 from components.core.evaluation import edit_distance, normalize
 from components.core.protocol import SAMPLE_RATE
-from components.engines.scheduler import Work
-from components.engines.whisper.engine import AudioWindow, StreamState, WhisperEngine
-from components.engines.whisper.policy import PolicyConfig, StreamingPolicy
-from components.engines.whisper.vad import VadStream
-
-
-class _Slot:
-    """What a round reads of a scheduler slot: the engine's per-stream state."""
-
-    def __init__(self, state: StreamState) -> None:
-        self.state = state
+from components.engines.whisper.engine import WhisperEngine
+from components.engines.whisper.fixed_steps import StepStream, run_fixed_steps
+from components.engines.whisper.policy import PolicyConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,44 +122,15 @@ def _engine(args: argparse.Namespace, sessions: int) -> WhisperEngine:
 
 def _replay(
     engine: WhisperEngine, streams: list[Reference], step_s: float
-) -> tuple[list[str], list[Replay], list[float], list[_Slot]]:
+) -> tuple[list[str], list[Replay], list[float], list[StepStream]]:
     """Every stream decoded in rounds of ``step_s`` new audio each: texts, deltas, round times."""
-    n = len(streams)
-    slots = [
-        _Slot(
-            StreamState(
-                StreamingPolicy(engine.policy, previews=False),
-                VadStream(engine.vad_model, engine.vad_threshold),
-                AudioWindow(),
-            )
-        )
-        for _ in streams
-    ]
-    texts = [""] * n
-    replays = [Replay(start=0.0) for _ in streams]
-    done = [False] * n
-    step = int(step_s * SAMPLE_RATE)
-    rounds: list[float] = []
-    position = 0
-    limit = max(len(s.audio) for s in streams) + 60 * SAMPLE_RATE
-    while not all(done) and position < limit:
-        work = [
-            Work(slot, ref.audio[position : position + step], position + step >= len(ref.audio))
-            for slot, ref, finished in zip(slots, streams, done, strict=True)
-            if not finished
-        ]
-        started = time.perf_counter()
-        outcomes = engine.run_round(work, shared=len(streams) > 1)
-        rounds.append(time.perf_counter() - started)
-        for w, outcome in zip(work, outcomes, strict=True):
-            i = slots.index(w.slot)  # type: ignore[arg-type]
-            texts[i] += outcome.delta
-            if outcome.delta:
-                # A saturated engine: the round took as long as the audio it was given.
-                replays[i].deltas.append(((position + 2 * step) / SAMPLE_RATE, outcome.delta))
-            done[i] = done[i] or outcome.done is not None
-        position += step
-    return texts, replays, rounds, slots
+    decoded, rounds = run_fixed_steps(engine, [ref.audio for ref in streams], step_s)
+    replays = []
+    for stream in decoded:
+        # A saturated engine: the round took as long as the audio it was given.
+        deltas = [(handed + step_s, delta) for handed, delta in stream.deltas]
+        replays.append(Replay(start=0.0, deltas=deltas))
+    return [s.text for s in decoded], replays, rounds, decoded
 
 
 def _shifted(ref: Reference, seconds: float) -> Reference:
@@ -188,7 +150,7 @@ def _lags(streams: list[Reference], replays: list[Replay]) -> list[float]:
     return lags
 
 
-def _work(engine: WhisperEngine, slots: list[_Slot]) -> dict[str, Any]:
+def _work(engine: WhisperEngine, slots: list[StepStream]) -> dict[str, Any]:
     decoder = engine.decoder
     return {
         "decodes": decoder.items,
@@ -207,7 +169,7 @@ def run_per_clip(args: argparse.Namespace) -> dict[str, Any]:
     engine = _engine(args, 1)
     texts: list[str] = []
     replays: list[Replay] = []
-    slots: list[_Slot] = []
+    slots: list[StepStream] = []
     for ref in refs:
         text, replay, _, slot = _replay(engine, [ref], args.step)
         texts += text

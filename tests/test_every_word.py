@@ -23,15 +23,8 @@ from components.continuity.policy import ContinuityPolicy
 from components.core.audio import float_to_pcm16
 from components.core.evaluation import Conversation, errors, load_conversations, normalize
 from components.core.protocol import SAMPLE_RATE, TranscriptionDone
-from components.engines.scheduler import Work
-from components.engines.whisper.engine import (
-    AudioWindow,
-    StreamState,
-    WhisperEngine,
-    bundled_model_path,
-)
-from components.engines.whisper.policy import StreamingPolicy
-from components.engines.whisper.vad import VadStream
+from components.engines.whisper.engine import WhisperEngine, bundled_model_path
+from components.engines.whisper.fixed_steps import run_fixed_steps
 from tests.support_relay import TcpRelay
 from tests.support_server import ServerURL, running_server
 from tests.test_continuity import Recording, caption, cut_at, relay_url
@@ -179,41 +172,15 @@ async def test_a_lost_connection_replayed_over_a_repeat_keeps_it(
     assert_every_word(case, result.text, offline[case.id])
 
 
-class _Slot:
-    """The part of a scheduler slot a round reads: the stream's state."""
-
-    def __init__(self, state: StreamState) -> None:
-        self.state = state
-
-
-def on_fixed_steps(engine: WhisperEngine, audio: np.ndarray, step: float) -> str:
-    """The audio through one stream of the engine's own rounds, each handed exactly ``step``
-    seconds of new audio: the decodes fall at the same places on every run."""
-    slot = _Slot(
-        StreamState(
-            StreamingPolicy(engine.policy, previews=False),
-            VadStream(engine.vad_model, engine.vad_threshold),
-            AudioWindow(),
-        )
-    )
-    size = round(step * SAMPLE_RATE)
-    text = ""
-    for start in range(0, len(audio) + 60 * SAMPLE_RATE, size):
-        piece = audio[start : start + size]
-        (outcome,) = engine.run_round([Work(slot, piece, start + size >= len(audio))], shared=False)
-        text += outcome.delta
-        if outcome.done is not None:
-            return text
-    raise AssertionError(f"the stream did not end: {text}")
-
-
-def test_a_sentence_said_again_a_second_later_keeps_its_end(engine: WhisperEngine) -> None:
+def test_a_sentence_said_again_a_second_later_keeps_its_end(
+    engine: WhisperEngine, cases: dict[str, Conversation]
+) -> None:
     """ "Stuff it into you, his belly counselled him", then the same a second later: decoded
     on half-second steps, the decoder closed the first one's text after "his belly" while
     its speech went on, and the pause used to settle "counselled him" unheard."""
-    whole = {c.id: c for c in load_conversations()}.get("eval-with-repeats")
-    if whole is None:
-        pytest.skip("speech evaluation set not found (set EVAL_DIR)")
-    text = on_fixed_steps(engine, whole.audio[: 30 * SAMPLE_RATE], 0.5)
+    assert cases  # the speech evaluation set is there (the fixture skips without it)
+    whole = {c.id: c for c in load_conversations()}["eval-with-repeats"]
+    ((stream,), _) = run_fixed_steps(engine, [whole.audio[: 30 * SAMPLE_RATE]], 0.5)
+    text = stream.text
     # "counselled" is read several ways; "him" ends each sentence.
     assert normalize(text).count("him") == 2, text
