@@ -537,7 +537,6 @@ class StreamingPolicy:
             self.tail, self.history = [], []
             self._move_window(unread, len(self.committed))
             self.covered_until = self.decoded_until = unread
-            self.text_until = None
             self.unread_resumed += 1
             return self._update(base, old_tail)
         if sum(1 for _, h in self.history if h) <= 1 and self.tail_no_speech >= NEAR_SILENCE:
@@ -966,11 +965,7 @@ class StreamingPolicy:
         ended instead. Only when every word of the decode was kept (a dropped text says
         nothing of where the speech is) and the window moves forward.
         """
-        end = self._text_stop(request, hypothesis)
-        if end is None or end <= self.window_start + self.config.min_step:
-            return None
-        voiced = self.voiced(end, request.end)
-        return end if voiced is not None and voiced >= UNREAD_VOICE else None
+        return self._speech_after(self._text_stop(request, hypothesis), request.end, UNREAD_VOICE)
 
     def _text_stop(self, request: DecodeRequest, hypothesis: Hypothesis) -> float | None:
         """Where ``hypothesis``'s text ended in the audio, if it closed its last segment (or
@@ -988,13 +983,17 @@ class StreamingPolicy:
     def _unread_at_pause(self) -> float | None:
         """Where the latest decode's text ended, when the voice detector heard at least
         ``UNREAD_PHRASE_VOICE`` of speech after it (and the window would move forward)."""
-        end = self.text_until
-        if end is None or self.last_voice is None or self.previewing:
+        if self.last_voice is None:
             return None
-        if end <= self.window_start + self.config.min_step or end >= self.last_voice:
+        return self._speech_after(self.text_until, self.last_voice, UNREAD_PHRASE_VOICE)
+
+    def _speech_after(self, end: float | None, until: float, least: float) -> float | None:
+        """``end``, if the voice detector heard ``least`` seconds of voice between it and
+        ``until`` and the window would move forward by restarting there."""
+        if end is None or end <= self.window_start + self.config.min_step or end >= until:
             return None
-        voiced = self.voiced(end, self.last_voice)
-        return end if voiced is not None and voiced >= UNREAD_PHRASE_VOICE else None
+        voiced = self.voiced(end, until)
+        return end if voiced is not None and voiced >= least else None
 
     def _update(self, base: int, old_tail: list[str]) -> Update:
         new_words = self.committed[base:]
