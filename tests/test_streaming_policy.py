@@ -234,6 +234,9 @@ def test_shared_policy_keeps_the_windows_and_takes_two_hypothesis_agreement() ->
         alone.max_window,
     )
     assert shared.confirm_span == 0.5 < alone.confirm_span
+    # Shared steps come often and unevenly: a longer agreement for doubted words cost lag
+    # there (six streams on the fixed schedule: p95 2.5 s against 2.0 s) for no accuracy.
+    assert shared.unsure_span == shared.confirm_span
     transcripts = []
     for config in (shared, alone):
         policy = StreamingPolicy(config, previews=False)
@@ -355,6 +358,40 @@ def test_a_passage_read_two_ways_by_turns_is_committed_once_it_has_waited() -> N
     assert decode(policy, " old-sposed. Had he").delta == "old-sposed."
     talk(policy, 0.5)
     assert decode(policy, " Had he married").delta == " Had he"  # in a row again
+
+
+def unsure(policy: StreamingPolicy, text: str, logprob: float) -> Update:
+    """Half a second more speech, decoded as ``text`` with a mean token log-probability."""
+    talk(policy, 0.5)
+    hypothesis = Hypothesis((Piece(text),), avg_logprob=logprob)
+    return policy.apply(next_request(policy), hypothesis)
+
+
+@pytest.mark.parametrize("logprob", [-0.1, -0.6])
+def test_words_the_decoder_is_unsure_of_wait_for_a_longer_agreement(logprob: float) -> None:
+    # A hoarse speaker's "sick corpus": the decoder reads it one way, then another once it
+    # hears more, and doubts every reading (mean token log-probability -0.55). Words it is
+    # sure of need the hypotheses of the last second to agree; words it doubts, those of
+    # the last two seconds.
+    policy = make(confirm_span=1.0, unsure_span=2.0, max_wait=10.0)
+    talk(policy, 0.5)
+    texts = (" sixth form", *[" sick corpus"] * 5)
+    deltas = [unsure(policy, text, logprob).delta for text in texts]
+    if logprob > policy.config.unsure_logprob:
+        assert deltas == ["", "", "", "sick corpus", "", ""]  # agreed since 1.5 s
+    else:
+        assert deltas == ["", "", "", "", "", "sick corpus"]  # "sixth" ruled out at 3.5 s
+
+
+def test_words_the_decoder_is_unsure_of_wait_longer_for_any_two_to_agree() -> None:
+    policy = make(confirm_span=1.0, unsure_span=2.0, max_wait=1.5)
+    talk(policy, 0.5)
+    texts = (" sixth form", " sick corpus", " six corpus", " sick corpus", " six corpus")
+    deltas = [unsure(policy, text, -0.6).delta for text in texts]
+    # No two in a row agree; sure words would be committed by any two after 1.5 s of
+    # waiting, doubted ones only after 2.5 s.
+    assert deltas == ["", "", "", "", ""]
+    assert unsure(policy, " sick corpus", -0.6).delta == "sick corpus"
 
 
 def test_hold_last_word_waits_for_a_following_word() -> None:

@@ -394,6 +394,10 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("WHISPER_CPU_THREADS", "1")
     monkeypatch.setenv("WHISPER_MAX_SESSIONS", "5")
     monkeypatch.setenv("WHISPER_STEP", "0.75")
+    monkeypatch.setenv("WHISPER_UNSURE_SPAN", "0")
+    with pytest.raises(EngineUnavailable, match="unsure_span"):
+        WhisperEngine.from_env()
+    monkeypatch.setenv("WHISPER_UNSURE_SPAN", "2")
     monkeypatch.setenv("WHISPER_MODEL", "/nonexistent/model-dir")
     with pytest.raises(EngineUnavailable, match="nonexistent"):
         WhisperEngine.from_env()
@@ -402,6 +406,7 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     try:
         assert configured.max_sessions == 5
         assert configured.policy.min_step == 0.75
+        assert configured.policy.unsure_span == 2.0
         assert configured.model == "whisper-tiny.en"
     finally:
         asyncio.run(configured.aclose())

@@ -250,6 +250,7 @@ class WhisperEngine:
                 min_step=_env_number("WHISPER_STEP", default.min_step, float),
                 commit_silence=_env_number("WHISPER_COMMIT_SILENCE", default.commit_silence, float),
                 confirm_span=_env_number("WHISPER_CONFIRM_SPAN", default.confirm_span, float),
+                unsure_span=_env_number("WHISPER_UNSURE_SPAN", default.unsure_span, float),
                 preview_step=_env_number("WHISPER_PREVIEW_STEP", default.preview_step, float),
             )
             return cls(

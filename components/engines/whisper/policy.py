@@ -9,7 +9,8 @@ text and which audio the next decode should see:
   steps, two when steps are further apart; always reaching back at least a full step, so
   that short steps do not confirm words on nearly the same audio) are *committed* and never
   change again. The rest is the revisable *tail*, shown only as a partial. Words that wait longer
-  than ``max_wait`` need only two agreeing hypotheses.
+  than ``max_wait`` need only two agreeing hypotheses. Optionally, the words of a decode the
+  decoder itself doubted (``unsure_logprob``) need the agreement of ``unsure_span`` seconds.
 * **Committed text is forced, not re-decided.** Committed words inside the window are given to
   the decoder as a forced prefix, so a hypothesis is only the continuation of the committed
   text; committed words before the window go into the decoder's text prompt. The window can
@@ -153,6 +154,14 @@ class PolicyConfig:
     max_wait: float = 1.5
     """Audio (s) unconfirmed words may wait for a full ``confirm_span`` agreement; after that,
     two agreeing hypotheses commit them (bounds the lag of hard passages)."""
+    unsure_logprob: float = -0.4
+    """Mean token log-probability of a decode below which the decoder doubted its words (a
+    tenth of the evaluation set's decodes; a hoarse speaker's every decode, -0.55 to -0.62,
+    read "sixth form this" for "sick corpus")."""
+    unsure_span: float = 1.0
+    """Agreement span (s) for the words of a doubted decode; the words that waited
+    ``max_wait`` wait as much longer for two hypotheses to agree. Above ``confirm_span`` it
+    trades lag for accuracy on hard passages (off by default, see docs/streaming.md)."""
     voice_margin: float = 0.25
     """Voice detected up to this long after committed speech still counts as that speech."""
     hold_last_word: bool = False
@@ -186,7 +195,8 @@ class PolicyConfig:
         1.48-1.50 s); at three and eight streams it rose by 7-8 % (1.51 against 1.41 s, 1.76
         against 1.63 s), well within the 2.5 s bound.
         """
-        return dataclasses.replace(self, confirm_span=min(self.confirm_span, SHARED_CONFIRM_SPAN))
+        span = min(self.confirm_span, SHARED_CONFIRM_SPAN)
+        return dataclasses.replace(self, confirm_span=span, unsure_span=span)
 
     def __post_init__(self) -> None:
         if self.min_step <= 0:
@@ -199,8 +209,8 @@ class PolicyConfig:
             raise ValueError("commit_silence must be positive and speech_pad not negative")
         if self.preview_step < 0:
             raise ValueError("preview_step must not be negative")
-        if self.confirm_span <= 0 or self.max_wait <= 0:
-            raise ValueError("confirm_span and max_wait must be positive")
+        if self.confirm_span <= 0 or self.max_wait <= 0 or self.unsure_span <= 0:
+            raise ValueError("confirm_span, unsure_span and max_wait must be positive")
         if self.prompt_chars < 0 or self.max_repeats < 2 or self.echo_words < 2:
             raise ValueError("prompt_chars must be >= 0, max_repeats and echo_words >= 2")
 
@@ -813,8 +823,12 @@ class StreamingPolicy:
         elif request.final:
             agreed = len(words)
         else:
-            agreed = self._agreement(words, request.end, self.config.confirm_span)
-            if not agreed and self.audio_end - self.waiting_since >= self.config.max_wait - EPS:
+            span, wait = self.config.confirm_span, self.config.max_wait
+            if hypothesis.avg_logprob < self.config.unsure_logprob:
+                wait += max(0.0, self.config.unsure_span - span)
+                span = max(span, self.config.unsure_span)
+            agreed = self._agreement(words, request.end, span)
+            if not agreed and self.audio_end - self.waiting_since >= wait - EPS:
                 agreed = self._agreement_with_any(words)
             last_open = not hypothesis.pieces or hypothesis.pieces[-1].end is None
             if self.config.hold_last_word and agreed == len(words) and agreed and last_open:
@@ -831,7 +845,9 @@ class StreamingPolicy:
             # While words wait, every hypothesis since they began waiting is kept: a passage
             # the decoder reads two ways by turns agrees only with the one before last.
             horizon = min(
-                request.end - self.config.confirm_span - self.config.min_step,
+                request.end
+                - max(self.config.confirm_span, self.config.unsure_span)
+                - self.config.min_step,
                 self.waiting_since - EPS,
             )
             older = [
