@@ -155,9 +155,9 @@ class PolicyConfig:
     """Audio (s) unconfirmed words may wait for a full ``confirm_span`` agreement; after that,
     two agreeing hypotheses commit them (bounds the lag of hard passages)."""
     unsure_logprob: float = -0.4
-    """Mean token log-probability of a decode below which the decoder doubted its words (a
-    tenth of the evaluation set's decodes; a hoarse speaker's every decode, -0.55 to -0.62,
-    read "sixth form this" for "sick corpus")."""
+    """Mean token log-probability of a decode below which the decoder doubted its words (one
+    in six of the conversation set's long case; a hoarse speaker's every decode, -0.55 to
+    -0.62, read "sixth form this" for "sick corpus")."""
     unsure_span: float = 1.0
     """Agreement span (s) for the words of a doubted decode; the words that waited
     ``max_wait`` wait as much longer for two hypotheses to agree. Above ``confirm_span`` it
