@@ -86,7 +86,10 @@ async def test_a_prompt_spells_the_name_and_no_prompt_changes_nothing(
     # asserted, as a paced stream's decode schedule follows the wall clock).
     blank, _ = await run(engine, audio, options=SessionOptions.checked(language="en", prompt=" "))
     assert heard in blank + " ", blank
-    prompted, _ = await run(engine, audio, options=SessionOptions(prompt=f"{name}, Boston"))
+    # Unpaced, so that the decode schedule does not follow the wall clock: at twice real time
+    # the first decodes sometimes begin with the prompt's last word ("Boston, yet these
+    # thoughts ..."), an echo of the terms that docs/language.md lists as a known limit.
+    prompted, _ = await run(engine, audio, pace=0, options=SessionOptions(prompt=f"{name}, Boston"))
     assert name in prompted, prompted
     assert wer(clips[clip_id].text, prompted) < wer(clips[clip_id].text, plain)
 
