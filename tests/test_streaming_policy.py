@@ -17,10 +17,13 @@ from components.engines.whisper.policy import (
 )
 
 
-def make(*, previews: bool = False, **overrides: object) -> StreamingPolicy:
+def make(
+    *, previews: bool = False, terms: frozenset[str] = frozenset(), **overrides: object
+) -> StreamingPolicy:
     """A policy with LocalAgreement-2 at half-second steps (no previews) unless told otherwise."""
     settings: dict[str, object] = {"confirm_span": 0.5, **overrides}
-    return StreamingPolicy(PolicyConfig(**settings), previews=previews)  # type: ignore[arg-type]
+    config = PolicyConfig(**settings)  # type: ignore[arg-type]
+    return StreamingPolicy(config, previews=previews, terms=terms)
 
 
 def talk(policy: StreamingPolicy, seconds: float, *, voice: bool = True) -> None:
@@ -1094,6 +1097,26 @@ def test_a_phrase_four_times_on_end_is_a_loop_whatever_the_audio() -> None:
     assert policy.words_of(request, loop) == [["thank", "you"]]
     three = Hypothesis.of(" stuff it into you stuff it into you stuff it into you")
     assert policy.words_of(request, three) == [["stuff", "it", "into", "you"] * 3]
+
+
+def test_a_loop_on_a_term_that_crowds_the_audio_keeps_no_copy() -> None:
+    """The decoder reads the session's terms before every window and may loop on the last one
+    over speech that says something else: ten "Boston," in two seconds. Other loops keep their
+    first copy (it usually was said); this one began in the context, so none of it is kept,
+    unless the audio has room for every copy (a person saying the term over and over)."""
+    looping = Hypothesis.of(" Boston," * 10)
+    policy = make(terms=frozenset({"hester", "prynne", "boston"}))
+    talk(policy, 2.0)
+    assert policy.words_of(next_request(policy), looping) == []
+    assert policy.guarded
+    other = make()  # the same loop without the terms: a loop of a word that was said
+    talk(other, 2.0)
+    assert other.words_of(next_request(other), looping) == [["Boston,"]]
+    roomy = make(terms=frozenset({"boston"}))
+    talk(roomy, 6.0)
+    assert roomy.words_of(next_request(roomy), looping) == [["Boston,"]]
+    said = Hypothesis.of(" Hester Prynne, Boston," + " Boston," * 9)  # loop after said words
+    assert policy.words_of(next_request(policy), said) == [["Hester", "Prynne,"]]
 
 
 def test_one_word_four_times_is_speech_and_what_follows_it_is_kept() -> None:

@@ -23,6 +23,7 @@ from components.core.protocol import (
 from components.engines.base import Engine, EngineError, EngineUnavailable
 from components.engines.whisper.decoder import DecodeItem, without_ellipses
 from components.engines.whisper.engine import WhisperEngine
+from components.engines.whisper.fixed_steps import run_fixed_steps
 from components.engines.whisper.vad import VadStream
 
 CHUNK = 1600  # 100 ms
@@ -86,12 +87,27 @@ async def test_a_prompt_spells_the_name_and_no_prompt_changes_nothing(
     # asserted, as a paced stream's decode schedule follows the wall clock).
     blank, _ = await run(engine, audio, options=SessionOptions.checked(language="en", prompt=" "))
     assert heard in blank + " ", blank
-    # Unpaced, so that the decode schedule does not follow the wall clock: at twice real time
-    # the first decodes sometimes begin with the prompt's last word ("Boston, yet these
-    # thoughts ..."), an echo of the terms that docs/language.md lists as a known limit.
+    # Unpaced, so that the decode schedule does not follow the wall clock (the schedules on
+    # which the decoder loops on the prompt's last word are the next test's).
     prompted, _ = await run(engine, audio, pace=0, options=SessionOptions(prompt=f"{name}, Boston"))
     assert name in prompted, prompted
     assert wer(clips[clip_id].text, prompted) < wer(clips[clip_id].text, plain)
+
+
+def test_a_loop_on_the_last_term_is_not_taken_for_speech(
+    engine: WhisperEngine, clips: dict[str, Clip]
+) -> None:
+    """With the prompt "Hester Prynne, Boston", the first decodes of this clip (a fifth of a
+    second of silence, then "Yet these thoughts ...") say "Boston, Boston, ..." over and over,
+    on a fixed schedule of 0.4 s steps with previews as on a page. The loop guard kept the
+    first "Boston,", and two such decodes committed it: the captions began with a word
+    nobody said."""
+    clip = clips[MISHEARD[0][0]]
+    audio = np.concatenate([np.zeros(SAMPLE_RATE // 5, np.float32), load_file(str(clip.path))])
+    options = SessionOptions(prompt="Hester Prynne, Boston")
+    ((stream,), _) = run_fixed_steps(engine, [audio], 0.4, options, previews=True)
+    assert "Boston" not in stream.text, stream.text
+    assert stream.text.lower().startswith("yet these thoughts affected hester prynne")
 
 
 async def test_terms_survive_a_shared_batch(engine: WhisperEngine, clips: dict[str, Clip]) -> None:

@@ -57,6 +57,7 @@ from components.engines.whisper.decoder import (
     DecodeItem,
     WhisperDecoder,
 )
+from components.engines.whisper.guards import normalize_word
 from components.engines.whisper.policy import (
     CONTEXT_WORDS,
     DecodeRequest,
@@ -267,6 +268,23 @@ class WhisperEngine:
 
     # ------------------------------------------------------------------ streams
 
+    def stream_state(self, options: SessionOptions = NO_OPTIONS, *, previews: bool) -> StreamState:
+        """A new stream's state: its policy (with the session's context and terms), voice
+        detector and audio window. ``previews`` runs preview decodes (worth it only if
+        someone reads partials)."""
+        return StreamState(
+            policy=StreamingPolicy(
+                self.policy,
+                previews=previews,
+                context=(options.context or "").split()[-CONTEXT_WORDS:],
+                terms=frozenset(normalize_word(w) for w in (options.prompt or "").split()),
+            ),
+            vad=VadStream(self.vad_model, self.vad_threshold),
+            window=AudioWindow(),
+            terms=options.prompt or "",
+            language=options.language,
+        )
+
     async def transcribe(
         self,
         audio: AsyncIterator[np.ndarray],
@@ -280,17 +298,7 @@ class WhisperEngine:
         captions lag because the machine cannot keep every stream real time.
         """
         check_engine_options(self, options)
-        state = StreamState(
-            policy=StreamingPolicy(
-                self.policy,
-                previews=partials,
-                context=(options.context or "").split()[-CONTEXT_WORDS:],
-            ),
-            vad=VadStream(self.vad_model, self.vad_threshold),
-            window=AudioWindow(),
-            terms=options.prompt or "",
-            language=options.language,
-        )
+        state = self.stream_state(options, previews=partials)
         slot = self.scheduler.open(f"whisper-{uuid.uuid4().hex[:8]}", state, partials=partials)
         feeder = asyncio.create_task(self._feed(slot, audio), name=f"feed {slot.id}")
         log.info("[%s] stream started (%d active)", slot.id, self.scheduler.active)

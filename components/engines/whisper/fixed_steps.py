@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components.core.protocol import SAMPLE_RATE
+from components.core.protocol import NO_OPTIONS, SAMPLE_RATE, SessionOptions
 from components.engines.scheduler import Work
-from components.engines.whisper.engine import AudioWindow, StreamState, WhisperEngine
-from components.engines.whisper.policy import StreamingPolicy
-from components.engines.whisper.vad import VadStream
+from components.engines.whisper.engine import StreamState, WhisperEngine
 
 
 @dataclass
@@ -33,21 +31,18 @@ class StepStream:
 
 
 def run_fixed_steps(
-    engine: WhisperEngine, audios: list[np.ndarray], step: float
+    engine: WhisperEngine,
+    audios: list[np.ndarray],
+    step: float,
+    options: SessionOptions = NO_OPTIONS,
+    *,
+    previews: bool = False,
 ) -> tuple[list[StepStream], list[float]]:
     """Decode every recording of ``audios`` as one stream of ``engine``, all at once, in rounds
     of ``step`` seconds of new audio each (several streams follow the shared policy, one the
-    lone policy); the streams, and how long each round took."""
-    streams = [
-        StepStream(
-            StreamState(
-                StreamingPolicy(engine.policy, previews=False),
-                VadStream(engine.vad_model, engine.vad_threshold),
-                AudioWindow(),
-            )
-        )
-        for _ in audios
-    ]
+    lone policy), each with the session ``options``; the streams, and how long each round
+    took."""
+    streams = [StepStream(engine.stream_state(options, previews=previews)) for _ in audios]
     size = int(step * SAMPLE_RATE)
     rounds: list[float] = []
     position = 0

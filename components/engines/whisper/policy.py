@@ -310,6 +310,10 @@ class StreamingPolicy:
     """Words said before the stream's audio (a previous stream's transcript, when a long
     session continues on a new stream): text context for the first decodes, as the committed
     words before the window are later, and for the repetition guards; never transcribed."""
+    terms: frozenset[str] = frozenset()
+    """The session's names and terms (its prompt) as normalised words. The decoder reads them
+    before every window, and a small model sometimes loops on the last of them over audio
+    that says something else ("Boston, Boston, Boston, ..." before "Yet these thoughts ...")."""
     committed: list[str] = field(default_factory=list)
     """Every committed word, in order (the transcript is their join)."""
     tail: list[str] = field(default_factory=list)
@@ -695,7 +699,7 @@ class StreamingPolicy:
         )
         cut = min(len(stutter), len(chant)) - len(recent)
         if cut < flat_end:
-            flat_end = cut
+            flat_end = cut - self._term_loop(request, flat, cut)
             self.unprompted = True
         looped = cut_repetition(recent + flat[:flat_end], reps, after=len(recent), min_ngram=2)
         loop_at = len(looped) - len(recent)
@@ -729,6 +733,25 @@ class StreamingPolicy:
                 left -= len(p)
             pieces = out
         return pieces
+
+    def _term_loop(self, request: DecodeRequest, flat: list[str], cut: int) -> int:
+        """How many words before ``cut`` (the first copy of a loop the guards cut) to drop too:
+        the whole copy, when it is made of the session's terms and the loop crowds more words
+        into the audio than it has room for.
+
+        The guards keep a loop's first copy, since the loop usually began on a word that was
+        said. A loop on the terms began in the decoder's context instead: kept, two such
+        decodes agreed on a word nobody said. A person who says a term over and over takes
+        the time of the words, and keeps it.
+        """
+        if not self.terms or cut <= 0:
+            return 0
+        norm = [normalize_word(w) for w in flat]
+        for n in range(1, min(cut, 8) + 1):
+            unit = norm[cut - n : cut]
+            if unit == norm[cut : cut + n] and all(w in self.terms for w in unit):
+                return 0 if self._audio_holds(request, len(flat)) else n
+        return 0
 
     def voiced(self, start: float, end: float) -> float | None:
         """Seconds of voice the detector heard in ``[start, end)`` (None if it did not say)."""
