@@ -18,6 +18,8 @@ recording with half-second gaps (a new voice starts while the decoder still hold
 one in its window). ``offline_wer_same_audio`` is the offline transcript of each session's
 recording as a whole, the input the stream has (Whisper's long-form decoding, each 30 s
 window with the text before it as context: ``bench.common.offline_texts_apart``).
+``--alone`` adds a third, the one a shared session is held to: each session's audio replayed
+alone in real time, one after the other, with the engine to itself.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="run every step, even after a failure")
     p.add_argument("--clips", type=int, default=None, help="use only the first N clips")
     p.add_argument("--only", type=int, default=None, help="run just this many sessions")
+    p.add_argument(
+        "--alone",
+        action="store_true",
+        help="also replay each session's audio alone, one after the other (the single-stream "
+        "WER a shared session is held to; n x --seconds more per step)",
+    )
     return p
 
 
@@ -107,6 +115,7 @@ async def _step(
         "offline_wer": wer_of(offline),
         "ratio_vs_offline": ratio(wer_of(pairs), wer_of(offline)),
         "offline_wer_same_audio": wer_of(same),
+        "offline_wer_same_audio_per_session": [wer_of([pair]) for pair in same],
         "ratio_vs_offline_same_audio": ratio(wer_of(pairs), wer_of(same)),
         "overloaded_warnings": warnings,
         "other_errors": [
@@ -123,6 +132,21 @@ async def _step(
         },
         "memory": rss_mb(),
         "machine_after": machine(),
+    }
+
+
+async def _alone(backend: Any, sessions: list[Reference], shared_wer: float) -> dict[str, Any]:
+    """Each session's audio replayed alone at real time: the WER a session would have had with
+    the engine to itself, which sharing it should keep."""
+    pairs = []
+    for ref in sessions:
+        stream = await backend.open()
+        pairs.append((ref.clip.text, (await replay(stream, ref.audio, pace=1.0)).text))
+    alone = wer_of(pairs)
+    return {
+        "wer": alone,
+        "wer_per_session": [wer_of([pair]) for pair in pairs],
+        "ratio_shared_vs_alone": ratio(shared_wer, alone),
     }
 
 
@@ -145,6 +169,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         ]
         whole = offline_texts_apart([ref.audio for ref in sessions])
         result = await _step(backend, engine, sessions, whole)
+        if args.alone:
+            result["alone"] = await _alone(backend, sessions, result["wer"])
         p95 = result["lag"]["p95_s"]
         result["passed"] = p95 is not None and p95 <= args.p95
         steps.append(result)
