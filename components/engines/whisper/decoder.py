@@ -451,10 +451,16 @@ class WhisperDecoder:
                     tokens = tokens[:limit]
                 hypothesis = self._hypothesis(result, tokens, tally)
                 if items[i].locate_end and hypothesis.pieces and hypothesis.pieces[-1].end is None:
+                    # Where the open text's last word ends in the audio.
                     text = [t for t in forced[1:] + tokens if t < self.tokenizer.eot]
-                    end = self._text_end(
-                        encoded[i], text, len(items[i].audio), items[i].language, tally
+                    spoken = (
+                        self._aligned_words(
+                            encoded[i], text, len(items[i].audio), items[i].language, tally
+                        )
+                        if text
+                        else []
                     )
+                    end = float(spoken[-1]["end"]) if spoken else None
                     hypothesis = dataclasses.replace(hypothesis, text_end=end)
                 out[places[i]] = hypothesis
 
@@ -508,18 +514,6 @@ class WhisperDecoder:
         words = self.model.find_alignment(tokenizer, [text], storage, frames)[0]  # type: ignore[attr-defined]
         tally.seconds["align"] += time.perf_counter() - started
         return [w for w in words if w["tokens"] and max(w["tokens"]) < self.tokenizer.eot]
-
-    def _text_end(
-        self,
-        encoded: np.ndarray,
-        text: list[int],
-        samples: int,
-        language: str | None,
-        tally: Tally,
-    ) -> float | None:
-        """End (s) of the last word of ``text`` in the window."""
-        spoken = self._aligned_words(encoded, text, samples, language, tally) if text else []
-        return float(spoken[-1]["end"]) if spoken else None
 
     def pieces(self, tokens: list[int]) -> tuple[Piece, ...]:
         """Split generated tokens at timestamp tokens into pieces of text with boundaries."""
