@@ -66,7 +66,7 @@ def test_config_rejects_inconsistent_values() -> None:
     with pytest.raises(ValueError):
         PolicyConfig(min_step=0)
     with pytest.raises(ValueError):
-        PolicyConfig(keep_audio=12.0)  # not below trim_at
+        PolicyConfig(keep_audio=16.0)  # not below trim_at
     with pytest.raises(ValueError):
         PolicyConfig(max_window=30.0)
     with pytest.raises(ValueError):
@@ -227,15 +227,16 @@ def test_previews_are_off_without_a_reader_of_partials() -> None:
 # --------------------------------------------------------------------------- agreement
 
 
-def test_shared_policy_keeps_the_windows_and_takes_two_hypothesis_agreement() -> None:
+def test_shared_policy_takes_shorter_windows_and_two_hypothesis_agreement() -> None:
     alone = PolicyConfig()
     shared = alone.shared()
-    # Long windows keep the acoustic context that noisy and spontaneous speech needs.
-    assert (shared.trim_at, shared.keep_audio, shared.max_window) == (
-        alone.trim_at,
-        alone.keep_audio,
-        alone.max_window,
-    )
+    # Every shared window is encoded in every round: shorter, yet long enough to keep the
+    # acoustic context that noisy and spontaneous speech needs.
+    assert (shared.trim_at, shared.keep_audio, shared.max_window) == (10.0, 4.0, 15.0)
+    assert alone.trim_at > shared.trim_at and alone.keep_audio > shared.keep_audio
+    # A configuration with shorter windows than these keeps its own.
+    short = PolicyConfig(trim_at=6.0, keep_audio=2.0, max_window=8.0).shared()
+    assert (short.trim_at, short.keep_audio, short.max_window) == (6.0, 2.0, 8.0)
     assert shared.confirm_span == 0.5 < alone.confirm_span
     # Shared steps come often and unevenly: a longer agreement for doubted words cost lag
     # there (six streams on the fixed schedule: p95 2.5 s against 2.0 s) for no accuracy.
@@ -411,7 +412,7 @@ def test_deltas_always_add_up_to_the_transcript() -> None:
     rng = random.Random(7)
     vocab = "the a cat sat on mat dog ran far away and then".split()
     for span in (0.5, 1.0):
-        policy = make(confirm_span=span, trim_at=10.0, max_window=15.0)
+        policy = make(confirm_span=span, trim_at=10.0, keep_audio=4.0, max_window=15.0)
         sent = ""
         truth = [rng.choice(vocab) for _ in range(400)]
         spoken = 0
@@ -578,7 +579,7 @@ def test_segment_end_at_the_very_end_of_the_audio_is_not_a_cut_point() -> None:
 
 
 def test_window_past_max_is_cut_at_an_unagreed_segment_end() -> None:
-    policy = make(trim_at=10.0, max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     talk(policy, 1.0)
     decode(policy, " a")
     for _ in range(30):
@@ -624,7 +625,7 @@ def long_phrase(policy: StreamingPolicy, seconds: float) -> list[str]:
 
 
 def test_a_long_phrase_is_cut_between_committed_words_at_a_pause() -> None:
-    policy = make(trim_at=10.0, max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     long_phrase(policy, 20.0)
     request = next_request(policy)
     assert request.kind == "align" and not request.final
@@ -644,7 +645,7 @@ def test_a_long_phrase_is_cut_between_committed_words_at_a_pause() -> None:
 
 
 def test_without_a_pause_the_cut_falls_between_two_words() -> None:
-    policy = make(trim_at=10.0, max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     long_phrase(policy, 20.0)
     request = next_request(policy)
     assert request.kind == "align"
@@ -659,7 +660,7 @@ def test_without_a_pause_the_cut_falls_between_two_words() -> None:
 
 
 def test_without_word_times_a_long_phrase_is_cut_by_force() -> None:
-    policy = make(trim_at=10.0, max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     long_phrase(policy, 20.0)
     request = next_request(policy)
     assert request.kind == "align"
@@ -670,7 +671,7 @@ def test_without_word_times_a_long_phrase_is_cut_by_force() -> None:
 
 def test_backlog_is_decoded_in_bounded_pieces() -> None:
     """A backlog is read in windows near Whisper's own 30 s, as an offline transcript is."""
-    policy = make(max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     talk(policy, 60.0)  # the engine was busy for a minute
     request = next_request(policy)
     assert request.kind == "cut"
