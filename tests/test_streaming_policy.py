@@ -227,13 +227,15 @@ def test_previews_are_off_without_a_reader_of_partials() -> None:
 # --------------------------------------------------------------------------- agreement
 
 
-def test_shared_policy_takes_shorter_windows_and_two_hypothesis_agreement() -> None:
+def test_shared_policy_caps_the_windows_and_takes_two_hypothesis_agreement() -> None:
     alone = PolicyConfig()
     shared = alone.shared()
     # Every shared window is encoded in every round: shorter, yet long enough to keep the
     # acoustic context that noisy and spontaneous speech needs.
     assert (shared.trim_at, shared.keep_audio, shared.max_window) == (10.0, 4.0, 15.0)
-    assert alone.trim_at > shared.trim_at and alone.keep_audio > shared.keep_audio
+    # A lone stream configured with longer windows shares with these.
+    long = PolicyConfig(trim_at=16.0, keep_audio=8.0, max_window=20.0).shared()
+    assert (long.trim_at, long.keep_audio, long.max_window) == (10.0, 4.0, 15.0)
     # A configuration with shorter windows than these keeps its own.
     short = PolicyConfig(trim_at=6.0, keep_audio=2.0, max_window=8.0).shared()
     assert (short.trim_at, short.keep_audio, short.max_window) == (6.0, 2.0, 8.0)

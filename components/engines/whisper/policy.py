@@ -134,22 +134,19 @@ class PolicyConfig:
     the tail, before the first real step (0 turns previews off). Through the page, 0.3 s put
     the first correct word on screen 0.96 s after speech began (median of six clips; 1.11 s
     at 0.5 s), with the same final text: a preview never commits."""
-    trim_at: float = 16.0
+    trim_at: float = 10.0
     """Window length (s) above which the window is cut at a committed segment end.
 
-    Long windows are the decoder's acoustic context: Whisper's encoder hears a whole window
-    at once, and the more of a hard speaker it hears, the better it reads every part. The
-    evaluation set's speaker with a cold, 8-16 s into the clip, read "The mistake for this
-    reporting environment" from those 8 s alone (mean log-probability -0.57) and "the
-    acoustic corpus. The reporting environment" with the 8 s before them (-0.45). On fixed
-    schedules, cutting at 16 s and keeping 8 s instead of 10 and 4 gave WER 0.079 against
-    0.088 (conversation set, 0.4 s steps), 0.102 against 0.110 (0.5 s steps), and 0.077 and
-    0.067 against 0.081 and 0.073 (six 60 s sessions each alone, two shifts), for 6-43 %
-    more audio through the encoder; 20 and 12 s read worse (0.123: the decoder skipped a
-    passage said again that its window already held)."""
-    keep_audio: float = 8.0
+    Longer windows give the decoder more acoustic context (Whisper's encoder hears a whole
+    window at once, and the more of a hard speaker it hears, the better it reads every
+    part), but a stream chain's legs start without that context. Cut at 16 s keeping 8 s,
+    the conversation set read 1.15 times the offline WER in real time instead of 1.47, and
+    a chain of 16-21 s legs fell behind the uninterrupted stream (WER ratio 1.10-1.14,
+    3-4 words lost at seams, a replayed leg once reading five words as two): not the
+    default until a new leg can be given the audio before its seam (docs/streaming.md)."""
+    keep_audio: float = 4.0
     """Audio (s) preferably kept after such a cut, as context for the next decodes."""
-    max_window: float = 20.0
+    max_window: float = 15.0
     """Longest window (s); past it the window is cut at any segment end, or by force."""
     commit_silence: float = 1.0
     """Silence (s) after speech that ends a phrase: commit it whole."""
@@ -201,8 +198,8 @@ class PolicyConfig:
         1.9-2.0 s. The agreeing hypotheses still reach back a whole step (see
         ``StreamingPolicy._agreement``): three at the 0.4 s steps a shared engine takes.
 
-        The windows are cut at 10 s keeping 4 s (a lone stream: 16 and 8). Every second of
-        them is encoded for every stream in every round, and six streams already keep a
+        The windows are cut at 10 s keeping 4 s at most, whatever a lone stream's are. Every
+        second of them is encoded for every stream in every round, and six streams already keep a
         2-core engine busy nine tenths of the time: windows cut at 16 s keeping 6 s gave
         six streams no better WER (0.086) for 1.7 times the engine time. Short shared
         windows (cut at 3 s, keeping 1 s) were once cheaper per step, but they take the
