@@ -35,6 +35,7 @@ from components.continuity.seams import Seam, overlap_words
 from components.core.audio import float_to_pcm16, load_file
 from components.core.errors import BackendError
 from components.core.evaluation import Clip, load_clips, normalize, wer
+from components.core.protocol import SessionOptions
 from tests.support_relay import TcpRelay
 from tests.support_sagemaker import SageMakerSetup, sagemaker_fixture
 from tests.support_server import ServerURL, running_server
@@ -200,18 +201,18 @@ async def test_a_handover_waits_for_a_pause(
 
 
 class ListeningBackend:
-    """The real backend, with the audio each of its streams was sent, and the context it was
+    """The real backend, with the audio each of its streams was sent, and the options it was
     opened with, kept in order."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.sent: list[bytearray] = []
-        self.contexts: list[str | None] = []
+        self.options: list[SessionOptions] = []
         self.max_stream_seconds = getattr(backend, "max_stream_seconds", None)
 
     async def open(self, **kwargs: Any) -> Any:
         stream = await self.backend.open(**kwargs)
-        self.contexts.append(kwargs["options"].context)
+        self.options.append(kwargs["options"])
         heard = bytearray()
         self.sent.append(heard)
         real_send = stream.send_audio
@@ -224,14 +225,41 @@ class ListeningBackend:
         return stream
 
 
-async def test_a_new_leg_hears_the_quiet_and_reads_the_text_before_it(
+async def test_a_new_leg_hears_the_last_seconds_before_it_with_their_words_forced(
     server: ServerURL, recording: Recording, uninterrupted: str
 ) -> None:
-    """A leg that started right at speech, knowing nothing of what was said, would hear its
-    first words worst: each new leg first gets the quiet the old one ended in, and the
-    transcript so far as its context; no word is said twice."""
+    """A leg that started right at speech, with no audio of the speaker before, would read
+    its first words worst: each new leg first hears the old leg's last seconds again, with
+    the words said in them (and the text before) given as known, not to be transcribed
+    again. Nothing is said twice, nothing is lost."""
     backend = ListeningBackend(RealtimeWSBackend(server.ws))
-    policy = ContinuityPolicy(max_stream_seconds=20, carry_context=True)
+    policy = ContinuityPolicy(max_stream_seconds=20)
+    result = await caption(backend, recording, policy=policy)  # type: ignore[arg-type]
+    assert result.stats.handovers >= 2
+    assert backend.options[0].context_audio is None  # nothing was heard before the first leg
+    shown = " ".join(result.text.split())
+    for i, (before, after) in enumerate(itertools.pairwise(backend.sent), start=1):
+        options = backend.options[i]
+        heard = options.context_audio
+        assert heard is not None and options.context
+        size = round(heard.seconds * 16_000) * 2
+        assert 4 * 16_000 * 2 <= size <= round(policy.context_audio * 16_000) * 2
+        assert after[:size] == before[-size:]  # the same audio, sent to both legs
+        forced = options.context.split()[-heard.words :]
+        assert 3 <= len(forced) <= 40, forced
+        assert options.context in shown, (options.context[-80:], shown)
+    assert_continuous(result.text, uninterrupted, recording.reference)
+
+
+async def test_without_audio_a_new_leg_hears_the_quiet_and_reads_the_text_before_it(
+    server: ServerURL, recording: Recording, uninterrupted: str
+) -> None:
+    """With no audio from before (``context_audio=0``, or an engine that cannot read it),
+    each new leg first gets the quiet the old one ended in, so that its first words are not
+    the first thing it hears, and (``carry_context``) the transcript so far as its text
+    context; no word is said twice."""
+    backend = ListeningBackend(RealtimeWSBackend(server.ws))
+    policy = ContinuityPolicy(max_stream_seconds=20, context_audio=0, carry_context=True)
     result = await caption(backend, recording, policy=policy)  # type: ignore[arg-type]
     assert result.stats.handovers >= 2
     assert result.stats.lead_in_samples > 0
@@ -240,9 +268,11 @@ async def test_a_new_leg_hears_the_quiet_and_reads_the_text_before_it(
         assert after[:lead] == before[-lead:]  # the same audio, sent to both legs
         quiet = np.frombuffer(bytes(after[:lead]), "<i2").astype(np.float32) / 32768
         assert float(np.sqrt(np.mean(quiet**2))) < policy.pause_rms
-    assert backend.contexts[0] is None  # nothing was said before the first leg
+    assert backend.options[0].context is None  # nothing was said before the first leg
+    assert all(o.context_audio is None for o in backend.options)
     shown = " ".join(result.text.split())
-    for context in backend.contexts[1:]:
+    for options in backend.options[1:]:
+        context = options.context
         assert context and len(context.split()) >= 5
         assert context in shown, (context[-80:], shown)  # shown before that leg's audio
     assert_continuous(result.text, uninterrupted, recording.reference)

@@ -97,6 +97,61 @@ def test_a_long_context_keeps_its_end_from_a_word_on() -> None:
     assert info.value.code == "invalid_event"
 
 
+def test_session_update_may_mark_its_first_audio_as_heard_before() -> None:
+    frame = json.dumps(
+        {
+            "type": "session.update",
+            "model": "m",
+            "context": "and so my fellow Americans",
+            "context_audio": {"seconds": 6.5, "words": 3},
+        }
+    )
+    event = p.parse_client_event(frame)
+    assert event.context_audio == p.ContextAudio(seconds=6.5, words=3)
+    assert event.options.context_audio == event.context_audio
+    assert json.loads(p.serialize(event))["context_audio"] == {"seconds": 6.5, "words": 3}
+    assert p.parse_client_event(p.serialize(event)) == event
+
+
+@pytest.mark.parametrize(
+    "context_audio",
+    [
+        [6.5, 3],
+        {"seconds": "6.5", "words": 3},
+        {"seconds": 0, "words": 3},
+        {"seconds": p.MAX_CONTEXT_AUDIO_SECONDS + 1, "words": 3},
+        {"seconds": 6.5, "words": 0},
+        {"seconds": 6.5, "words": 6},  # more words than the context holds
+        {"seconds": 6.5, "words": True},
+    ],
+)
+def test_heard_audio_whose_words_are_not_all_given_is_refused(context_audio: object) -> None:
+    """Words the context lacks would be transcribed a second time: refused, not trimmed."""
+    frame = json.dumps(
+        {
+            "type": "session.update",
+            "model": "m",
+            "context": "and so my fellow Americans",
+            "context_audio": context_audio,
+        }
+    )
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_event(frame)
+    assert info.value.code == "invalid_event"
+    with pytest.raises(p.ProtocolError):  # and without any context at all
+        p.SessionOptions.checked(context_audio={"seconds": 6.5, "words": 1})
+
+
+def test_session_created_announces_the_extensions_its_engine_reads() -> None:
+    event = p.SessionCreated(id="sess-1", created=1, extensions=(p.CONTEXT_AUDIO_KEY,))
+    wire = json.loads(p.serialize(event))
+    assert wire["extensions"] == ["context_audio"]
+    assert p.parse_server_event(p.serialize(event)).extensions == ("context_audio",)
+    plain = json.dumps({"type": "session.created", "id": "sess-2", "created": 1})
+    assert p.parse_server_event(plain).extensions == ()  # vLLM announces none
+    assert "extensions" not in json.loads(p.serialize(p.SessionCreated(id="s", created=1)))
+
+
 def test_blank_options_mean_none() -> None:
     frame = '{"type":"session.update","model":"m","language":"","prompt":"  ","context":" "}'
     event = p.parse_client_event(frame)

@@ -152,6 +152,42 @@ def test_a_fresh_window_keeps_the_pad_before_speech_however_the_audio_came() -> 
         assert policy.window_start == pytest.approx(3.0 + chunk / 2 - policy.config.speech_pad)
 
 
+def test_a_stream_continuing_another_reads_its_audio_with_the_words_forced() -> None:
+    """The first seconds were transcribed by the stream this one continues: the window
+    starts with them, their words are the forced prefix of the first decode (no warm-up, no
+    preview: the decoder is not starting cold), and they are never sent again."""
+    policy = make(previews=True)
+    policy.heard_before(6.0, "ask not what your country".split())
+    for _ in range(60):
+        policy.push(0.1, policy.audio_end + 0.1)
+        if policy.audio_end < 6.0 - 1e-9:
+            assert policy.request() is None  # nothing of its own to say yet
+    assert policy.audio_end == pytest.approx(6.0)
+    talk(policy, 0.5)
+    request = next_request(policy)
+    assert request.kind == "step" and request.start == 0.0
+    assert request.prefix == "ask not what your country"
+    update = policy.apply(request, Hypothesis.of(" can do for you."))
+    assert update.delta == ""
+    talk(policy, 0.5)
+    update = decode(policy, " can do for you.")
+    assert update.delta == " can do for you."  # a continuation: it begins with a space
+    policy.finish()
+    talk_done = policy.settle() or policy.apply(next_request(policy), Hypothesis.of(""))
+    assert talk_done is not None
+    assert policy.transcript == "can do for you."
+
+
+def test_heard_audio_longer_than_a_window_keeps_its_end_and_all_its_words() -> None:
+    policy = make()
+    policy.heard_before(18.0, "one two three four five six seven eight".split())
+    assert policy.window_start == pytest.approx(
+        18.0 - (policy.config.trim_at - policy.config.first_step)
+    )
+    talk(policy, 18.5)
+    assert next_request(policy).prefix == "one two three four five six seven eight"
+
+
 def test_first_decode_waits_for_a_second_of_speech() -> None:
     policy = make()
     talk(policy, 2.0, voice=False)

@@ -27,7 +27,7 @@ from components.core.protocol import (
     TranscriptionDone,
 )
 from components.engines.audio_queue import AudioQueue
-from components.engines.base import Engine, EngineError, check_engine_options
+from components.engines.base import Engine, EngineError, check_engine_options, engine_extensions
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class LocalStream:
         options: SessionOptions = NO_OPTIONS,
     ) -> None:
         self.id = f"local-{uuid.uuid4().hex[:12]}"
+        self.extensions = engine_extensions(engine)
+        """The negotiated extensions its engine reads (as a server's ``session.created`` says)."""
         self._engine = engine
         self._audio = AudioQueue(int(max_buffer_seconds * SAMPLE_RATE))
         self._events: asyncio.Queue[ServerEvent | None] = asyncio.Queue(EVENT_QUEUE_SIZE)

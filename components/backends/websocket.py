@@ -41,6 +41,7 @@ from components.core.errors import (
     event_error,
 )
 from components.core.protocol import (
+    CONTEXT_AUDIO_KEY,
     NO_OPTIONS,
     ErrorEvent,
     InputAudioBufferAppend,
@@ -176,6 +177,10 @@ class RealtimeWSBackend:
                 language=options.language,
                 prompt=options.prompt,
                 context=options.context,
+                # Only to a server that reads it: any other would transcribe that audio again.
+                context_audio=(
+                    options.context_audio if CONTEXT_AUDIO_KEY in created.extensions else None
+                ),
             )
             await ws.send(serialize(update))
             await ws.send(serialize(InputAudioBufferCommit(final=False)))
@@ -189,6 +194,7 @@ class RealtimeWSBackend:
         stream = RealtimeWSStream(ws, self.url, session_id)
         if created.expires_at is not None and created.created:
             stream.expires_in = float(created.expires_at - created.created)
+        stream.extensions = created.extensions
         return stream
 
     async def _connect(self) -> ClientConnection:
@@ -253,6 +259,8 @@ class RealtimeWSStream:
         self._cancelled = False
         self._done = False
         self.expires_in: float | None = None
+        self.extensions: tuple[str, ...] = ()
+        """Negotiated extensions the server announced (``context_audio``)."""
         """Seconds this session may last, as the server announced it (None: not announced)."""
 
     def _fail(self, error: BackendError) -> BackendError:

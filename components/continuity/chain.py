@@ -91,6 +91,12 @@ class _Leg:
     done: protocol.TranscriptionDone | None = None
     text: str = ""
     """What its deltas said."""
+    heard: int = 0
+    """Samples at its start that an earlier leg transcribed (its ``context_audio``), but for
+    the quiet at their end (no words lie there)."""
+    marks: list[tuple[int, int]] = field(default_factory=list)
+    """(end of a delta in ``text``, the audio offset it had been sent when it arrived), the
+    newest ``MAX_MARKS``."""
     drained: int = 0
     """How much of ``text`` the reader of the chain has taken (the rest is queued)."""
     taken_over: bool = False
@@ -102,8 +108,10 @@ class _Leg:
     reader: asyncio.Task[None] | None = None
 
     def age(self, now: float) -> float:
-        """How far it is toward its limit: wall time, or audio time when sent faster."""
-        return max(now - self.opened, self.sent / protocol.SAMPLE_RATE)
+        """How far it is toward its limit: wall time, or audio time when sent faster (the
+        audio it heard as context came at once, and only from an engine without limits on
+        audio: the ones that read it are ours)."""
+        return max(now - self.opened, (self.sent - self.heard) / protocol.SAMPLE_RATE)
 
 
 class ChainSettings(TypedDict, total=False):
@@ -286,10 +294,38 @@ class ContinuousStream:
             old.end / protocol.SAMPLE_RATE,
             old.age(self._clock()),
         )
-        # What the old leg said so far (its last words may still be on their way) is the new
-        # leg's context: a decoder that starts without it hears the first words worst.
-        context = protocol.context_tail(self._said_through(old))
-        stream = await self._open_leg(retiring=old, reason=None, context=context)
+        heard = await self._heard_audio(old)
+        if heard is not None:
+            context, context_audio, begin = heard
+            options = dataclasses.replace(
+                self.options, context=context, context_audio=context_audio
+            )
+            stream = await self._open_leg(retiring=old, reason=None, options=options)
+            if protocol.CONTEXT_AUDIO_KEY in getattr(stream, "extensions", ()):
+                _, audio = self._buffer.read(begin, old.end)
+                leg = self._add_leg(stream, start=begin, after=old)
+                # The quiet it ends in counts as the new leg's own, as a lead-in would.
+                quiet = round(min(old.timer.quiet, self.policy.lead_in) * protocol.SAMPLE_RATE)
+                leg.heard = max(0, len(audio) // 2 - quiet)
+                self.stats.lead_in_samples += min(quiet, len(audio) // 2)
+                self._notify("handover", "Continuing on a new stream.")
+                log.info(
+                    "%s: leg %d starts with %.1f s heard before (%d words forced)",
+                    self._label,
+                    leg.number,
+                    len(audio) / 2 / protocol.SAMPLE_RATE,
+                    context_audio.words,
+                )
+                await self._deliver(leg, audio)
+                return
+        else:
+            # What the old leg said so far (its last words may still be on their way) is the
+            # new leg's text context when the policy carries it over.
+            context = protocol.context_tail(self._said_through(old))
+            options = self.options
+            if context and self.policy.carry_context:
+                options = dataclasses.replace(options, context=context)
+            stream = await self._open_leg(retiring=old, reason=None, options=options)
         # The quiet the old leg ended in starts the new one too: no words lie in it, and the
         # new leg's first words are not the first thing it hears.
         quiet = min(old.timer.quiet, self.policy.lead_in)
@@ -299,6 +335,40 @@ class ContinuousStream:
         if lead:
             self.stats.lead_in_samples += len(lead) // 2
             await self._deliver(leg, lead)
+
+    async def _heard_audio(self, old: _Leg) -> tuple[str, protocol.ContextAudio, int] | None:
+        """What a new leg needs to hear ``old``'s last audio as context: the text said so far,
+        how much audio and how many of its last words, and where that audio starts; None
+        when it cannot be known in time (the new leg then starts at the cut).
+
+        The words are those of ``old``'s deltas that arrived after the audio had reached the
+        start: every word said later arrived later, so none is missing (a few said just
+        before are harmless). They must all be in: the wait for ``old``'s last ones is short.
+        """
+        want = round(self.policy.context_audio * protocol.SAMPLE_RATE)
+        if want <= 0 or old.end is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(old.ended.wait(), self.policy.context_wait)
+        if old.done is None or old.failure is not None:
+            log.info(
+                "%s: leg %d's last words not in time for its successor", self._label, old.number
+            )
+            return None
+        begin = max(old.end - want, old.start + old.heard, self._buffer.start)
+        if begin >= old.end:
+            return None
+        first = 0
+        for end_char, mark in reversed(old.marks):
+            if mark <= begin:
+                first = end_char
+                break
+        words = len(old.text[first:].split())
+        context = protocol.context_tail(self._said_through(old))
+        if not words or not context or words > len(context.split()):
+            return None
+        seconds = (old.end - begin) / protocol.SAMPLE_RATE
+        return context, protocol.ContextAudio(seconds=seconds, words=words), begin
 
     async def _take_over(self, lost: _Leg) -> None:
         """Open a leg for ``lost``'s unfinished audio: replay it, then continue live (or finish
@@ -324,7 +394,7 @@ class ContinuousStream:
             )
             if not expired:
                 self._notify("reconnecting", "Connection lost; reconnecting…")
-            stream = await self._open_leg(retiring=None, reason=reason)
+            stream = await self._open_leg(retiring=None, reason=reason, options=self.options)
             begin, audio = self._buffer.read(replay_from, end)
             if begin > replay_from:
                 self._lost(begin - replay_from)
@@ -375,17 +445,14 @@ class ContinuousStream:
             leg.sent += len(piece) // 2
 
     async def _open_leg(
-        self, *, retiring: _Leg | None, reason: BackendError | None, context: str | None = None
+        self,
+        *,
+        retiring: _Leg | None,
+        reason: BackendError | None,
+        options: protocol.SessionOptions,
     ) -> Any:
-        """A new backend stream, retried with backoff; raises once the attempts are spent.
-
-        ``context`` (the text said before its audio) goes with the session's options when the
-        policy carries context over (``carry_context``).
-        """
+        """A new backend stream, retried with backoff; raises once the attempts are spent."""
         policy = self.policy
-        options = self.options
-        if context and policy.carry_context:
-            options = dataclasses.replace(options, context=context)
         while True:
             self._check_open()
             if self._failures > policy.max_failures:
@@ -484,6 +551,9 @@ class ContinuousStream:
                     case protocol.TranscriptionDelta(delta=delta):
                         leg.last_delta = leg.start + leg.sent
                         leg.text += delta
+                        leg.marks.append((len(leg.text), leg.last_delta))
+                        if len(leg.marks) > MAX_MARKS:
+                            del leg.marks[: MAX_MARKS // 4]
                         log.debug("%s: leg %d delta %r", self._label, leg.number, delta)
                         await leg.events.put(("delta", delta, leg.last_delta))
                     case protocol.TranscriptionPartial(text=text):
@@ -492,6 +562,8 @@ class ContinuousStream:
                         log.debug("%s: leg %d done %r", self._label, leg.number, final[-80:])
                         rest = _unsent_rest(leg.text, final)
                         if rest:  # the final text says more than the deltas did
+                            leg.text += rest
+                            leg.marks.append((len(leg.text), leg.start + leg.sent))
                             await leg.events.put(("delta", rest, leg.start + leg.sent))
                         leg.done = event
                         return

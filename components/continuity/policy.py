@@ -39,6 +39,15 @@ class ContinuityPolicy:
     heard there). A stream that starts right at speech hears its first words worst: the
     evaluation clips decoded from 0.15 s before their speech gave WER 0.085, from its onset
     0.103."""
+    context_audio: float = 8.0
+    """Audio (s) before a planned handover's cut that the new leg hears first, as context, with
+    the words said in it forced rather than transcribed again, when its engine reads that
+    (the ``context_audio`` extension; 0 turns it off). A streaming decoder reads a speaker
+    better the more of them its window holds, and a new leg otherwise starts with none."""
+    context_wait: float = 3.0
+    """Longest wait (s) at a planned handover for the old leg's last words, which the new
+    leg's forced words must include; the audio waits meanwhile. Without them in time, the
+    new leg starts without the audio before its cut."""
     carry_context: bool = False
     """Open the leg after a planned handover with the transcript so far as its ``context``
     (a protocol extension: an engine that reads text context hears the new leg's first words

@@ -21,6 +21,14 @@ A second opt-in extension: ``context``, the transcript of what was said just bef
 session's audio (a client that continues a long session on a new stream sends the previous
 stream's text). An engine that reads text context (Whisper) hears the new stream's first words
 as it would have heard them in one stream; one that cannot ignores it, and so does vLLM.
+
+A third, negotiated: ``context_audio`` ({"seconds": s, "words": n}) says that the first ``s``
+seconds of the session's audio were transcribed before and that their words are among the
+last ``n`` words of ``context`` (a few more are harmless: they are read as said just before).
+An engine that reads it hears that audio as acoustic context, with those words forced rather
+than transcribed again, so a new stream starts with what the old one heard. A server
+announces it in ``session.created`` (``"extensions": ["context_audio"]``); a client sends it
+only to a server that did, since any other would transcribe that audio a second time.
 """
 
 from __future__ import annotations
@@ -50,6 +58,13 @@ PARTIALS_KEY = "partials"
 
 CONTEXT_KEY = "context"
 """``session.update`` key carrying the text said before the session's audio (an extension)."""
+
+CONTEXT_AUDIO_KEY = "context_audio"
+"""``session.update`` key (and ``session.created`` extension name) of the negotiated extension
+that marks the start of a session's audio as heard before (see :class:`ContextAudio`)."""
+
+MAX_CONTEXT_AUDIO_SECONDS = 20.0
+"""Longest ``context_audio``: more than a streaming window keeps of the past."""
 
 MAX_CONTEXT_CHARS = 500
 """The most of a ``context`` that is kept: its end (an engine reads only the latest text)."""
@@ -137,6 +152,8 @@ class SessionOptions:
     language: str | None = None
     prompt: str | None = None
     context: str | None = None
+    context_audio: ContextAudio | None = None
+    """Only for a server that announced the extension (see the module docstring)."""
 
     @classmethod
     def checked(
@@ -144,14 +161,17 @@ class SessionOptions:
         language: object = None,
         prompt: object = None,
         context: object = None,
+        context_audio: object = None,
         *,
         max_prompt_chars: int = MAX_PROMPT_CHARS,
     ) -> SessionOptions:
         """Validate and normalize; raise :class:`ProtocolError` with the option's code."""
+        text = _check_context(context)
         return cls(
             language=_check_language(language),
             prompt=_check_prompt(prompt, max_prompt_chars),
-            context=_check_context(context),
+            context=text,
+            context_audio=_check_context_audio(context_audio, text),
         )
 
     def __bool__(self) -> bool:
@@ -159,6 +179,22 @@ class SessionOptions:
 
 
 NO_OPTIONS = SessionOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class ContextAudio:
+    """The first ``seconds`` of a session's audio were transcribed before (by the stream this
+    one continues); their words are among the last ``words`` words of the ``context``.
+
+    A stream that starts at speech it has no audio before reads its first words worst, and a
+    streaming decoder reads every word better the more of the speaker its window holds. With
+    this, a new stream's window starts with the old one's last seconds, words already known.
+    Counting a few words too many is harmless (the decoder reads them as said just before);
+    counting too few makes the engine transcribe the missing ones again.
+    """
+
+    seconds: float
+    words: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +206,17 @@ class SessionUpdate:
     language: str | None = None
     prompt: str | None = None
     context: str | None = None
+    context_audio: ContextAudio | None = None
     type: str = field(default="session.update", init=False)
 
     @property
     def options(self) -> SessionOptions:
-        return SessionOptions(language=self.language, prompt=self.prompt, context=self.context)
+        return SessionOptions(
+            language=self.language,
+            prompt=self.prompt,
+            context=self.context,
+            context_audio=self.context_audio,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +251,8 @@ class SessionCreated:
     expires_at: int | None = None
     """Extension (named as in OpenAI's Realtime API): when the server will end this session
     (unix seconds), so that a client can hand over to a new one before; vLLM sends none."""
+    extensions: tuple[str, ...] = ()
+    """Negotiated extensions the server's engine reads (``context_audio``); vLLM sends none."""
     type: str = field(default="session.created", init=False)
 
 
@@ -280,6 +324,11 @@ def to_dict(event: Event) -> dict[str, Any]:
                 out["prompt"] = prompt
             if event.context is not None:
                 out[CONTEXT_KEY] = event.context
+            if event.context_audio is not None:
+                out[CONTEXT_AUDIO_KEY] = {
+                    "seconds": event.context_audio.seconds,
+                    "words": event.context_audio.words,
+                }
             return out
         case InputAudioBufferAppend(audio=audio):
             return {"type": event.type, "audio": base64.b64encode(audio).decode("ascii")}
@@ -289,6 +338,8 @@ def to_dict(event: Event) -> dict[str, Any]:
             out = {"type": event.type, "id": sid, "created": created}
             if expires_at is not None:
                 out["expires_at"] = expires_at
+            if event.extensions:
+                out["extensions"] = list(event.extensions)
             return out
         case TranscriptionDelta(delta=delta):
             return {"type": event.type, "delta": delta}
@@ -381,6 +432,7 @@ def parse_client_event(
             obj.get("language"),
             obj.get("prompt"),
             obj.get(CONTEXT_KEY),
+            obj.get(CONTEXT_AUDIO_KEY),
             max_prompt_chars=max_prompt_chars,
         )
         return SessionUpdate(
@@ -389,6 +441,7 @@ def parse_client_event(
             language=options.language,
             prompt=options.prompt,
             context=options.context,
+            context_audio=options.context_audio,
         )
     raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"Unknown event type: {kind}")
 
@@ -422,6 +475,7 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
                 id=_str(obj.get("id", "")),
                 created=int(obj.get("created", 0)),
                 expires_at=int(expires) if isinstance(expires, int | float) else None,
+                extensions=_extensions(obj.get("extensions")),
             )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(ErrorCode.INVALID_EVENT, f"Malformed {kind} event: {exc}") from None
@@ -477,6 +531,38 @@ def _check_context(value: object) -> str | None:
     if not isinstance(value, str):
         raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'context' must be a string")
     return context_tail(value)
+
+
+def _check_context_audio(value: object, context: str | None) -> ContextAudio | None:
+    """None, or seconds in (0, ``MAX_CONTEXT_AUDIO_SECONDS``] and 1 to all of the context's
+    words: the words must be there, or the engine would transcribe the audio again."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "Field 'context_audio' must be an object")
+    seconds, words = value.get("seconds"), value.get("words")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "'context_audio.seconds' must be a number")
+    if not 0 < seconds <= MAX_CONTEXT_AUDIO_SECONDS:
+        raise ProtocolError(
+            ErrorCode.INVALID_EVENT,
+            f"'context_audio.seconds' must be above 0 and at most {MAX_CONTEXT_AUDIO_SECONDS:g}",
+        )
+    available = len(context.split()) if context else 0
+    if isinstance(words, bool) or not isinstance(words, int) or not 0 < words <= available:
+        raise ProtocolError(
+            ErrorCode.INVALID_EVENT,
+            "'context_audio.words' must count 1 to all of the words of 'context' "
+            f"({available} here)",
+        )
+    return ContextAudio(seconds=float(seconds), words=words)
+
+
+def _extensions(value: object) -> tuple[str, ...]:
+    """A ``session.created``'s extension names (anything else there is ignored)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
 
 
 def context_tail(text: str) -> str | None:

@@ -80,6 +80,14 @@ def check_options(
         raise EngineError(message, code)
 
 
+def engine_extensions(engine: Engine) -> tuple[str, ...]:
+    """The negotiated protocol extensions ``engine`` reads (``session.created`` announces them).
+
+    Optional on an engine (an ``extensions`` attribute): an engine that says nothing reads
+    none, and a client then sends it nothing it would misread."""
+    return tuple(getattr(engine, "extensions", ()))
+
+
 def check_engine_options(engine: Engine, options: SessionOptions) -> None:
     """:func:`check_options` against what ``engine`` declares."""
     check_options(

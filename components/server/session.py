@@ -53,7 +53,7 @@ from components.core.protocol import (
     serialize,
 )
 from components.engines.audio_queue import AudioQueue
-from components.engines.base import Engine, EngineError, check_engine_options
+from components.engines.base import Engine, EngineError, check_engine_options, engine_extensions
 
 if TYPE_CHECKING:
     from components.server.state import ServerState
@@ -119,7 +119,9 @@ class RealtimeSession:
         self.models = tuple(models)
         now = int(time.time())
         created = SessionCreated(
-            created=now, expires_at=now + int(state.settings.max_session_seconds)
+            created=now,
+            expires_at=now + int(state.settings.max_session_seconds),
+            extensions=engine_extensions(engine),
         )
         self._created = created
         self.id = created.id

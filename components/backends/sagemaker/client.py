@@ -357,6 +357,9 @@ class SageMakerStream:
         self._input_closed = False
         self._shutdown_task: asyncio.Future[None] | None = None
         self.expires_in: float | None = None
+        self.extensions: tuple[str, ...] = ()
+        """None negotiated: the endpoint's ``session.created`` arrives after audio may have
+        been sent, so nothing that needs the server's consent is asked of it."""
         """Seconds the container's session may last, as its server announced it."""
 
     # ------------------------------------------------------------------ opening

@@ -40,6 +40,7 @@ import numpy as np
 
 from components.core.env import SettingError, read
 from components.core.protocol import (
+    CONTEXT_AUDIO_KEY,
     NO_OPTIONS,
     SAMPLE_RATE,
     ErrorCode,
@@ -237,6 +238,8 @@ class WhisperEngine:
             raise EngineUnavailable(f"cannot use Whisper model {label}: {exc}") from None
         self.languages = self.decoder.languages
         self.takes_prompt = True
+        self.extensions = (CONTEXT_AUDIO_KEY,)
+        """It reads a continued stream's audio from before as context (``heard_before``)."""
         self.scheduler = Scheduler(
             self.run_round,
             min_step=self.policy.min_step,
@@ -301,13 +304,19 @@ class WhisperEngine:
         """A new stream's state: its policy (with the session's context and terms), voice
         detector and audio window. ``previews`` runs preview decodes (worth it only if
         someone reads partials)."""
+        said = (options.context or "").split()
+        heard = options.context_audio
+        inherited = said[-heard.words :] if heard and heard.words > 0 else []
+        policy = StreamingPolicy(
+            self.policy,
+            previews=previews,
+            context=said[: len(said) - len(inherited)][-CONTEXT_WORDS:],
+            terms=frozenset(normalize_word(w) for w in (options.prompt or "").split()),
+        )
+        if heard and inherited:
+            policy.heard_before(heard.seconds, inherited)
         return StreamState(
-            policy=StreamingPolicy(
-                self.policy,
-                previews=previews,
-                context=(options.context or "").split()[-CONTEXT_WORDS:],
-                terms=frozenset(normalize_word(w) for w in (options.prompt or "").split()),
-            ),
+            policy=policy,
             vad=VadStream(self.vad_model, self.vad_threshold),
             window=AudioWindow(),
             terms=options.prompt or "",

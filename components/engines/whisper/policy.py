@@ -406,8 +406,31 @@ class StreamingPolicy:
     """A hypothesis looped: decode without the text prompt until the phrase is committed.
     Earlier text is what most often leads a small model into a loop, and it tends to loop
     again on the same prompt (Whisper itself drops the prompt after such a decode)."""
+    inherited: int = 0
+    """Leading committed words that a previous stream transcribed (see :meth:`heard_before`):
+    forced and looked back on like the stream's own, never sent again."""
 
     # ------------------------------------------------------------------ input
+
+    def heard_before(self, seconds: float, words: Sequence[str]) -> None:
+        """The stream's first ``seconds`` of audio were transcribed before: ``words`` are
+        what was said in them (a few words more are harmless, they read as said just before).
+
+        A stream continuing another one (a long session on a new connection) would otherwise
+        start where a decoder reads worst, at speech it has no audio before: the window
+        starts with that audio instead and the words are its forced prefix, as they would be
+        in one stream. Audio beyond what a trimmed window keeps is skipped, its words still
+        forced (more words than audio are harmless, fewer are not).
+        """
+        if self.audio_end or self.committed:
+            raise RuntimeError("heard_before() must come before any audio")
+        if seconds <= 0 or not words:
+            return
+        self.committed = list(words)
+        self.inherited = self.window_words = len(self.committed)
+        self.window_start = max(0.0, seconds - (self.config.trim_at - self.config.first_step))
+        self.settled_until = self.covered_until = self.decoded_until = seconds
+        self.onset = seconds
 
     def push(
         self,
@@ -460,7 +483,7 @@ class StreamingPolicy:
 
     @property
     def transcript(self) -> str:
-        return join_words(self.committed)
+        return join_words(self.committed[self.inherited :])
 
     @property
     def window(self) -> float:
