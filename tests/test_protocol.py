@@ -111,6 +111,12 @@ def test_session_update_may_mark_its_first_audio_as_heard_before() -> None:
     assert event.options.context_audio == event.context_audio
     assert json.loads(p.serialize(event))["context_audio"] == {"seconds": 6.5, "words": 3}
     assert p.parse_client_event(p.serialize(event)) == event
+    # A stream lost before it said that audio's last words: the engine says them.
+    resumed = p.SessionUpdate(
+        model="m", context="ask not", context_audio=p.ContextAudio(4.0, 2, complete=False)
+    )
+    assert json.loads(p.serialize(resumed))["context_audio"]["complete"] is False
+    assert p.parse_client_event(p.serialize(resumed)) == resumed
 
 
 @pytest.mark.parametrize(
@@ -123,6 +129,7 @@ def test_session_update_may_mark_its_first_audio_as_heard_before() -> None:
         {"seconds": 6.5, "words": 0},
         {"seconds": 6.5, "words": 6},  # more words than the context holds
         {"seconds": 6.5, "words": True},
+        {"seconds": 6.5, "words": 3, "complete": "no"},
     ],
 )
 def test_heard_audio_whose_words_are_not_all_given_is_refused(context_audio: object) -> None:

@@ -66,7 +66,7 @@ def test_config_rejects_inconsistent_values() -> None:
     with pytest.raises(ValueError):
         PolicyConfig(min_step=0)
     with pytest.raises(ValueError):
-        PolicyConfig(keep_audio=12.0)  # not below trim_at
+        PolicyConfig(keep_audio=PolicyConfig().trim_at)  # not below trim_at
     with pytest.raises(ValueError):
         PolicyConfig(max_window=30.0)
     with pytest.raises(ValueError):
@@ -176,6 +176,24 @@ def test_a_stream_continuing_another_reads_its_audio_with_the_words_forced() -> 
     talk_done = policy.settle() or policy.apply(next_request(policy), Hypothesis.of(""))
     assert talk_done is not None
     assert policy.transcript == "can do for you."
+
+
+def test_a_stream_resuming_a_lost_one_says_the_words_it_had_not_said_yet() -> None:
+    """The lost stream's text reached "ask not what your"; the audio heard before holds
+    "country" too. The window keeps all of it and the first decode, once the audio is all
+    here, continues after the words given: "country" is this stream's to say."""
+    policy = make()
+    policy.heard_before(5.0, "ask not what your".split(), complete=False)
+    assert policy.window_start == 0.0
+    talk(policy, 5.0)  # the heard audio, voiced to its end, in one go
+    talk(policy, 0.5)
+    request = next_request(policy)
+    assert request.start == 0.0 and request.prefix == "ask not what your"
+    decode(policy, " country can do")  # the request it expected
+    talk(policy, 0.5)
+    update = decode(policy, " country can do for")
+    assert update.delta == " country can do"
+    assert policy.transcript == "country can do"
 
 
 def test_heard_audio_longer_than_a_window_keeps_its_end_and_all_its_words() -> None:

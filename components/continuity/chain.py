@@ -337,16 +337,10 @@ class ContinuousStream:
             await self._deliver(leg, lead)
 
     async def _heard_audio(self, old: _Leg) -> tuple[str, protocol.ContextAudio, int] | None:
-        """What a new leg needs to hear ``old``'s last audio as context: the text said so far,
-        how much audio and how many of its last words, and where that audio starts; None
-        when it cannot be known in time (the new leg then starts at the cut).
-
-        The words are those of ``old``'s deltas that arrived after the audio had reached the
-        start: every word said later arrived later, so none is missing (a few said just
-        before are harmless). They must all be in: the wait for ``old``'s last ones is short.
-        """
-        want = round(self.policy.context_audio * protocol.SAMPLE_RATE)
-        if want <= 0 or old.end is None:
+        """What a new leg needs to hear ``old``'s last audio as context (see :meth:`_heard`),
+        once ``old`` has said its last words; None when they do not come in time (the new
+        leg then starts at the cut)."""
+        if self.policy.context_audio <= 0 or old.end is None:
             return None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(old.ended.wait(), self.policy.context_wait)
@@ -355,20 +349,36 @@ class ContinuousStream:
                 "%s: leg %d's last words not in time for its successor", self._label, old.number
             )
             return None
-        begin = max(old.end - want, old.start + old.heard, self._buffer.start)
-        if begin >= old.end:
+        return self._heard(old, old.end, self.policy.context_audio, complete=True)
+
+    def _heard(
+        self, leg: _Leg, end: int, seconds: float, *, complete: bool
+    ) -> tuple[str, protocol.ContextAudio, int] | None:
+        """The text said so far, the ``context_audio`` for up to ``seconds`` of ``leg``'s audio
+        before ``end``, and where that audio starts; None if there is none to give.
+
+        Its words are those of ``leg``'s deltas that arrived after the audio had reached its
+        start: every word said in it arrived later, so none is missing (a few said just
+        before are harmless). ``complete``: ``leg`` said everything up to ``end`` (it ended
+        there); else its last words there may not have come yet, and the new leg says them.
+        """
+        begin = max(end - round(seconds * protocol.SAMPLE_RATE), leg.start + leg.heard)
+        begin = max(begin, self._buffer.start)
+        if begin >= end:
             return None
         first = 0
-        for end_char, mark in reversed(old.marks):
+        for end_char, mark in reversed(leg.marks):
             if mark <= begin:
                 first = end_char
                 break
-        words = len(old.text[first:].split())
-        context = protocol.context_tail(self._said_through(old))
+        words = len(leg.text[first:].split())
+        context = protocol.context_tail(self._said_through(leg))
         if not words or not context or words > len(context.split()):
             return None
-        seconds = (old.end - begin) / protocol.SAMPLE_RATE
-        return context, protocol.ContextAudio(seconds=seconds, words=words), begin
+        heard = protocol.ContextAudio(
+            seconds=(end - begin) / protocol.SAMPLE_RATE, words=words, complete=complete
+        )
+        return context, heard, begin
 
     async def _take_over(self, lost: _Leg) -> None:
         """Open a leg for ``lost``'s unfinished audio: replay it, then continue live (or finish
@@ -385,6 +395,9 @@ class ContinuousStream:
             self._failures += 1
         log.warning("%s: leg %d lost after %.1f s: %s", self._label, lost.number, lived, reason)
         end = lost.end
+        resumed, opened = await self._resume_after(lost, reason, end, expired=expired)
+        if resumed:
+            return
         while True:
             replay_from = replay_start(
                 lost.start,
@@ -394,7 +407,10 @@ class ContinuousStream:
             )
             if not expired:
                 self._notify("reconnecting", "Connection lost; reconnecting…")
-            stream = await self._open_leg(retiring=None, reason=reason, options=self.options)
+            stream = opened or await self._open_leg(
+                retiring=None, reason=reason, options=self.options
+            )
+            opened = None
             begin, audio = self._buffer.read(replay_from, end)
             if begin > replay_from:
                 self._lost(begin - replay_from)
@@ -429,6 +445,69 @@ class ContinuousStream:
         )
         if not expired:
             self._notify("reconnected", "Reconnected; captions continue.")
+
+    async def _resume_after(
+        self, lost: _Leg, reason: BackendError, end: int | None, *, expired: bool
+    ) -> tuple[bool, Any]:
+        """Continue ``lost`` on a new leg that hears its last seconds as context, with the words
+        it said there forced, and gets the audio again from the point its text had reached:
+        it says only what ``lost`` had not (no seam to find). (False, the stream it opened
+        or None) where that cannot be done (the engine does not read it, nothing was said):
+        the caller then replays from before that point and drops the repeat at the seam.
+        """
+        reach = lost.last_delta
+        if self.policy.context_audio <= 0 or reach is None or reach < self._buffer.start:
+            return False, None
+        if lost.seam is not None and not lost.seam.resolved:
+            return False, None
+        seconds = min(self.policy.replay_margin, protocol.MAX_CONTEXT_AUDIO_SECONDS)
+        heard = self._heard(lost, reach, seconds, complete=False)
+        if heard is None:
+            return False, None
+        context, context_audio, begin = heard
+        if not expired:
+            self._notify("reconnecting", "Connection lost; reconnecting…")
+        options = dataclasses.replace(self.options, context=context, context_audio=context_audio)
+        stream = await self._open_leg(retiring=None, reason=reason, options=options)
+        if protocol.CONTEXT_AUDIO_KEY not in getattr(stream, "extensions", ()):
+            return False, stream
+        _, before = self._buffer.read(begin, reach)
+        _, audio = self._buffer.read(reach, end)
+        leg = self._add_leg(stream, start=begin, after=lost)
+        leg.heard = len(before) // 2
+        if end is None:
+            self._leg = leg
+        if expired:
+            self.stats.expired += 1
+        else:
+            self.stats.reconnects += 1
+        self.stats.replayed_samples += len(audio) // 2
+        try:
+            leg.sent += leg.heard
+            await stream.send_audio(before)
+            await self._replay(leg, audio)
+            if end is not None or self._finishing:
+                leg.end = end if end is not None else self._buffer.end
+                await stream.finish()
+        except BackendError as exc:
+            if not exc.retryable:
+                raise
+            leg.failure = leg.failure or exc
+            await self._take_over(leg)
+            return True, None
+        log.info(
+            "%s: leg %d continues from %.1f s, hearing %.1f s before it (%d words forced; "
+            "%.1f s replayed)",
+            self._label,
+            leg.number,
+            reach / protocol.SAMPLE_RATE,
+            leg.heard / protocol.SAMPLE_RATE,
+            context_audio.words,
+            len(audio) / 2 / protocol.SAMPLE_RATE,
+        )
+        if not expired:
+            self._notify("reconnected", "Reconnected; captions continue.")
+        return True, None
 
     async def _replay(self, leg: _Leg, audio: bytes) -> None:
         step = protocol.SAMPLE_RATE // 5 * 2  # 200 ms per append

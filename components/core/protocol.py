@@ -24,7 +24,8 @@ as it would have heard them in one stream; one that cannot ignores it, and so do
 
 A third, negotiated: ``context_audio`` ({"seconds": s, "words": n}) says that the first ``s``
 seconds of the session's audio were transcribed before and that their words are among the
-last ``n`` words of ``context`` (a few more are harmless: they are read as said just before).
+last ``n`` words of ``context`` (a few more are harmless: they are read as said just before;
+with ``"complete": false`` the audio's last words may be missing, and are transcribed).
 An engine that reads it hears that audio as acoustic context, with those words forced rather
 than transcribed again, so a new stream starts with what the old one heard. A server
 announces it in ``session.created`` (``"extensions": ["context_audio"]``); a client sends it
@@ -195,6 +196,10 @@ class ContextAudio:
 
     seconds: float
     words: int
+    complete: bool = True
+    """Every word said in the audio is among them; False: its last words may not have been
+    transcribed yet (a stream lost before it said them), and the engine transcribes what
+    follows the words given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,10 +330,10 @@ def to_dict(event: Event) -> dict[str, Any]:
             if event.context is not None:
                 out[CONTEXT_KEY] = event.context
             if event.context_audio is not None:
-                out[CONTEXT_AUDIO_KEY] = {
-                    "seconds": event.context_audio.seconds,
-                    "words": event.context_audio.words,
-                }
+                heard = event.context_audio
+                out[CONTEXT_AUDIO_KEY] = {"seconds": heard.seconds, "words": heard.words}
+                if not heard.complete:
+                    out[CONTEXT_AUDIO_KEY]["complete"] = False
             return out
         case InputAudioBufferAppend(audio=audio):
             return {"type": event.type, "audio": base64.b64encode(audio).decode("ascii")}
@@ -555,7 +560,10 @@ def _check_context_audio(value: object, context: str | None) -> ContextAudio | N
             "'context_audio.words' must count 1 to all of the words of 'context' "
             f"({available} here)",
         )
-    return ContextAudio(seconds=float(seconds), words=words)
+    complete = value.get("complete", True)
+    if not isinstance(complete, bool):
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "'context_audio.complete' must be a boolean")
+    return ContextAudio(seconds=float(seconds), words=words, complete=complete)
 
 
 def _extensions(value: object) -> tuple[str, ...]:

@@ -314,7 +314,7 @@ class WhisperEngine:
             terms=frozenset(normalize_word(w) for w in (options.prompt or "").split()),
         )
         if heard and inherited:
-            policy.heard_before(heard.seconds, inherited)
+            policy.heard_before(heard.seconds, inherited, complete=heard.complete)
         return StreamState(
             policy=policy,
             vad=VadStream(self.vad_model, self.vad_threshold),

@@ -412,7 +412,7 @@ class StreamingPolicy:
 
     # ------------------------------------------------------------------ input
 
-    def heard_before(self, seconds: float, words: Sequence[str]) -> None:
+    def heard_before(self, seconds: float, words: Sequence[str], *, complete: bool = True) -> None:
         """The stream's first ``seconds`` of audio were transcribed before: ``words`` are
         what was said in them (a few words more are harmless, they read as said just before).
 
@@ -421,6 +421,10 @@ class StreamingPolicy:
         starts with that audio instead and the words are its forced prefix, as they would be
         in one stream. Audio beyond what a trimmed window keeps is skipped, its words still
         forced (more words than audio are harmless, fewer are not).
+
+        Not ``complete``: the previous stream was lost before it said the last words of that
+        audio. All of it stays in the window and the first decode, once it is all here,
+        continues after ``words`` through it: what it says there is the missing words.
         """
         if self.audio_end or self.committed:
             raise RuntimeError("heard_before() must come before any audio")
@@ -428,9 +432,11 @@ class StreamingPolicy:
             return
         self.committed = list(words)
         self.inherited = self.window_words = len(self.committed)
+        self.onset = seconds  # repeats of the words given are judged by the audio after it
+        if not complete:
+            return  # all of it is speech still to decode and settle, from the window's start
         self.window_start = max(0.0, seconds - (self.config.trim_at - self.config.first_step))
         self.settled_until = self.covered_until = self.decoded_until = seconds
-        self.onset = seconds
 
     def push(
         self,
