@@ -468,7 +468,7 @@ def test_deltas_always_add_up_to_the_transcript() -> None:
     rng = random.Random(7)
     vocab = "the a cat sat on mat dog ran far away and then".split()
     for span in (0.5, 1.0):
-        policy = make(confirm_span=span, trim_at=10.0, max_window=15.0)
+        policy = make(confirm_span=span, trim_at=10.0, keep_audio=4.0, max_window=15.0)
         sent = ""
         truth = [rng.choice(vocab) for _ in range(400)]
         spoken = 0
@@ -606,7 +606,7 @@ def test_end_of_audio_after_a_full_decode_needs_no_new_decode() -> None:
 
 
 def test_long_window_is_cut_at_a_committed_segment_end_keeping_context() -> None:
-    policy = make(trim_at=10.0, max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     talk(policy, 3.0)
     decode(policy, " First sentence here.", " Second one", ends=(2.0, None))
     talk(policy, 0.5)
@@ -635,7 +635,7 @@ def test_segment_end_at_the_very_end_of_the_audio_is_not_a_cut_point() -> None:
 
 
 def test_window_past_max_is_cut_at_an_unagreed_segment_end() -> None:
-    policy = make(trim_at=10.0, max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     talk(policy, 1.0)
     decode(policy, " a")
     for _ in range(30):
@@ -681,7 +681,7 @@ def long_phrase(policy: StreamingPolicy, seconds: float) -> list[str]:
 
 
 def test_a_long_phrase_is_cut_between_committed_words_at_a_pause() -> None:
-    policy = make(trim_at=10.0, max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     long_phrase(policy, 20.0)
     request = next_request(policy)
     assert request.kind == "align" and not request.final
@@ -701,7 +701,7 @@ def test_a_long_phrase_is_cut_between_committed_words_at_a_pause() -> None:
 
 
 def test_without_a_pause_the_cut_falls_between_two_words() -> None:
-    policy = make(trim_at=10.0, max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     long_phrase(policy, 20.0)
     request = next_request(policy)
     assert request.kind == "align"
@@ -716,7 +716,7 @@ def test_without_a_pause_the_cut_falls_between_two_words() -> None:
 
 
 def test_without_word_times_a_long_phrase_is_cut_by_force() -> None:
-    policy = make(trim_at=10.0, max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     long_phrase(policy, 20.0)
     request = next_request(policy)
     assert request.kind == "align"
@@ -727,7 +727,7 @@ def test_without_word_times_a_long_phrase_is_cut_by_force() -> None:
 
 def test_backlog_is_decoded_in_bounded_pieces() -> None:
     """A backlog is read in windows near Whisper's own 30 s, as an offline transcript is."""
-    policy = make(max_window=15.0)
+    policy = make(trim_at=10.0, keep_audio=4.0, max_window=15.0)
     talk(policy, 60.0)  # the engine was busy for a minute
     request = next_request(policy)
     assert request.kind == "cut"

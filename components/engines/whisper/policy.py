@@ -134,19 +134,18 @@ class PolicyConfig:
     the tail, before the first real step (0 turns previews off). Through the page, 0.3 s put
     the first correct word on screen 0.96 s after speech began (median of six clips; 1.11 s
     at 0.5 s), with the same final text: a preview never commits."""
-    trim_at: float = 10.0
+    trim_at: float = 16.0
     """Window length (s) above which the window is cut at a committed segment end.
 
-    Longer windows give the decoder more acoustic context (Whisper's encoder hears a whole
-    window at once, and the more of a hard speaker it hears, the better it reads every
-    part), but a stream chain's legs start without that context. Cut at 16 s keeping 8 s,
-    the conversation set read 1.15 times the offline WER in real time instead of 1.47, and
-    a chain of 16-21 s legs fell behind the uninterrupted stream (WER ratio 1.10-1.14,
-    3-4 words lost at seams, a replayed leg once reading five words as two): not the
-    default until a new leg can be given the audio before its seam (docs/streaming.md)."""
-    keep_audio: float = 4.0
+    Longer windows give the decoder more acoustic context: Whisper's encoder hears a whole
+    window at once, and the more of a hard speaker it hears, the better it reads every part.
+    Cut at 16 s keeping 8 s rather than at 10 s keeping 4 s, the conversation set read 1.15
+    times the offline WER in real time instead of 1.47 (two runs each), with the same caption
+    lag. A stream chain's new legs hear the seconds before their seam (``heard_before``), so
+    they start with that context too. Shared windows stay shorter (:meth:`shared`)."""
+    keep_audio: float = 8.0
     """Audio (s) preferably kept after such a cut, as context for the next decodes."""
-    max_window: float = 15.0
+    max_window: float = 20.0
     """Longest window (s); past it the window is cut at any segment end, or by force."""
     commit_silence: float = 1.0
     """Silence (s) after speech that ends a phrase: commit it whole."""
@@ -391,6 +390,8 @@ class StreamingPolicy:
     text_until: float | None = None
     """Where the latest decode's text ended in the audio (its last segment's end), None if it
     ran on to the end of the audio or said nothing of where it stopped."""
+    after_cut: bool = False
+    """The decode before the latest one was guarded (see :meth:`_audio_holds`)."""
     guarded: bool = False
     """The latest decode's words were cut by a loop or echo guard: its text says nothing of
     the audio after the cut, which is therefore not counted as decoded."""
@@ -716,7 +717,7 @@ class StreamingPolicy:
 
         A loop also turns the text prompt off for the rest of the phrase (``unprompted``).
         """
-        self.guarded = False
+        self.after_cut, self.guarded = self.guarded, False
         if says_no_speech(hypothesis):
             self.prefix_loops = 0
             return []
@@ -847,7 +848,11 @@ class StreamingPolicy:
         """
         began = max(self.settled_until, self.onset, request.start)
         new = max(0.0, request.end - max(self.covered_until, began))
-        room = max(len(self.tail) + REPEAT_RATE * new, REPEAT_RATE * (request.end - began))
+        room = len(self.tail) + REPEAT_RATE * new
+        if self.after_cut:
+            # Only then: in a long run of speech the run holds every committed word too, and
+            # a 16 s window gave an echo of 20 words room (four words a second of it).
+            room = max(room, REPEAT_RATE * (request.end - began))
         return words <= room + REPEAT_EDGE_WORDS
 
     def apply(self, request: DecodeRequest, hypothesis: Hypothesis) -> Update:
