@@ -8,14 +8,17 @@ its first hiccup. :class:`ContinuousStream` is one stream to its user (the page'
 * **Planned handover.** When a leg nears its known limit, the first pause in speech (or, if
   nobody pauses, a hard deadline) ends it: it gets the final commit, the next leg opens and
   takes the audio from there on. The old leg's last text comes first, then the new leg's, so
-  the transcript is one text with nothing to repair at the seam. With
-  ``ContinuityPolicy.carry_context``, the new leg is opened with the transcript so far as its
-  ``context`` (a protocol extension that engines which cannot read it ignore).
+  the transcript is one text with nothing to repair at the seam. Where the backend's engine
+  reads it (the ``context_audio`` extension), the new leg first hears the old one's last
+  seconds with the words said in them forced, so it reads its first words with the audio
+  before them, as one stream would; elsewhere it hears the quiet the old leg ended in.
 * **Unplanned loss.** Audio sent to a leg stays in a bounded replay buffer. When a leg breaks,
-  a new one opens (with backoff; the attempt count resets after a leg that ran well) and gets
-  the audio again from a little before the point its predecessor's text had reached. The
-  words the new leg repeats are found by aligning its first words with the transcript's tail,
-  and dropped.
+  a new one opens (with backoff; the attempt count resets after a leg that ran well). Where
+  the engine reads ``context_audio``, it hears the seconds before the point its
+  predecessor's text had reached, with those words forced, and gets the audio from that
+  point on: it says what its predecessor had not. Elsewhere it gets the audio again from a
+  little before that point, and the words it repeats are found by aligning its first words
+  with the transcript's tail, and dropped.
 
 Only audio older than the replay buffer can be lost, and that is reported
 (:class:`StreamNotice`). The legs' events reach the user in order, one leg after the other.
@@ -342,6 +345,8 @@ class ContinuousStream:
         leg then starts at the cut)."""
         if self.policy.context_audio <= 0 or old.end is None:
             return None
+        if protocol.CONTEXT_AUDIO_KEY not in getattr(old.stream, "extensions", ()):
+            return None  # the backend's streams cannot read it: no reason to wait
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(old.ended.wait(), self.policy.context_wait)
         if old.done is None or old.failure is not None:
@@ -414,26 +419,13 @@ class ContinuousStream:
             begin, audio = self._buffer.read(replay_from, end)
             if begin > replay_from:
                 self._lost(begin - replay_from)
-            leg = self._add_leg(stream, start=begin, after=lost, seam=Seam(replay_from=begin))
-            if end is None:
-                self._leg = leg
-            if expired:
-                self.stats.expired += 1
-            else:
-                self.stats.reconnects += 1
-            self.stats.replayed_samples += len(audio) // 2
-            try:
-                await self._replay(leg, audio)
-                if end is not None or self._finishing:
-                    leg.end = end if end is not None else self._buffer.end
-                    await stream.finish()
-            except BackendError as exc:
-                if not exc.retryable:
-                    raise
-                leg.failure = leg.failure or exc
+            leg, failed = await self._successor(
+                stream, lost, start=begin, end=end, audio=audio, expired=expired
+            )
+            if failed is not None:
                 leg.taken_over = True
                 self._failures += 1
-                reason, lost = exc, leg
+                reason, lost = failed, leg
                 continue
             break
         log.info(
@@ -473,26 +465,10 @@ class ContinuousStream:
             return False, stream
         _, before = self._buffer.read(begin, reach)
         _, audio = self._buffer.read(reach, end)
-        leg = self._add_leg(stream, start=begin, after=lost)
-        leg.heard = len(before) // 2
-        if end is None:
-            self._leg = leg
-        if expired:
-            self.stats.expired += 1
-        else:
-            self.stats.reconnects += 1
-        self.stats.replayed_samples += len(audio) // 2
-        try:
-            leg.sent += leg.heard
-            await stream.send_audio(before)
-            await self._replay(leg, audio)
-            if end is not None or self._finishing:
-                leg.end = end if end is not None else self._buffer.end
-                await stream.finish()
-        except BackendError as exc:
-            if not exc.retryable:
-                raise
-            leg.failure = leg.failure or exc
+        leg, failed = await self._successor(
+            stream, lost, start=begin, end=end, audio=audio, expired=expired, heard=before
+        )
+        if failed is not None:
             await self._take_over(leg)
             return True, None
         log.info(
@@ -508,6 +484,45 @@ class ContinuousStream:
         if not expired:
             self._notify("reconnected", "Reconnected; captions continue.")
         return True, None
+
+    async def _successor(
+        self,
+        stream: Any,
+        lost: _Leg,
+        *,
+        start: int,
+        end: int | None,
+        audio: bytes,
+        expired: bool,
+        heard: bytes = b"",
+    ) -> tuple[_Leg, BackendError | None]:
+        """Add the leg that takes over ``lost``'s audio and send it that audio (``heard``, the
+        audio it hears as context, at once; then ``audio`` at the replay speed), finishing it
+        when ``lost`` had ended. A retryable failure is returned with the leg, not raised."""
+        seam = None if heard else Seam(replay_from=start)
+        leg = self._add_leg(stream, start=start, after=lost, seam=seam)
+        leg.heard = len(heard) // 2
+        if end is None:
+            self._leg = leg
+        if expired:
+            self.stats.expired += 1
+        else:
+            self.stats.reconnects += 1
+        self.stats.replayed_samples += len(audio) // 2
+        try:
+            if heard:
+                leg.sent += leg.heard
+                await stream.send_audio(heard)
+            await self._replay(leg, audio)
+            if end is not None or self._finishing:
+                leg.end = end if end is not None else self._buffer.end
+                await stream.finish()
+        except BackendError as exc:
+            if not exc.retryable:
+                raise
+            leg.failure = leg.failure or exc
+            return leg, exc
+        return leg, None
 
     async def _replay(self, leg: _Leg, audio: bytes) -> None:
         step = protocol.SAMPLE_RATE // 5 * 2  # 200 ms per append
