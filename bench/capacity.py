@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/capacity.py                   # 60 s per step, up to 6 sessions
     .venv/bin/python bench/capacity.py --seconds 90 --max-sessions 8 --all
+    WHISPER_SHARED_WINDOWS=long .venv/bin/python bench/capacity.py --only 6   # longer windows
 
 Every session replays speech at real-time pace through the in-process engine (LocalBackend over
 one WhisperEngine): whole evaluation clips back to back, each session starting at a different

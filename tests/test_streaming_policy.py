@@ -293,6 +293,12 @@ def test_shared_policy_caps_the_windows_and_takes_two_hypothesis_agreement() -> 
     # A configuration with shorter windows than these keeps its own.
     short = PolicyConfig(trim_at=6.0, keep_audio=2.0, max_window=8.0).shared()
     assert (short.trim_at, short.keep_audio, short.max_window) == (6.0, 2.0, 8.0)
+    # Long shared windows are a lone stream's (more accurate, more engine time).
+    roomy = alone.shared("long")
+    assert (roomy.trim_at, roomy.keep_audio, roomy.max_window) == (16.0, 8.0, 20.0)
+    assert roomy.confirm_span == shared.confirm_span
+    with pytest.raises(ValueError, match="short, long"):
+        alone.shared("huge")
     assert shared.confirm_span == 0.5 < alone.confirm_span
     # Shared steps come often and unevenly: a longer agreement for doubted words cost lag
     # there (six streams on the fixed schedule: p95 2.5 s against 2.0 s) for no accuracy.

@@ -424,6 +424,10 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(EngineUnavailable, match="workers"):
         WhisperEngine.from_env()
     monkeypatch.setenv("WHISPER_WORKERS", "3")
+    monkeypatch.setenv("WHISPER_SHARED_WINDOWS", "huge")
+    with pytest.raises(EngineUnavailable, match="WHISPER_SHARED_WINDOWS"):
+        WhisperEngine.from_env()
+    monkeypatch.setenv("WHISPER_SHARED_WINDOWS", "long")
     monkeypatch.setenv("WHISPER_MODEL", "/nonexistent/model-dir")
     with pytest.raises(EngineUnavailable, match="nonexistent"):
         WhisperEngine.from_env()
@@ -435,5 +439,7 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         assert configured.policy.unsure_span == 2.0
         assert configured.model == "whisper-tiny.en"
         assert configured.decoder.workers == 3
+        # Shared sessions keep a lone stream's windows (for a machine with cores to spare).
+        assert configured.shared_policy.trim_at == configured.policy.trim_at
     finally:
         asyncio.run(configured.aclose())

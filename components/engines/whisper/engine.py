@@ -61,6 +61,7 @@ from components.engines.whisper.decoder import (
 from components.engines.whisper.guards import normalize_word
 from components.engines.whisper.policy import (
     CONTEXT_WORDS,
+    SHARED_WINDOWS,
     DecodeRequest,
     PolicyConfig,
     StreamingPolicy,
@@ -77,6 +78,16 @@ BUNDLED_MODEL_ID = "whisper-tiny.en"
 
 def _env(name: str, default: str) -> str:
     return read(os.environ, name, str, default)
+
+
+def _shared_windows() -> str:
+    windows = _env("WHISPER_SHARED_WINDOWS", "short")
+    if windows not in SHARED_WINDOWS:
+        raise EngineUnavailable(
+            f"WHISPER_SHARED_WINDOWS must be one of {', '.join(SHARED_WINDOWS)}, not {windows!r}",
+            ErrorCode.PROCESSING_ERROR,
+        )
+    return windows
 
 
 def _env_number(name: str, default: _Number, kind: type[_Number]) -> _Number:  # noqa: UP047
@@ -181,6 +192,7 @@ class WhisperEngine:
         overload_lag: float = 4.0,
         model_id: str | None = None,
         terms_placement: str = "lead",
+        shared_windows: str = "short",
     ) -> None:
         try:
             from faster_whisper import WhisperModel
@@ -207,7 +219,7 @@ class WhisperEngine:
         self.name = f"whisper {label} (CPU, embedded)"
         self.max_sessions = max_sessions
         self.policy = policy or PolicyConfig()
-        self.shared_policy = self.policy.shared()
+        self.shared_policy = self.policy.shared(shared_windows)
         """What streams follow while others share the engine (see ``PolicyConfig.shared``)."""
         self.vad_threshold = vad_threshold
         try:
@@ -294,6 +306,7 @@ class WhisperEngine:
                 beam_size=_env_number("WHISPER_BEAM_SIZE", 1, int),
                 policy=policy,
                 vad_threshold=_env_number("WHISPER_VAD_THRESHOLD", 0.5, float),
+                shared_windows=_shared_windows(),
             )
         except ValueError as exc:
             raise EngineUnavailable(f"invalid WHISPER_* setting: {exc}") from None

@@ -70,6 +70,9 @@ SHARED_CONFIRM_SPAN = 0.5
 SHARED_TRIM_AT, SHARED_KEEP_AUDIO, SHARED_MAX_WINDOW = 10.0, 4.0, 15.0
 """Window lengths (s) of :meth:`PolicyConfig.shared`: every stream's window is encoded in
 every round, so a shared engine's lag grows with them."""
+SHARED_WINDOWS = ("short", "long")
+"""Windows of streams that share the engine: capped at the lengths above (the default), or
+a lone stream's (more accurate, a quarter more engine time; see :meth:`PolicyConfig.shared`)."""
 WORDS_PER_SECOND = 6.0
 """Faster than anyone speaks: bounds the words new audio can add to a hypothesis."""
 EDGE_WORDS = 4
@@ -188,7 +191,7 @@ class PolicyConfig:
     boundary_margin: float = 0.5
     """A segment end counts as a cut point only with this much decoded audio after it."""
 
-    def shared(self) -> PolicyConfig:
+    def shared(self, windows: str = "short") -> PolicyConfig:
         """This policy for an engine that several streams share: a word is confirmed by the
         hypotheses of the last half second rather than of the last second.
 
@@ -198,20 +201,26 @@ class PolicyConfig:
         1.9-2.0 s. The agreeing hypotheses still reach back a whole step (see
         ``StreamingPolicy._agreement``): three at the 0.4 s steps a shared engine takes.
 
-        The windows are cut at 10 s keeping 4 s at most, whatever a lone stream's are. Every
-        second of them is encoded for every stream in every round, and six streams already keep a
-        2-core engine busy nine tenths of the time: windows cut at 16 s keeping 6 s gave
-        six streams no better WER (0.086) for 1.7 times the engine time. Short shared
-        windows (cut at 3 s, keeping 1 s) were once cheaper per step, but they take the
-        acoustic context that a noisy or spontaneous clip needs: on the same fixed schedule,
-        six streams gave WER 0.073 with 10 s windows against 0.095 with short ones (steps of
-        0.6 s; 0.081 against 0.087 at 1 s).
+        With ``windows="short"`` (the default, ``SHARED_WINDOWS``) the windows are cut at
+        10 s keeping 4 s at most, whatever a lone stream's are; ``"long"`` keeps a lone
+        stream's. Every second of a window is encoded, and each committed word in it forced
+        through the decoder one step at a time, for every stream in every round. Six
+        streams on two cores, long windows against short: WER 1.09-1.12 times the clips'
+        offline WER against 1.32 (two real-time runs each; 0.074 against 0.085 on fixed
+        schedules, four shifts), for a quarter more engine time, which on two cores puts
+        the lag p95 at 2.8-3.0 s against 2.1 s. Long windows are for a machine with the
+        cores to spare (docs/streaming.md). Very short shared windows (cut at 3 s, keeping
+        1 s) take the acoustic context a noisy or spontaneous clip needs: six streams on a
+        fixed schedule gave WER 0.095 against 0.073 with 10 s windows.
         """
+        if windows not in SHARED_WINDOWS:
+            raise ValueError(f"shared windows must be one of {', '.join(SHARED_WINDOWS)}")
         span = min(self.confirm_span, SHARED_CONFIRM_SPAN)
+        shared = dataclasses.replace(self, confirm_span=span, unsure_span=span)
+        if windows == "long":
+            return shared
         return dataclasses.replace(
-            self,
-            confirm_span=span,
-            unsure_span=span,
+            shared,
             trim_at=min(self.trim_at, SHARED_TRIM_AT),
             keep_audio=min(self.keep_audio, SHARED_KEEP_AUDIO),
             max_window=min(self.max_window, SHARED_MAX_WINDOW),
