@@ -196,6 +196,27 @@ def test_a_stream_resuming_a_lost_one_says_the_words_it_had_not_said_yet() -> No
     assert policy.transcript == "country can do"
 
 
+def test_a_resumed_stream_does_not_say_the_words_given_again() -> None:
+    """The lost stream's last words were a misreading ("had been the same" for "had given
+    her"): forced with them, the decoder reads the whole sentence again. The speech heard
+    before runs on into the new audio, yet the repeat is judged by the audio after the
+    words given (half a second cannot hold thirteen words): it is not said twice."""
+    given = (
+        "the brothels. God, as a direct consequence of the sin which man thus punished,"
+        " had been the same."
+    ).split()
+    echo = " God, as a direct consequence of the sin which man thus punished, had given her"
+    policy = make()
+    policy.heard_before(15.0, given, complete=False)
+    talk(policy, 15.0)  # voiced from the first chunk on: speech began before the seam
+    assert policy.onset == 15.0
+    talk(policy, 0.5)
+    assert decode(policy, echo).delta == ""
+    talk(policy, 0.5)
+    assert decode(policy, echo).delta == ""
+    assert policy.transcript == ""
+
+
 def test_heard_audio_longer_than_a_window_keeps_its_end_and_all_its_words() -> None:
     policy = make()
     policy.heard_before(18.0, "one two three four five six seven eight".split())

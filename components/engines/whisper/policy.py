@@ -363,6 +363,9 @@ class StreamingPolicy:
     stopped early, at a segment end, leaves the speech after that end uncovered)."""
     onset: float = 0.0
     """Where the current run of uncommitted speech began (approximately)."""
+    heard_until: float = 0.0
+    """End of the audio whose words a previous stream said (:meth:`heard_before`): speech
+    that runs on from it begins, for the repetition guard, no earlier than this."""
     waiting_since: float = 0.0
     """Audio time since which the unconfirmed words have waited for a commit."""
     finished: bool = False
@@ -443,7 +446,8 @@ class StreamingPolicy:
             return
         self.committed = list(words)
         self.inherited = self.window_words = len(self.committed)
-        self.onset = seconds  # repeats of the words given are judged by the audio after it
+        self.onset = self.heard_until = seconds  # repeats of the words given are judged
+        # by the audio after them, also when that audio runs on from theirs
         if not complete:
             return  # all of it is speech still to decode and settle, from the window's start
         self.window_start = max(0.0, seconds - (self.config.trim_at - self.config.first_step))
@@ -484,7 +488,7 @@ class StreamingPolicy:
         if self.pending_voice and not was_pending:
             # Speech started in this audio, or up to the voice margin before it.
             began = min(starts, default=before)
-            self.onset = max(self.settled_until, began - self.config.voice_margin)
+            self.onset = max(self.settled_until, self.heard_until, began - self.config.voice_margin)
             start = began - self.config.speech_pad
             if starts and self.window_words == 0 and start > self.window_start:
                 # A fresh window starts ``speech_pad`` before the speech, however much
