@@ -8,6 +8,7 @@ import pytest
 
 from components.engines.whisper.guards import cut_echo, cut_repetition, normalize_word
 from components.engines.whisper.policy import (
+    LONGEST_WORD,
     DecodeRequest,
     Hypothesis,
     Piece,
@@ -178,22 +179,81 @@ def test_a_stream_continuing_another_reads_its_audio_with_the_words_forced() -> 
     assert policy.transcript == "can do for you."
 
 
+def locate(policy: StreamingPolicy, ends: list[float] | None) -> DecodeRequest:
+    """Answer a resumed stream's first request: where the words given lie in the audio heard
+    before (each word ending at ``ends``, a quarter second long), or None if not found."""
+    request = next_request(policy)
+    assert request.kind == "align" and request.end == policy.heard_until
+    spans = None if ends is None else tuple((end - 0.25, end) for end in ends)
+    assert policy.apply(request, Hypothesis((), spans=spans)).delta == ""
+    return request
+
+
 def test_a_stream_resuming_a_lost_one_says_the_words_it_had_not_said_yet() -> None:
     """The lost stream's text reached "ask not what your"; the audio heard before holds
-    "country" too. The window keeps all of it and the first decode, once the audio is all
-    here, continues after the words given: "country" is this stream's to say."""
+    "country" too. The first request finds where the words given end in that audio (3.8 s
+    of 5), and the decodes after it continue after them: "country" is this stream's to say."""
     policy = make()
     policy.heard_before(5.0, "ask not what your".split(), complete=False)
     assert policy.window_start == 0.0
-    talk(policy, 5.0)  # the heard audio, voiced to its end, in one go
+    talk(policy, 2.0)
+    assert policy.request() is None  # the audio heard before is not all here yet
+    talk(policy, 3.0)  # the rest of it, voiced to its end
+    assert policy.due()
+    request = locate(policy, [1.0, 2.0, 3.0, 3.8])
+    assert request.start == 0.0 and request.prefix == "ask not what your"
+    assert policy.settled_until == policy.onset == 3.8
     talk(policy, 0.5)
     request = next_request(policy)
-    assert request.start == 0.0 and request.prefix == "ask not what your"
-    decode(policy, " country can do")  # the request it expected
+    assert (request.kind, request.start, request.prefix) == ("step", 0.0, "ask not what your")
+    decode(policy, " country can do")
     talk(policy, 0.5)
     update = decode(policy, " country can do for")
     assert update.delta == " country can do"
     assert policy.transcript == "country can do"
+
+
+def test_a_resumed_stream_does_not_decode_the_pause_after_the_words_given() -> None:
+    """The lost stream had said every word ("... the brothels.") and was cut in the pause
+    after them. Asked to continue them over the pause, the decoder made words up ("The",
+    then "the black woman" for "God, as a direct"). Found to end at 13.2 s of the 15 s
+    heard, the words leave only silence to decode: none is, and the speech after the pause
+    starts afresh."""
+    policy = make()
+    words = "the squalid quarter of the brothels.".split()
+    policy.heard_before(15.0, words, complete=False)
+    talk(policy, 13.2)
+    talk(policy, 1.8, voice=False)
+    locate(policy, [11.5, 11.8, 12.2, 12.5, 12.7, 13.2])
+    talk(policy, 0.5, voice=False)
+    assert not policy.due() and policy.request() is None
+    talk(policy, 1.0)
+    request = next_request(policy)
+    assert request.kind == "step" and request.prefix.endswith("the brothels.")
+    agreed(policy, 0.0, " God, as a direct")
+    assert policy.transcript == "God, as a direct"
+
+
+def test_a_resumed_streams_words_end_soon_after_their_last_word_starts() -> None:
+    """Speech after the words given that no word accounts for is aligned to the last word
+    ("out" over 2.4 s, where "and thick peppered" follows it): it is decoded, not settled."""
+    policy = make()
+    policy.heard_before(11.2, "to be ladled out".split(), complete=False)
+    talk(policy, 11.2)
+    request = next_request(policy)
+    spans = ((5.9, 6.1), (6.1, 6.3), (6.3, 6.78), (6.78, 9.16))
+    policy.apply(request, Hypothesis((), spans=spans))
+    assert policy.settled_until == pytest.approx(6.78 + LONGEST_WORD)
+
+
+def test_a_resumed_stream_whose_words_cannot_be_found_decodes_all_it_heard() -> None:
+    policy = make()
+    policy.heard_before(5.0, "ask not what your".split(), complete=False)
+    talk(policy, 5.0)
+    locate(policy, None)
+    assert policy.settled_until == 0.0
+    request = next_request(policy)
+    assert request.kind == "step" and request.prefix == "ask not what your"
 
 
 def test_a_resumed_stream_does_not_say_the_words_given_again() -> None:
@@ -210,6 +270,8 @@ def test_a_resumed_stream_does_not_say_the_words_given_again() -> None:
     policy.heard_before(15.0, given, complete=False)
     talk(policy, 15.0)  # voiced from the first chunk on: speech began before the seam
     assert policy.onset == 15.0
+    locate(policy, [14.0 + k * 0.05 for k in range(len(given))])  # squeezed at the end
+    assert policy.onset == pytest.approx(14.85)
     talk(policy, 0.5)
     assert decode(policy, echo).delta == ""
     talk(policy, 0.5)

@@ -108,6 +108,9 @@ forced (one or two such decodes happen over real speech: "words words words word
 CONTEXT_WORDS = 64
 """Words of a stream's context (the text said before its audio) that are kept: more than the
 decoder's text prompt holds (``prompt_chars``) and than the guards look back."""
+LONGEST_WORD = 1.2
+"""Seconds a word lasts at most, as far as an alignment of words with audio is believed (the
+last word of a text that stops before the speech does is aligned over the rest of it)."""
 GLUE = "\u2060"
 """Marks a word that continues the previous one (the decoder went on without a space)."""
 
@@ -423,6 +426,9 @@ class StreamingPolicy:
     inherited: int = 0
     """Leading committed words that a previous stream transcribed (see :meth:`heard_before`):
     forced and looked back on like the stream's own, never sent again."""
+    locating: bool = False
+    """The words given end somewhere in the audio heard before, not where it ends (a lost
+    stream's, see :meth:`heard_before`): the first request finds where (``align``)."""
 
     # ------------------------------------------------------------------ input
 
@@ -437,8 +443,13 @@ class StreamingPolicy:
         forced (more words than audio are harmless, fewer are not).
 
         Not ``complete``: the previous stream was lost before it said the last words of that
-        audio. All of it stays in the window and the first decode, once it is all here,
-        continues after ``words`` through it: what it says there is the missing words.
+        audio, and where its words end in it is not known. All of it stays in the window, and
+        the first request, once it is all here, aligns ``words`` with it: the audio after
+        their last word is what this stream has to say (speech there is decoded, continuing
+        after ``words``; silence there is settled). Decoding the whole window instead, from
+        its start, asks the decoder to continue words that may have ended seconds before, in
+        a pause: it made words up there ("The", "the black woman") and read the speech after
+        the pause wrong.
         """
         if self.audio_end or self.committed:
             raise RuntimeError("heard_before() must come before any audio")
@@ -449,7 +460,8 @@ class StreamingPolicy:
         self.onset = self.heard_until = seconds  # repeats of the words given are judged
         # by the audio after them, also when that audio runs on from theirs
         if not complete:
-            return  # all of it is speech still to decode and settle, from the window's start
+            self.locating = True  # all of it stays until the words are found in it
+            return
         self.window_start = max(0.0, seconds - (self.config.trim_at - self.config.first_step))
         self.settled_until = self.covered_until = self.decoded_until = seconds
 
@@ -544,6 +556,8 @@ class StreamingPolicy:
     def due(self, min_new: float | None = None) -> bool:
         """Whether a decode should run now, given ``min_new`` s of new audio (default step)."""
         step = self.config.min_step if min_new is None else min_new
+        if self.locating:
+            return self.audio_end >= self.heard_until - EPS
         if self._too_long():
             return True
         if not self.pending_voice and not self.tail:
@@ -636,6 +650,10 @@ class StreamingPolicy:
         Call :meth:`settle` first: a phrase or stream that needs no further decode is then
         committed without one.
         """
+        if self.locating:
+            if self.audio_end < self.heard_until - EPS:
+                return None  # the audio heard before is not all here yet
+            return self._make_request("align", end=self.heard_until)
         if self._too_long():
             if self.window_words:
                 # A long phrase without a committed segment end: find where its committed
@@ -877,7 +895,10 @@ class StreamingPolicy:
             return self._apply_preview(request, hypothesis)
         if request.kind == "align":
             base, old_tail = len(self.committed), self.tail
-            self._cut_between_words(request, hypothesis.spans)
+            if self.locating:
+                self._locate_given(request, hypothesis.spans)
+            else:
+                self._cut_between_words(request, hypothesis.spans)
             return self._update(base, old_tail)
         pieces = self.words_of(request, hypothesis)
         if (
@@ -1010,6 +1031,25 @@ class StreamingPolicy:
         self.tail = [w for p in self.words_of(request, hypothesis) for w in p]
         self.previewing = bool(self.tail)
         return self._update(len(self.committed), old_tail)
+
+    def _locate_given(
+        self, request: DecodeRequest, spans: tuple[tuple[float, float], ...] | None
+    ) -> None:
+        """The words a lost stream gave end where their last word ends in ``spans`` (or
+        ``LONGEST_WORD`` after it starts): what was said before that is settled, and speech
+        after it runs on from there (also for the repetition guard). Without word times the
+        window is decoded whole, from its start."""
+        self.locating = False
+        groups = sum(1 for i, w in enumerate(self.committed) if i == 0 or not w.startswith(GLUE))
+        if spans is None or len(spans) != groups or not spans:
+            return
+        start, end = spans[-1]
+        # Speech after the words that no word accounts for is stretched over by the last one
+        # ("out" aligned over 2.4 s, "and thick peppered" after it): it ends soon after it
+        # starts, and what follows is this stream's to say.
+        end = min(request.start + min(end, start + LONGEST_WORD), request.end)
+        self.onset = self.heard_until = end
+        self.settled_until = self.covered_until = self.decoded_until = end
 
     def _cut_between_words(
         self, request: DecodeRequest, spans: tuple[tuple[float, float], ...] | None
