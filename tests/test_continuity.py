@@ -468,6 +468,22 @@ def test_a_tail_that_says_a_phrase_twice_is_repeated_whole() -> None:
     assert overlap_words(tail, new, complete=False) == len(new) - 3
 
 
+def test_a_tail_from_a_lagging_engine_is_repeated_from_where_the_replay_starts() -> None:
+    """The lost leg's engine was 10 s behind its audio: the tail (the words that arrived after
+    the audio had reached the replay's start) begins 25 words before the replayed audio. The
+    new leg's first words are found there, and the repeat is not taken for new speech."""
+    tail = (
+        "he had paced up and down waiting but he could wait no longer after early nightfall "
+        "the yellow lamps would light up here and there the squalid quarter of the brothels "
+        "god as a direct consequence of the sin which man"
+    ).split()
+    new = (
+        "the squalid quarter of the brothels god as a direct consequence of the sin which man "
+        "thus punished had given her a lovely child"
+    ).split()
+    assert overlap_words(tail, new, complete=False) == 16
+
+
 def test_one_common_word_at_the_tails_end_decides_nothing() -> None:
     """The lost leg's text ended in "the"; the new leg's "the" three lines earlier is not its
     end: the seam waits for the tail's last words in a row."""

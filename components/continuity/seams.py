@@ -27,6 +27,25 @@ def words_of(text: str) -> list[tuple[str, int]]:
 FREE_SKIP = 8
 """Tail words a replay may leave out at no cost: a delta's words are stamped with the audio
 sent when it arrived, so the first of them can lie before the point the replay starts at."""
+LEAD_GRAM = 3
+"""Words in a row by which the new leg's first words are found in the tail (see
+:func:`_lead_skip`)."""
+
+
+def _lead_skip(tail: list[str], new: list[str]) -> int:
+    """Tail words before the first place the new leg's first words appear in it.
+
+    An engine that lags its audio sends words long after they were said, so the tail can
+    begin far more than ``FREE_SKIP`` words before the audio the replay starts at (25 words
+    for an engine 10 s behind): those words are free to leave out too, up to the first place
+    where ``LEAD_GRAM`` words in a row, starting among the new leg's first ``LEAD_GRAM``,
+    appear in the tail. Not further: a phrase the tail says twice must match its first copy.
+    """
+    grams = {tuple(new[j : j + LEAD_GRAM]) for j in range(min(LEAD_GRAM, len(new) - LEAD_GRAM + 1))}
+    for i in range(len(tail) - LEAD_GRAM + 1):
+        if tuple(tail[i : i + LEAD_GRAM]) in grams:
+            return i
+    return 0
 
 
 def _seam_alignments(tail: list[str], new: list[str]) -> list[tuple[int, int, int]]:
@@ -35,13 +54,15 @@ def _seam_alignments(tail: list[str], new: list[str]) -> list[tuple[int, int, in
 
     One edit-distance table gives every k at once: row i aligns ``tail[:i]``, and the first
     column lets the alignment start later in ``tail``: free for the first ``FREE_SKIP``
-    words (their audio may lie before the replay), one edit each after that (the replay
+    words, or up to where ``new``'s first words appear (:func:`_lead_skip`; their audio may
+    lie before the replay), one edit each after that (the replay
     repeats the rest of the tail; a match far down the tail is a phrase the tail itself
     said twice).
     """
     n = len(tail)
+    free = max(FREE_SKIP, _lead_skip(tail, new))
     # cell: (edits, -matches, matched words in a row ending here)
-    prev: list[tuple[int, int, int]] = [(max(0, i - FREE_SKIP), 0, 0) for i in range(n + 1)]
+    prev: list[tuple[int, int, int]] = [(max(0, i - free), 0, 0) for i in range(n + 1)]
     out = []
     for j in range(1, len(new) + 1):
         cur: list[tuple[int, int, int]] = [(j, 0, 0)]
